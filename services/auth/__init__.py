@@ -1,0 +1,1 @@
+"""Auth service: authenticates API keys and admits requests under their limits."""

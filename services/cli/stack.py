@@ -1,0 +1,208 @@
+"""Run every service as its own local process: the engine behind ``llmsvc up``.
+
+The same class starts the stack for the end-to-end tests, so what the tests
+exercise is exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    """State folder: logs, the SQLite database, the local model store."""
+    model: Path
+    """Hugging Face model directory the workers serve."""
+    api_key: str
+    host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    auth_port: int = 50051
+    router_port: int = 50052
+    worker_ports: list[int] = field(default_factory=lambda: [50060])
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    served_model_name: str = ""
+    kv_cache_gib: int = 1
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> "StackConfig":
+        """A config on free ports, for tests and side-by-side stacks."""
+        ports = {"gateway_port": free_port(), "auth_port": free_port(), "router_port": free_port(),
+                 "worker_ports": [free_port() for _ in range(workers)]}
+        return cls(home=home, model=model, api_key=api_key, **ports, **kw)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}/v1"
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+
+class Stack:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.procs: dict[str, Proc] = {}
+        self.logs = cfg.home / "logs"
+
+    # -- environment of each service ------------------------------------------------
+    def _common_env(self, service: str) -> dict[str, str]:
+        env = {**os.environ, **self.cfg.extra_env}
+        env["PYTHONUNBUFFERED"] = "1"
+        env[f"LLMSVC_{service.upper()}_LOG_LEVEL"] = self.cfg.log_level
+        port = self.cfg.metrics_ports.get(service)
+        if port:
+            env[f"LLMSVC_{service.upper()}_METRICS_PORT"] = str(port)
+        return env
+
+    def env_for(self, service: str, index: int = 0) -> dict[str, str]:
+        c = self.cfg
+        if service == "auth":
+            env = self._common_env("auth")
+            env |= {"LLMSVC_AUTH_HOST": c.host, "LLMSVC_AUTH_PORT": str(c.auth_port), "LLMSVC_AUTH_API_KEY": c.api_key}
+        elif service == "worker":
+            env = self._common_env("worker")
+            env |= {
+                "LLMSVC_WORKER_HOST": c.host,
+                "LLMSVC_WORKER_PORT": str(c.worker_ports[index]),
+                "LLMSVC_WORKER_MODEL": str(c.model),
+                "LLMSVC_WORKER_SERVED_MODEL_NAME": c.served_model_name or c.model.name,
+                "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
+            }
+            mport = c.metrics_ports.get(f"worker{index}")
+            if mport:
+                env["LLMSVC_WORKER_METRICS_PORT"] = str(mport)
+        elif service == "router":
+            env = self._common_env("router")
+            env |= {
+                "LLMSVC_ROUTER_HOST": c.host,
+                "LLMSVC_ROUTER_PORT": str(c.router_port),
+                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.host}:{p}" for p in c.worker_ports]),
+            }
+        elif service == "gateway":
+            env = self._common_env("gateway")
+            env |= {
+                "LLMSVC_GATEWAY_HOST": c.host,
+                "LLMSVC_GATEWAY_PORT": str(c.gateway_port),
+                "LLMSVC_GATEWAY_AUTH_ADDR": f"{c.host}:{c.auth_port}",
+                "LLMSVC_GATEWAY_ROUTER_ADDR": f"{c.host}:{c.router_port}",
+            }
+        else:
+            raise ValueError(f"unknown service {service!r}")
+        return env
+
+    # -- processes ------------------------------------------------------------------
+    def spawn(self, name: str, module: str, env: dict[str, str]) -> Proc:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{name}.log"
+        log_file = open(log_path, "ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log_file.close()
+        proc = Proc(name, popen, log_path)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, index: int) -> Proc:
+        return self.spawn(f"worker{index}", "services.worker.main", self.env_for("worker", index))
+
+    def start(self) -> None:
+        self.spawn("auth", "services.auth.main", self.env_for("auth"))
+        for i in range(len(self.cfg.worker_ports)):
+            self.start_worker(i)
+        self.spawn("router", "services.router.main", self.env_for("router"))
+        self.spawn("gateway", "services.gateway.main", self.env_for("gateway"))
+
+    def dead(self) -> list[Proc]:
+        return [p for p in self.procs.values() if p.popen.poll() is not None]
+
+    def wait_ready(self, timeout_s: float = 300.0, on_tick=None) -> None:
+        """Block until the gateway is ready and the model is listed; raise with log tails if a process dies."""
+        deadline = time.monotonic() + timeout_s
+        headers = {"Authorization": f"Bearer {self.cfg.api_key}"}
+        while time.monotonic() < deadline:
+            if dead := self.dead():
+                raise RuntimeError(self._death_report(dead))
+            try:
+                r = httpx.get(f"{self.cfg.base_url}/models", headers=headers, timeout=2.0)
+                if r.status_code == 200 and r.json().get("data"):
+                    return
+            except httpx.HTTPError:
+                pass
+            if on_tick:
+                on_tick()
+            time.sleep(0.5)
+        raise TimeoutError(f"stack not ready after {timeout_s:.0f}s; see logs in {self.logs}")
+
+    def _death_report(self, dead: list[Proc]) -> str:
+        parts = []
+        for p in dead:
+            tail = p.log_path.read_text(errors="replace").splitlines()[-25:] if p.log_path.exists() else []
+            parts.append(f"{p.name} exited with code {p.popen.returncode}; last lines of {p.log_path}:\n" + "\n".join(tail))
+        return "\n\n".join(parts)
+
+    def stop_proc(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.popen.poll() is not None:
+            return
+        try:
+            os.killpg(proc.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(5)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM every process (front to back, so in-flight requests drain), then SIGKILL stragglers."""
+        order = ["gateway", "router", *[n for n in self.procs if n.startswith("worker")], "auth"]
+        order += [n for n in self.procs if n not in order]
+        for name in order:
+            proc = self.procs.get(name)
+            if proc and proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for name in order:
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(5)

@@ -1,0 +1,113 @@
+"""``llmsvc up``: every service as a local process on the embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .stack import Stack, StackConfig, port_in_use
+
+console = Console(stderr=True)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LLMSVC_HOME", Path.home() / ".llmsvc"))
+
+
+def ensure_default_model(home: Path) -> Path:
+    """Build the default model on first run (with a progress bar); reuse it afterwards."""
+    from .default_model import build_default_model
+
+    path = home / "models" / "tiny-random"
+    if (path / "config.json").exists():
+        return path
+    with Progress(TextColumn("[bold]default model[/]"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("starting", total=3)
+        build_default_model(path, progress=lambda step, total, label: progress.update(task, completed=step,
+                                                                                      description=label))
+    return path
+
+
+def load_or_create_key(home: Path, given: str | None) -> str:
+    if given:
+        return given
+    path = home / "api_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = "sk-" + secrets.token_urlsafe(32)
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def run_up(args) -> int:
+    home = Path(args.home) if args.home else default_home()
+    if port_in_use(args.port, args.host):
+        console.print(f"[red]Port {args.port} is already in use.[/] Stop what runs there or pass --port.")
+        return 2
+    if args.model:
+        model = Path(args.model).expanduser().resolve()
+        if not (model / "config.json").exists():
+            console.print(f"[red]{model} is not a Hugging Face model directory[/] (no config.json).")
+            return 2
+    else:
+        model = ensure_default_model(home)
+    key = load_or_create_key(home, args.api_key or os.environ.get("LLMSVC_API_KEY"))
+    base = 50051 if args.port == 8000 else args.port + 100
+    cfg = StackConfig(home=home, model=model, api_key=key, host=args.host, gateway_port=args.port,
+                      auth_port=base, router_port=base + 1, worker_ports=[base + 10 + i for i in range(args.workers)],
+                      served_model_name=args.served_model_name or "")
+    stack = Stack(cfg)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    def tick() -> None:
+        if stopping:
+            raise KeyboardInterrupt
+
+    stack.start()
+    try:
+        with console.status(f"starting {len(stack.procs)} services (the vLLM engine takes about a minute on CPU)…"):
+            stack.wait_ready(timeout_s=args.timeout, on_tick=tick)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+        stack.stop()
+        return 130
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]start-up failed:[/] {exc}")
+        stack.stop()
+        return 1
+    name = cfg.served_model_name or model.name
+    console.print(f"""
+[bold green]llmsvc is up[/]  ({len(stack.procs)} processes, logs in {stack.logs})
+  API      {cfg.base_url}
+  API key  {key}
+  model    {name}
+
+  curl {cfg.base_url}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'
+
+Press Ctrl-C to stop.""")
+    while not stopping:
+        if dead := stack.dead():
+            console.print(f"[red]{', '.join(p.name for p in dead)} exited;[/] see {stack.logs}. Stopping.")
+            break
+        time.sleep(0.5)
+    console.print("stopping…")
+    stack.stop()
+    console.print("stopped.")
+    return 0

@@ -1,0 +1,1 @@
+"""Pieces shared by every llmsvc service: config, logging, gRPC and metrics helpers."""

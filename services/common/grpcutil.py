@@ -1,0 +1,175 @@
+"""gRPC helpers shared by every service: server assembly, request ids, shutdown.
+
+Each service builds its server with :func:`build_server`, which adds the
+standard ``grpc.health.v1`` and reflection services and the request-id
+interceptor, then runs it with :func:`serve_until_signalled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram
+
+from .logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+GRPC_REQUESTS = Counter(
+    "llmsvc_grpc_requests_total",
+    "gRPC calls handled, by service, method and status code.",
+    ["service", "method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    "llmsvc_grpc_request_duration_seconds",
+    "Time to complete a gRPC call (for streams: until the last message).",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Outgoing metadata that carries the current (or given) request id."""
+    rid = request_id or request_id_var.get()
+    return ((REQUEST_ID_KEY, rid),) if rid and rid != "-" else ()
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Sets the request id from metadata and records count and latency per method."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        rid = dict(details.invocation_metadata or ()).get(REQUEST_ID_KEY, "-")
+        service = self._service
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                request_id_var.set(rid)
+                start = time.perf_counter()
+                try:
+                    return await inner_uu(request, context)
+                finally:
+                    GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                    GRPC_REQUESTS.labels(service, method, _code_of(context)).inc()
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                request_id_var.set(rid)
+                start = time.perf_counter()
+                code = "OK"
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                finally:
+                    GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                    GRPC_REQUESTS.labels(service, method, code if code != "OK" else _code_of(context)).inc()
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def build_server(
+    service: str,
+    servicers: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    options: Sequence[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Build a grpc.aio server with health, reflection and our interceptors.
+
+    ``servicers`` holds ``(add_XServicer_to_server, servicer, full_service_name)``.
+    Each named service starts NOT_SERVING; call ``set_serving`` once ready.
+    """
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor(service), *interceptors],
+        options=[("grpc.so_reuseport", 0), *options],
+    )
+    health_servicer = health.aio.HealthServicer()
+    names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    for add, servicer, name in servicers:
+        add(servicer, server)
+        names.append(name)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(names, server)
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str], serving: bool) -> None:
+    """Flip the overall ("") status and each named service's status."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *names]:
+        await health_servicer.set(name, status)
+
+
+async def serve_until_signalled(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    names: Iterable[str],
+    grace_s: float,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain: health goes NOT_SERVING first so
+    callers stop sending, in-flight calls get ``grace_s`` to finish, then stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", grace_s)
+    await set_serving(health_servicer, names, False)
+    if on_drain is not None:
+        await on_drain()
+    await server.stop(grace_s)
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    """A channel with keepalive so that a dead peer is noticed within seconds."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    )

@@ -1,0 +1,1 @@
+"""Gateway: the public OpenAI-compatible HTTP API (FastAPI). It holds no state."""

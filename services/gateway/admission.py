@@ -1,0 +1,131 @@
+"""The gateway's side of auth: one Admit call per request, one ReportUsage after it.
+
+Admit authenticates the bearer key and reserves the request's budget in the
+same call; ReportUsage reconciles the reservation to the tokens actually used
+(or releases it when the request failed or was cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+
+import grpc
+from fastapi import Request
+
+from services.common.grpcutil import request_metadata
+from services.common.pb import auth_pb2 as pb
+
+from .errors import APIError
+from .upstream import Upstreams
+
+log = logging.getLogger(__name__)
+
+# Background ReportUsage tasks, kept referenced until done (asyncio holds only weak refs).
+_pending: set[asyncio.Task] = set()
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, math.ceil(seconds * 1000))}ms"
+    total = math.ceil(seconds)
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+def rate_limit_headers(state: pb.RateLimitState) -> dict[str, str]:
+    if not (state.limit_requests or state.limit_tokens):
+        return {}
+    return {
+        "x-ratelimit-limit-requests": str(state.limit_requests),
+        "x-ratelimit-remaining-requests": str(max(0, state.remaining_requests)),
+        "x-ratelimit-reset-requests": format_duration(state.reset_requests_s),
+        "x-ratelimit-limit-tokens": str(state.limit_tokens),
+        "x-ratelimit-remaining-tokens": str(max(0, state.remaining_tokens)),
+        "x-ratelimit-reset-tokens": format_duration(state.reset_tokens_s),
+    }
+
+
+@dataclass
+class Admission:
+    key_id: str
+    reservation_id: str
+    scopes: list[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def bearer_key(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+            code="invalid_api_key",
+        )
+    return token.strip()
+
+
+async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: str, reserve_tokens: int,
+                timeout_s: float) -> Admission:
+    key = bearer_key(request)
+    rid = request.state.request_id
+    try:
+        resp: pb.AdmitResponse = await upstreams.auth.Admit(
+            pb.AdmitRequest(api_key=key, request_id=rid, model=model, scope=scope, reserve_tokens=reserve_tokens),
+            timeout=timeout_s,
+            metadata=request_metadata(rid),
+        )
+    except grpc.aio.AioRpcError as exc:
+        log.warning("auth unavailable: %s", exc.code().name)
+        raise APIError(503, "The authentication service is unavailable; retry shortly.", code="auth_unavailable",
+                       headers={"retry-after": "1"}) from None
+    headers = rate_limit_headers(resp.rate_limit)
+    if resp.decision == pb.DECISION_ALLOWED:
+        return Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers)
+    if resp.decision == pb.DECISION_UNAUTHENTICATED:
+        raise APIError(401, resp.message or "Incorrect API key provided.", code=resp.code or "invalid_api_key")
+    if resp.decision == pb.DECISION_FORBIDDEN:
+        raise APIError(403, resp.message or "This key may not do that.", code=resp.code or "permission_denied",
+                       param="model" if "model" in (resp.code or "") else None)
+    if resp.decision == pb.DECISION_RATE_LIMITED:
+        retry = max(1, math.ceil(resp.retry_after_s))
+        kind = "tokens" if "token" in resp.code or "quota" in resp.code else "requests"
+        raise APIError(429, resp.message or "Rate limit reached.", code=resp.code or "rate_limit_exceeded",
+                       type=kind, headers={**headers, "retry-after": str(retry)})
+    raise APIError(503, resp.message or "Admission is unavailable; retry shortly.", code=resp.code or "auth_unavailable",
+                   headers={"retry-after": str(max(1, math.ceil(resp.retry_after_s or 1)))})
+
+
+def report_usage(upstreams: Upstreams, admission: Admission, *, request_id: str, model: str, prompt_tokens: int,
+                 completion_tokens: int, status: str, latency_s: float) -> None:
+    """Send ReportUsage in the background; the client never waits for it."""
+
+    async def send() -> None:
+        try:
+            await upstreams.auth.ReportUsage(
+                pb.ReportUsageRequest(
+                    reservation_id=admission.reservation_id, request_id=request_id, key_id=admission.key_id,
+                    model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status,
+                    latency_s=latency_s,
+                ),
+                timeout=10.0,
+                metadata=request_metadata(request_id),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.error("ReportUsage failed (%s) for %s: %d+%d tokens", exc.code().name, request_id,
+                      prompt_tokens, completion_tokens)
+
+    task = asyncio.get_running_loop().create_task(send())
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)

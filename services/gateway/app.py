@@ -1,0 +1,29 @@
+"""The FastAPI application: routers, middleware and error handlers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .config import GatewaySettings
+from .errors import install_handlers
+from .middleware import RequestContextMiddleware
+from .routes import generate, health, models
+from .upstream import Upstreams
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr)
+        yield
+        await app.state.upstreams.close()
+
+    app = FastAPI(title="llmsvc", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    install_handlers(app)
+    for r in (generate.router, models.router, health.router):
+        app.include_router(r)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,30 @@
+"""Gateway configuration (env prefix ``LLMSVC_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSVC_GATEWAY_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    """HTTP bind address."""
+    port: int = 8000
+    """HTTP port; the API lives under ``/v1``."""
+    auth_addr: str = "127.0.0.1:50051"
+    """gRPC address of the auth service."""
+    router_addr: str = "127.0.0.1:50052"
+    """gRPC address of the router."""
+    trainer_addr: str = "127.0.0.1:50053"
+    """gRPC address of the trainer service."""
+    eval_addr: str = "127.0.0.1:50054"
+    """gRPC address of the eval service."""
+    request_timeout_s: float = 600.0
+    """Deadline for one generation, propagated to the router and worker over gRPC."""
+    auth_timeout_s: float = 5.0
+    """Deadline for the auth call; past it the request gets a 503."""
+    default_reserve_tokens: int = 1024
+    """Completion tokens reserved at admission when the client sets no max_tokens."""

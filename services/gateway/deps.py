@@ -1,0 +1,22 @@
+"""FastAPI dependencies as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .config import GatewaySettings
+from .upstream import Upstreams
+
+
+def _settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def _upstreams(request: Request) -> Upstreams:
+    return request.app.state.upstreams
+
+
+SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
+UpstreamsDep = Annotated[Upstreams, Depends(_upstreams)]

@@ -1,0 +1,58 @@
+"""Pure-ASGI middleware: request ids and per-request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed bodies pass through untouched
+and the latency of a stream is measured until its last byte.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from services.common.logging import request_id_var
+
+from . import metrics
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _VALID_ID.match(incoming) else f"req-{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status = 500
+        path = scope.get("path", "")
+
+        async def send_wrapper(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        tracked = path.startswith("/v1/")
+        if tracked:
+            metrics.IN_FLIGHT.labels("gateway").inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if tracked:
+                route = scope.get("route")
+                label = getattr(route, "path", path) if route is not None else "unmatched"
+                model = scope["state"].get("model", "")
+                metrics.IN_FLIGHT.labels("gateway").dec()
+                metrics.REQUESTS.labels("gateway", label, model, str(status)).inc()
+                metrics.LATENCY.labels("gateway", label, model).observe(time.perf_counter() - start)
+            request_id_var.reset(token)

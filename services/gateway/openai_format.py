@@ -1,0 +1,222 @@
+"""Turn upstream GenerateChunks into OpenAI's response and stream-chunk objects.
+
+One formatter per endpoint. Streaming emits exactly OpenAI's sequence: a role
+delta per choice, content deltas, an empty delta carrying ``finish_reason``,
+then (when asked) a usage chunk with ``choices: []``. Non-streaming folds the
+same chunks into one response.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from services.common.pb import inference_pb2 as pb
+
+
+def _bytes(b: bytes) -> list[int]:
+    return list(b)
+
+
+def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    tokens: int = 0
+
+
+class _Base:
+    object_stream: str
+    object_full: str
+    prefix: str
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        self.choices: dict[int, _Choice] = {}
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+
+    def add_usage(self, usage: pb.Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+
+    def _envelope(self, choices: list[dict], *, obj: str) -> dict:
+        doc = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+               "system_fingerprint": None, "choices": choices}
+        if obj == self.object_stream and self.include_usage:
+            doc["usage"] = None
+        return doc
+
+    def usage_chunk(self) -> dict:
+        doc = self._envelope([], obj=self.object_stream)
+        doc["usage"] = usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        return doc
+
+
+class ChatFormatter(_Base):
+    object_stream = "chat.completion.chunk"
+    object_full = "chat.completion"
+    prefix = "chatcmpl"
+
+    def __init__(self, model: str, include_usage: bool, n: int, want_logprobs: bool) -> None:
+        super().__init__(model, include_usage)
+        self.n = n
+        self.want_logprobs = want_logprobs
+
+    @staticmethod
+    def _logprob_entry(lp: pb.TokenLogprob) -> dict:
+        return {
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "bytes": _bytes(lp.token_bytes),
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.token_bytes)} for t in lp.top],
+        }
+
+    def role_chunks(self, offset: int = 0) -> list[dict]:
+        return [self._envelope([{"index": offset + i, "delta": {"role": "assistant", "content": ""},
+                                 "logprobs": None, "finish_reason": None}], obj=self.object_stream)
+                for i in range(self.n)]
+
+    def stream_chunks(self, chunk: pb.GenerateChunk, offset: int = 0) -> list[dict]:
+        if chunk.model:
+            self.model = chunk.model
+        out = []
+        for d in chunk.choices:
+            idx = offset + d.index
+            if d.text or d.logprobs:
+                lp = {"content": [self._logprob_entry(x) for x in d.logprobs]} if self.want_logprobs else None
+                out.append(self._envelope([{"index": idx, "delta": {"content": d.text}, "logprobs": lp,
+                                            "finish_reason": None}], obj=self.object_stream))
+            if d.finish_reason:
+                out.append(self._envelope([{"index": idx, "delta": {}, "logprobs": None,
+                                            "finish_reason": d.finish_reason}], obj=self.object_stream))
+        if chunk.finished:
+            self.add_usage(chunk.usage)
+        return out
+
+    def fold(self, chunk: pb.GenerateChunk, offset: int = 0) -> None:
+        if chunk.model:
+            self.model = chunk.model
+        for d in chunk.choices:
+            c = self.choices.setdefault(offset + d.index, _Choice())
+            c.text.append(d.text)
+            c.logprobs.extend(d.logprobs)
+            if d.finish_reason:
+                c.finish_reason = d.finish_reason
+        if chunk.finished:
+            self.add_usage(chunk.usage)
+
+    def response(self) -> dict:
+        choices = []
+        for idx in sorted(self.choices):
+            c = self.choices[idx]
+            lp = {"content": [self._logprob_entry(x) for x in c.logprobs]} if self.want_logprobs else None
+            choices.append({"index": idx, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                            "logprobs": lp, "finish_reason": c.finish_reason})
+        doc = self._envelope(choices, obj=self.object_full)
+        doc["usage"] = usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        return doc
+
+
+class CompletionFormatter(_Base):
+    object_stream = "text_completion"
+    object_full = "text_completion"
+    prefix = "cmpl"
+
+    def __init__(self, model: str, include_usage: bool, want_logprobs: bool, echo: bool, prompt_only: bool) -> None:
+        super().__init__(model, include_usage)
+        self.want_logprobs = want_logprobs
+        self.echo = echo
+        # max_tokens=0 with echo: the worker generates one token that we drop.
+        self.prompt_only = prompt_only
+        self._offsets: dict[int, int] = {}
+        self._echoed: set[int] = set()
+        self._prompts: dict[int, tuple[str, list[pb.TokenLogprob]]] = {}
+
+    def _legacy_logprobs(self, idx: int, items: list[pb.TokenLogprob]) -> dict:
+        tokens, token_lps, tops, offsets = [], [], [], []
+        pos = self._offsets.get(idx, 0)
+        for x in items:
+            tokens.append(x.token)
+            token_lps.append(x.logprob if x.has_logprob else None)
+            tops.append({t.token: t.logprob for t in x.top} if x.has_logprob else None)
+            offsets.append(pos)
+            pos += len(x.token)
+        self._offsets[idx] = pos
+        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+    def _remember_prompt(self, chunk: pb.GenerateChunk, offset: int) -> None:
+        # The first chunk of each upstream generation carries the prompt text and logprobs.
+        if offset not in self._prompts and (chunk.prompt_text or chunk.prompt_logprobs):
+            self._prompts[offset] = (chunk.prompt_text, list(chunk.prompt_logprobs))
+
+    def _delta(self, d: pb.ChoiceDelta, idx: int, offset: int) -> tuple[str, list[pb.TokenLogprob]]:
+        text, lps = ("", []) if self.prompt_only else (d.text, list(d.logprobs))
+        if self.echo and idx not in self._echoed:
+            self._echoed.add(idx)
+            prompt_text, prompt_lps = self._prompts.get(offset, ("", []))
+            text, lps = prompt_text + text, prompt_lps + lps
+        return text, lps
+
+    def _finish_usage(self, chunk: pb.GenerateChunk) -> None:
+        if chunk.finished:
+            self.add_usage(chunk.usage)
+            if self.prompt_only:
+                self.completion_tokens -= chunk.usage.completion_tokens
+
+    def stream_chunks(self, chunk: pb.GenerateChunk, offset: int = 0) -> list[dict]:
+        if chunk.model:
+            self.model = chunk.model
+        self._remember_prompt(chunk, offset)
+        out = []
+        for d in chunk.choices:
+            idx = offset + d.index
+            text, lps = self._delta(d, idx, offset)
+            finish = d.finish_reason or None
+            if text or lps or finish:
+                lp = self._legacy_logprobs(idx, lps) if self.want_logprobs else None
+                out.append(self._envelope([{"index": idx, "text": text, "logprobs": lp, "finish_reason": finish}],
+                                          obj=self.object_stream))
+        self._finish_usage(chunk)
+        return out
+
+    def fold(self, chunk: pb.GenerateChunk, offset: int = 0) -> None:
+        if chunk.model:
+            self.model = chunk.model
+        self._remember_prompt(chunk, offset)
+        for d in chunk.choices:
+            idx = offset + d.index
+            c = self.choices.setdefault(idx, _Choice())
+            text, lps = self._delta(d, idx, offset)
+            c.text.append(text)
+            c.logprobs.extend(lps)
+            if d.finish_reason:
+                c.finish_reason = d.finish_reason
+        self._finish_usage(chunk)
+
+    def response(self) -> dict:
+        choices = []
+        for idx in sorted(self.choices):
+            c = self.choices[idx]
+            self._offsets[idx] = 0
+            lp = self._legacy_logprobs(idx, c.logprobs) if self.want_logprobs else None
+            choices.append({"index": idx, "text": "".join(c.text), "logprobs": lp, "finish_reason": c.finish_reason})
+        doc = self._envelope(choices, obj=self.object_full)
+        doc["usage"] = usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        return doc

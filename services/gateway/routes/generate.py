@@ -1,0 +1,80 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from services.common.pb import inference_pb2 as pb
+
+from ..deps import SettingsDep, UpstreamsDep
+from ..openai_format import ChatFormatter, CompletionFormatter
+from ..schemas import ChatCompletionRequest, CompletionRequest, _SamplingBody
+from ..serving import GenerationFlow
+
+router = APIRouter(prefix="/v1", tags=["generation"])
+
+# Tokens a chat template adds per message, on top of the content's own (upper bound for reservations).
+_TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
+    p = pb.SamplingParams(
+        max_tokens=max_tokens or 0, n=body.n, stop=body.stop_list(),
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+    )
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(p, name, value)
+    return p
+
+
+def _reserve(prompt_bytes: int, max_tokens: int | None, n: int, settings) -> int:
+    # Byte-level BPE never yields more tokens than bytes, so bytes bound the prompt from above;
+    # the reservation is reconciled to the real counts when the request ends.
+    return prompt_bytes + n * (max_tokens or settings.default_reserve_tokens)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, settings: SettingsDep,
+                           upstreams: UpstreamsDep):
+    request.state.model = body.model
+    params = _params(body, body.token_limit)
+    if body.logprobs:
+        params.logprobs = body.top_logprobs or 0
+    chat = pb.ChatMessages(add_generation_prompt=True)
+    for m in body.messages:
+        chat.messages.add(role=m.role, content=m.text(), name=m.name or "")
+    gen = pb.GenerateRequest(request_id=request.state.request_id, model=body.model, chat=chat, params=params,
+                             user=body.user or "")
+    prompt_bytes = sum(len(m.text().encode()) + _TEMPLATE_TOKENS_PER_MESSAGE for m in body.messages)
+    fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
+    flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
+                          formatter=fmt, stream=body.stream, role_chunks=True)
+    return await flow.run([gen], _reserve(prompt_bytes, body.token_limit, body.n, settings))
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
+    request.state.model = body.model
+    prompt_only = body.echo and body.max_tokens == 0
+    params = _params(body, 1 if prompt_only else body.max_tokens)
+    if body.logprobs is not None:
+        params.logprobs = body.logprobs
+        if body.echo:
+            params.prompt_logprobs = body.logprobs
+    gens, prompt_bytes = [], 0
+    for i, prompt in enumerate(body.prompts()):
+        g = pb.GenerateRequest(request_id=f"{request.state.request_id}-{i}" if i else request.state.request_id,
+                               model=body.model, params=params, user=body.user or "", return_prompt=body.echo)
+        if isinstance(prompt, str):
+            g.prompt = prompt
+            prompt_bytes += len(prompt.encode())
+        else:
+            g.prompt_token_ids.ids.extend(prompt)
+            prompt_bytes += len(prompt)
+        gens.append(g)
+    fmt = CompletionFormatter(body.model, body.include_usage, body.logprobs is not None, body.echo, prompt_only)
+    flow = GenerationFlow(request, settings, upstreams, route="/v1/completions", model=body.model,
+                          formatter=fmt, stream=body.stream, role_chunks=False)
+    return await flow.run(gens, _reserve(prompt_bytes, body.max_tokens, body.n * len(gens), settings))

@@ -1,0 +1,155 @@
+"""The generation flow shared by chat and completions.
+
+validate (pydantic) → admit (auth, one gRPC call) → open the upstream streams
+and wait for their first chunk → stream SSE or fold into one JSON body →
+report the actual usage to auth. A client that disconnects cancels the
+upstream calls, which aborts the vLLM requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.common.pb import inference_pb2 as pb
+
+from . import metrics
+from .admission import Admission, admit, report_usage
+from .config import GatewaySettings
+from .errors import APIError
+from .upstream import Generation, Upstreams
+
+log = logging.getLogger(__name__)
+
+
+def sse(doc: dict | str) -> bytes:
+    payload = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {payload}\n\n".encode()
+
+
+class GenerationFlow:
+    """Runs one API call that fans out into one or more upstream generations."""
+
+    def __init__(self, request: Request, settings: GatewaySettings, upstreams: Upstreams, *, route: str,
+                 model: str, formatter, stream: bool, role_chunks: bool) -> None:
+        self.request = request
+        self.settings = settings
+        self.upstreams = upstreams
+        self.route = route
+        self.model = model
+        self.fmt = formatter
+        self.stream = stream
+        self.role_chunks = role_chunks
+        self.request_id = request.state.request_id
+        self.started = time.perf_counter()
+        self.admission: Admission | None = None
+        self.generations: list[Generation] = []
+
+    async def run(self, requests: list[pb.GenerateRequest], reserve_tokens: int) -> JSONResponse | StreamingResponse:
+        self.admission = await admit(self.upstreams, self.request, model=self.model, scope="chat",
+                                     reserve_tokens=reserve_tokens, timeout_s=self.settings.auth_timeout_s)
+        try:
+            self.generations = [Generation(self.upstreams, r, self.settings.request_timeout_s) for r in requests]
+            await asyncio.gather(*(g.start() for g in self.generations))
+        except BaseException as exc:
+            self._close_all()
+            self._report("error" if isinstance(exc, APIError) else "cancelled")
+            if isinstance(exc, APIError):
+                exc.headers = {**self.admission.headers, **exc.headers}
+            raise
+        metrics.TTFT.labels(self.model).observe(self.generations[0].first_token_at - self.started)
+        headers = {"x-request-id": self.request_id, **self.admission.headers}
+        if self.stream:
+            return StreamingResponse(self._sse(), media_type="text/event-stream",
+                                     headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        try:
+            async for offset, chunk in self._merged():
+                self.fmt.fold(chunk, offset)
+        except APIError as exc:
+            self._report("error")
+            exc.headers = {**headers, **exc.headers}
+            raise
+        finally:
+            self._close_all()
+        self._report("ok")
+        return JSONResponse(self.fmt.response(), headers=headers)
+
+    async def _merged(self) -> AsyncIterator[tuple[int, pb.GenerateChunk]]:
+        """Chunks of every generation as they arrive, with each one's choice-index offset."""
+        n = max(1, self.generations[0].request.params.n)
+        if len(self.generations) == 1:
+            async for chunk in self.generations[0].chunks():
+                yield 0, chunk
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, g: Generation) -> None:
+            try:
+                async for chunk in g.chunks():
+                    await queue.put((i * n, chunk))
+            except APIError as exc:
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(self.generations)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, APIError):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _sse(self) -> AsyncIterator[bytes]:
+        status = "cancelled"
+        try:
+            if self.role_chunks:
+                n = max(1, self.generations[0].request.params.n)
+                for i in range(len(self.generations)):
+                    for doc in self.fmt.role_chunks(i * n):
+                        yield sse(doc)
+            async for offset, chunk in self._merged():
+                for doc in self.fmt.stream_chunks(chunk, offset):
+                    yield sse(doc)
+            if self.fmt.include_usage:
+                yield sse(self.fmt.usage_chunk())
+            status = "ok"
+        except APIError as exc:
+            # Headers are gone; OpenAI's streaming error shape is an error event, then the end.
+            status = "error"
+            log.warning("stream broke after start: %s", exc.message)
+            yield sse(exc.body())
+        finally:
+            self._close_all()
+            self._report(status)
+        yield sse("[DONE]")
+
+    def _close_all(self) -> None:
+        for g in self.generations:
+            g.close()
+
+    def _report(self, status: str) -> None:
+        prompt = sum(g.usage.prompt_tokens for g in self.generations)
+        completion = sum(g.usage.completion_tokens for g in self.generations)
+        elapsed = time.perf_counter() - self.started
+        metrics.TOKENS.labels(self.model, "prompt").inc(prompt)
+        metrics.TOKENS.labels(self.model, "completion").inc(completion)
+        first = self.generations[0].first_token_at if self.generations else None
+        if first and completion > 1:
+            metrics.ITL.labels(self.model).observe((time.perf_counter() - first) / (completion - 1))
+        if self.admission is not None:
+            report_usage(self.upstreams, self.admission, request_id=self.request_id, model=self.model,
+                         prompt_tokens=prompt, completion_tokens=completion, status=status, latency_s=elapsed)

@@ -1,0 +1,104 @@
+"""gRPC clients of the gateway and the call that runs one generation upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.pb import auth_pb2_grpc, inference_pb2 as pb, router_pb2_grpc
+
+from .errors import APIError, from_grpc
+
+
+@dataclass
+class Upstreams:
+    """Channels and stubs, built at start-up and closed at shutdown."""
+
+    router_channel: grpc.aio.Channel
+    auth_channel: grpc.aio.Channel
+    router: router_pb2_grpc.RouterStub
+    auth: auth_pb2_grpc.AuthStub
+    extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    @classmethod
+    def connect(cls, router_addr: str, auth_addr: str) -> "Upstreams":
+        rc, ac = insecure_channel(router_addr), insecure_channel(auth_addr)
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth_pb2_grpc.AuthStub(ac))
+
+    async def healthy(self, timeout: float = 1.0) -> dict[str, bool]:
+        async def check(channel: grpc.aio.Channel) -> bool:
+            try:
+                resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                return resp.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                return False
+
+        router, auth = await asyncio.gather(check(self.router_channel), check(self.auth_channel))
+        return {"router": router, "auth": auth}
+
+    async def close(self) -> None:
+        for ch in (self.router_channel, self.auth_channel, *self.extra.values()):
+            await ch.close()
+
+
+class Generation:
+    """One upstream Generate stream.
+
+    :meth:`start` waits for the first chunk so that errors the worker raises up
+    front (prompt too long, unknown model) become a proper HTTP status before
+    any SSE bytes are sent. Iterating yields the first chunk, then the rest.
+    ``close`` cancels the gRPC call, which the router and worker see as a
+    cancellation and which aborts the vLLM request.
+    """
+
+    def __init__(self, upstreams: Upstreams, request: pb.GenerateRequest, timeout_s: float) -> None:
+        self.request = request
+        self.started_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._call = upstreams.router.Generate(
+            request, timeout=timeout_s, metadata=request_metadata(request.request_id)
+        )
+        self._first: pb.GenerateChunk | None = None
+        self.usage = pb.Usage()
+        self.finished = False
+
+    async def start(self) -> None:
+        try:
+            self._first = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc, self.request.model) from None
+        if self._first is grpc.aio.EOF:
+            raise APIError(502, "The worker closed the stream without output.", code="upstream_error")
+        self.first_token_at = time.perf_counter()
+        self._note(self._first)
+
+    def _note(self, chunk: pb.GenerateChunk) -> None:
+        if chunk.finished:
+            self.finished = True
+            self.usage.CopyFrom(chunk.usage)
+
+    async def chunks(self) -> AsyncIterator[pb.GenerateChunk]:
+        """Yield every chunk; raise :class:`APIError` if the stream breaks."""
+        assert self._first is not None, "call start() first"
+        yield self._first
+        while not self.finished:
+            try:
+                chunk = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                raise from_grpc(exc, self.request.model) from None
+            if chunk is grpc.aio.EOF:
+                if not self.finished:
+                    raise APIError(502, "The stream from the worker ended early.", code="upstream_error")
+                return
+            self._note(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if not self._call.done():
+            self._call.cancel()

@@ -1,0 +1,1 @@
+"""Inference worker: one vLLM engine behind the ``llmsvc.v1.Inference`` gRPC service."""

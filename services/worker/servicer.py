@@ -1,0 +1,79 @@
+"""gRPC ``llmsvc.v1.Inference`` on top of :class:`EngineHost`."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from services.common.pb import inference_pb2 as pb
+from services.common.pb import inference_pb2_grpc as pb_grpc
+
+from .engine import EngineHost, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, host: EngineHost) -> None:
+        self.host = host
+        self.draining = False
+
+    async def _check_model(self, model: str, context: grpc.aio.ServicerContext) -> None:
+        if model and not self.host.serves(model):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist on this worker.")
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        await self._check_model(request.model, context)
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
+        log.info("generate model=%s n=%d", request.model, request.params.n or 1)
+        try:
+            async for chunk in self.host.generate(request):
+                yield chunk
+        except InvalidRequest as exc:
+            context.set_trailing_metadata((("param", exc.param or ""),))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.Load:
+        snap = self.host.load_snapshot()
+        card = self.host.card
+        return pb.Load(
+            running=snap.running,
+            waiting=snap.waiting,
+            kv_cache_usage=snap.kv_cache_usage,
+            prefix_cache_hit_rate=snap.prefix_cache_hit_rate,
+            models=[card.name, *card.aliases] if card else [],
+            draining=self.draining,
+        )
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
+        card = self.host.card
+        resp = pb.ListModelsResponse()
+        if card:
+            resp.models.add(id=card.name, root=card.path, max_model_len=card.max_model_len, created=card.created, owned_by="llmsvc")
+            for alias in card.aliases:
+                resp.models.add(id=alias, root=card.path, max_model_len=card.max_model_len, created=card.created, owned_by="llmsvc", parent=card.name)
+        return resp
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        await self._check_model(request.model, context)
+        try:
+            if request.WhichOneof("input") == "chat":
+                ids = self.host.encode_chat(request.chat)
+            else:
+                ids = self.host.encode_prompt(request.prompt, request.add_special_tokens)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        tok = self.host.tokenizer
+        return pb.TokenizeResponse(
+            tokens=ids, count=len(ids), max_model_len=self.host.card.max_model_len,
+            token_strs=tok.convert_ids_to_tokens(ids),
+        )
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
+        await self._check_model(request.model, context)
+        try:
+            return pb.DetokenizeResponse(prompt=self.host.detokenize(list(request.tokens)))
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
