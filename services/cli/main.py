@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=600, help="seconds to wait for start-up")
     up.set_defaults(func=lambda a: __import__("services.cli.up", fromlist=["run_up"]).run_up(a))
 
+    from . import db
+
+    db.add_parser(sub)
+
     for name, module in [("gateway", "services.gateway.main"), ("auth", "services.auth.main"),
                          ("router", "services.router.main"), ("worker", "services.worker.main")]:
         p = sub.add_parser(name, help=f"run the {name} service in the foreground (configured by LLMSVC_{name.upper()}_*)")
