@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
 
 from services.common.grpcutil import build_server, serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 from services.common.pb import router_pb2_grpc
 
+from .admission import AdmissionControl
 from .config import RouterSettings
-from .policies import make_policy
+from .discovery import start_discovery
+from .policies import PolicyTable
 from .pool import WorkerPool
 from .servicer import RouterServicer
 
@@ -19,19 +25,49 @@ log = logging.getLogger(__name__)
 SERVICE = "llmsvc.v1.Router"
 
 
-async def serve(settings: RouterSettings) -> None:
-    pool = WorkerPool(settings.workers, settings.poll_interval_s, settings.poll_timeout_s)
-    servicer = RouterServicer(pool, make_policy("least_load"), settings.max_attempts)
-    server, health = build_server("router", [(router_pb2_grpc.add_RouterServicer_to_server, servicer, SERVICE)])
+@dataclass
+class Router:
+    """A started router: what tests and :func:`serve` need to hold on to."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    servicer: RouterServicer
+    port: int
+    discovery: asyncio.Task | None
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        if self.discovery:
+            self.discovery.cancel()
+        await self.server.stop(grace_s)
+        await self.servicer.pool.close()
+
+
+async def start_router(settings: RouterSettings) -> Router:
+    """Build the pool, policies and queues, bind the port (0 = any) and start serving."""
+    pool = WorkerPool(settings.workers if settings.discovery == "static" else [], settings.poll_interval_s,
+                      settings.poll_timeout_s, settings.readmit_checks)
+    policies = PolicyTable(settings)
+    admission = AdmissionControl(lambda model: settings.max_in_flight_per_worker * len(pool.routable(model)),
+                                 settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
+    pool.on_admit += [policies.forget, lambda _address: admission.wake()]
+    servicer = RouterServicer(pool, policies, admission, settings.max_attempts)
+    server, health_servicer = build_server("router", [(router_pb2_grpc.add_RouterServicer_to_server, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    discovery = start_discovery(pool, settings)
     pool.start()
     await server.start()
-    await set_serving(health, [SERVICE], True)
-    log.info("router on %s:%d with %d static workers", settings.host, port, len(settings.workers))
+    await set_serving(health_servicer, [SERVICE], True)
+    log.info("router on %s:%d (discovery %s, policy %s, overrides %s)", settings.host, port, settings.discovery,
+             settings.policy, settings.model_policies or "none")
+    return Router(server, health_servicer, servicer, port, discovery)
+
+
+async def serve(settings: RouterSettings) -> None:
+    router = await start_router(settings)
     try:
-        await serve_until_signalled(server, health, [SERVICE], settings.grace_s)
+        await serve_until_signalled(router.server, router.health, [SERVICE], settings.grace_s)
     finally:
-        await pool.close()
+        await router.close()
 
 
 def main() -> None:

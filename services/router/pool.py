@@ -1,8 +1,12 @@
 """The worker pool: channels, health and load of each worker, refreshed by polling.
 
-A worker is routable when its gRPC health service says SERVING and its last
-load poll succeeded. A failed call ejects it at once (:meth:`WorkerPool.mark_failed`);
-the next successful poll re-admits it.
+A worker is routable when its gRPC health service says SERVING, its last load
+poll succeeded and it is not draining. A failed call ejects it at once
+(:meth:`WorkerPool.mark_failed`); it is re-admitted after ``readmit_checks``
+consecutive passing polls. Discovery (static, EndpointSlices, DNS) hands the
+pool the current address set through :meth:`WorkerPool.sync`; a worker that
+leaves the set stops getting requests at once, and its channel is closed when
+its last in-flight stream ends, so leaving never cuts a stream.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -39,6 +44,10 @@ class Worker:
     # Requests this router has sent and not yet finished; counts between polls.
     in_flight: int = 0
     last_ok: float = 0.0
+    # Consecutive passing polls since the last failure.
+    ok_streak: int = 0
+    # Ever admitted: a new worker needs one passing poll, a re-admitted one ``readmit_checks``.
+    seen_healthy: bool = False
 
     @property
     def score(self) -> float:
@@ -47,10 +56,15 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, addresses: list[str], poll_interval_s: float = 0.5, poll_timeout_s: float = 2.0) -> None:
+    def __init__(self, addresses: list[str], poll_interval_s: float = 0.5, poll_timeout_s: float = 2.0,
+                 readmit_checks: int = 2) -> None:
         self.workers: dict[str, Worker] = {}
         self.poll_interval_s = poll_interval_s
         self.poll_timeout_s = poll_timeout_s
+        self.readmit_checks = max(1, readmit_checks)
+        # Called with the address whenever a worker becomes routable (policies forget it, queues wake).
+        self.on_admit: list[Callable[[str], None]] = []
+        self._retiring: list[Worker] = []
         self._task: asyncio.Task | None = None
         self._changed = asyncio.Event()
         for address in addresses:
@@ -62,16 +76,34 @@ class WorkerPool:
             self.workers[address] = Worker(
                 address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel)
             )
+            log.info("discovered worker %s", address)
         return self.workers[address]
 
-    async def remove(self, address: str) -> None:
+    def sync(self, addresses: set[str]) -> None:
+        """Make the pool's address set equal ``addresses`` (from discovery)."""
+        for address in addresses - self.workers.keys():
+            self.add(address)
+        for address in self.workers.keys() - addresses:
+            self.retire(address)
+
+    def retire(self, address: str) -> None:
+        """Stop routing to ``address`` now; close its channel once its streams have ended."""
         worker = self.workers.pop(address, None)
-        if worker is not None:
+        if worker is None:
+            return
+        log.info("worker %s left discovery; retiring after %d in-flight streams", address, worker.in_flight)
+        worker.healthy = False
+        for gauge in (HEALTHY, WORKER_LOAD):
             try:
-                HEALTHY.remove(address)
-                WORKER_LOAD.remove(address)
+                gauge.remove(address)
             except KeyError:
                 pass
+        self._retiring.append(worker)
+
+    async def _close_retired(self) -> None:
+        done = [w for w in self._retiring if w.in_flight <= 0]
+        self._retiring = [w for w in self._retiring if w.in_flight > 0]
+        for worker in done:
             await worker.channel.close()
 
     def routable(self, model: str) -> list[Worker]:
@@ -84,32 +116,45 @@ class WorkerPool:
         if worker.healthy:
             log.warning("ejecting worker %s: %s", worker.address, why)
         worker.healthy = False
+        worker.ok_streak = 0
         HEALTHY.labels(worker.address).set(0)
+
+    async def _check(self, worker: Worker) -> None:
+        status = await worker.health.Check(
+            health_pb2.HealthCheckRequest(service="llmsvc.v1.Inference"), timeout=self.poll_timeout_s
+        )
+        if status.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError("health is NOT_SERVING")
+        load = await worker.stub.GetLoad(pb.GetLoadRequest(), timeout=self.poll_timeout_s)
+        if tuple(load.models) != worker.models:
+            listed = await worker.stub.ListModels(pb.ListModelsRequest(), timeout=self.poll_timeout_s)
+            worker.model_infos = tuple(listed.models)
+        worker.load, worker.models, worker.last_ok = load, tuple(load.models), time.monotonic()
 
     async def poll_once(self, worker: Worker) -> None:
         try:
-            status = await worker.health.Check(
-                health_pb2.HealthCheckRequest(service="llmsvc.v1.Inference"), timeout=self.poll_timeout_s
-            )
-            if status.status != health_pb2.HealthCheckResponse.SERVING:
-                raise RuntimeError("health is NOT_SERVING")
-            load = await worker.stub.GetLoad(pb.GetLoadRequest(), timeout=self.poll_timeout_s)
-            if tuple(load.models) != worker.models:
-                listed = await worker.stub.ListModels(pb.ListModelsRequest(), timeout=self.poll_timeout_s)
-                worker.model_infos = tuple(listed.models)
-            worker.load, worker.models, worker.last_ok = load, tuple(load.models), time.monotonic()
-            if not worker.healthy:
-                log.info("admitting worker %s (models: %s)", worker.address, ", ".join(worker.models))
-                self._changed.set()
-            worker.healthy = True
+            await self._check(worker)
         except (grpc.aio.AioRpcError, RuntimeError, asyncio.TimeoutError) as exc:
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             self.mark_failed(worker, why or type(exc).__name__)
+        else:
+            worker.ok_streak += 1
+            needed = self.readmit_checks if worker.seen_healthy else 1
+            if not worker.healthy and worker.ok_streak >= needed and self.workers.get(worker.address) is worker:
+                self._admit(worker)
         HEALTHY.labels(worker.address).set(int(worker.healthy))
         WORKER_LOAD.labels(worker.address).set(worker.score)
 
+    def _admit(self, worker: Worker) -> None:
+        log.info("admitting worker %s (models: %s)", worker.address, ", ".join(worker.models))
+        worker.healthy = worker.seen_healthy = True
+        for callback in self.on_admit:
+            callback(worker.address)
+        self._changed.set()
+
     async def poll_all(self) -> None:
         await asyncio.gather(*(self.poll_once(w) for w in list(self.workers.values())))
+        await self._close_retired()
 
     async def _loop(self) -> None:
         while True:
@@ -130,5 +175,5 @@ class WorkerPool:
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self._retiring]:
             await worker.channel.close()

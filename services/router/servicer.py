@@ -1,8 +1,7 @@
-"""gRPC ``llmsvc.v1.Router``: choose a worker, proxy the stream, retry before the first token."""
+"""gRPC ``llmsvc.v1.Router``: admit, choose a worker, proxy the stream, retry before the first token."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -13,7 +12,8 @@ from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2
 from services.common.pb import router_pb2_grpc
 
-from .policies import RoutingPolicy
+from .admission import AdmissionControl, Rejected
+from .policies import PolicyTable, RoutingPolicy
 from .pool import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -22,65 +22,97 @@ ROUTED = Counter("llmsvc_router_decisions_total", "Routing decisions by policy, 
 RETRIES = Counter("llmsvc_router_retries_total", "Requests retried on another worker before their first token.", ["model"])
 
 # Codes that mean "this worker could not serve it", as opposed to "the request is bad".
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# CANCELLED here comes from the worker (a stop past its grace); our own caller's cancellation is a CancelledError.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 # How long a request waits for a worker to become routable before it is refused.
 _NO_WORKER_WAIT_S = 5.0
 
 
+class _WorkerFailed(Exception):
+    """The chosen worker failed before its first chunk; another may serve the request."""
+
+
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, pool: WorkerPool, policy: RoutingPolicy, max_attempts: int = 2) -> None:
+    def __init__(self, pool: WorkerPool, policies: PolicyTable, admission: AdmissionControl,
+                 max_attempts: int = 2) -> None:
         self.pool = pool
-        self.policy = policy
+        self.policies = policies
+        self.admission = admission
         self.max_attempts = max(1, max_attempts)
 
-    async def _candidates(self, model: str, context: grpc.aio.ServicerContext) -> list[Worker]:
+    async def _candidates(self, model: str, policy: str, context: grpc.aio.ServicerContext) -> list[Worker]:
         workers = self.pool.routable(model)
         if not workers and self.pool.knows_model(model):
             await self.pool.wait_changed(min(_NO_WORKER_WAIT_S, context.time_remaining() or _NO_WORKER_WAIT_S))
             workers = self.pool.routable(model)
         if not workers:
             if self.pool.knows_model(model):
-                ROUTED.labels(self.policy.name, model, "no_worker").inc()
+                ROUTED.labels(policy, model, "no_worker").inc()
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"No healthy worker is serving '{model}' right now.")
-            ROUTED.labels(self.policy.name, model, "unknown_model").inc()
+            ROUTED.labels(policy, model, "unknown_model").inc()
             await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist.")
         return workers
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        policy = self.policies.for_model(request.model)
+        await self._candidates(request.model, policy.name, context)
+        try:
+            async with self.admission.slot(request.model, request.priority, context.time_remaining()):
+                async for chunk in self._dispatch(request, policy, context):
+                    yield chunk
+        except Rejected as exc:
+            ROUTED.labels(policy.name, request.model, "rejected").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                                trailing_metadata=(("retry-after", str(exc.retry_after_s)),))
+
+    async def _dispatch(self, request: pb.GenerateRequest, policy: RoutingPolicy, context: grpc.aio.ServicerContext):
         tried: set[str] = set()
-        timeout = context.time_remaining()
         for attempt in range(self.max_attempts):
-            workers = [w for w in await self._candidates(request.model, context) if w.address not in tried]
+            workers = [w for w in await self._candidates(request.model, policy.name, context) if w.address not in tried]
             if not workers:
                 break
-            worker = self.policy.choose(workers, request)
+            worker, outcome = policy.choose(workers, request)
             tried.add(worker.address)
-            ROUTED.labels(self.policy.name, request.model, "retry" if attempt else "routed").inc()
-            started = False
-            worker.in_flight += 1
-            call = worker.stub.Generate(request, timeout=timeout, metadata=request_metadata(request.request_id))
+            ROUTED.labels(policy.name, request.model, "retry" if attempt else outcome).inc()
             try:
-                async for chunk in call:
-                    started = True
-                    chunk.worker = worker.address
+                async for chunk in self._stream(worker, request, context):
                     yield chunk
                 return
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if started or code not in _RETRYABLE:
-                    # Client errors pass through unchanged; mid-stream failures cannot be replayed.
-                    context.set_trailing_metadata(tuple(exc.trailing_metadata() or ()))
-                    await context.abort(code, exc.details() or code.name)
-                self.pool.mark_failed(worker, f"{code.name}: {exc.details()}")
-                log.warning("worker %s failed before first token (%s); %s", worker.address, code.name,
-                            "retrying" if attempt + 1 < self.max_attempts else "giving up")
-                if attempt + 1 < self.max_attempts:
+            except _WorkerFailed:
+                more = attempt + 1 < self.max_attempts
+                if more:
                     RETRIES.labels(request.model).inc()
-            finally:
-                # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
-                call.cancel()
-                worker.in_flight -= 1
+                log.warning("worker %s failed before the first token; %s", worker.address,
+                            "retrying elsewhere" if more else "giving up")
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"No worker could serve '{request.model}'; tried {len(tried)}.")
+
+    async def _stream(self, worker: Worker, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        """Proxy one worker's stream; raise :class:`_WorkerFailed` if it fails before the first chunk."""
+        started = False
+        worker.in_flight += 1
+        call = worker.stub.Generate(request, timeout=context.time_remaining(),
+                                    metadata=request_metadata(request.request_id))
+        try:
+            async for chunk in call:
+                started = True
+                chunk.worker = worker.address
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if not started and code in _RETRYABLE:
+                self.pool.mark_failed(worker, f"{code.name}: {exc.details()}")
+                raise _WorkerFailed from None
+            if started and code in _RETRYABLE:
+                self.pool.mark_failed(worker, f"{code.name} mid-stream: {exc.details()}")
+                await context.abort(code, f"The worker serving this request failed after it had started "
+                                          f"({code.name}: {exc.details()}); the output is incomplete.")
+            # Client errors and deadlines pass through unchanged.
+            await context.abort(code, exc.details() or code.name, trailing_metadata=tuple(exc.trailing_metadata() or ()))
+        finally:
+            # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
+            call.cancel()
+            worker.in_flight -= 1
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         seen: dict[str, pb.ModelInfo] = {}
@@ -91,13 +123,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return pb.ListModelsResponse(models=sorted(seen.values(), key=lambda m: m.id))
 
     async def _unary(self, method: str, request, context: grpc.aio.ServicerContext):
-        workers = await self._candidates(request.model, context)
+        workers = await self._candidates(request.model, "unary", context)
         worker = min(workers, key=lambda w: w.score)
         try:
             return await getattr(worker.stub, method)(request, timeout=context.time_remaining(), metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
-            context.set_trailing_metadata(tuple(exc.trailing_metadata() or ()))
-            await context.abort(exc.code(), exc.details() or exc.code().name)
+            await context.abort(exc.code(), exc.details() or exc.code().name,
+                                trailing_metadata=tuple(exc.trailing_metadata() or ()))
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext):
         return await self._unary("Tokenize", request, context)
