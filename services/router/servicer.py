@@ -137,6 +137,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
         return await self._unary("Detokenize", request, context)
 
+    async def TokenizerInfo(self, request: pb.TokenizerInfoRequest, context: grpc.aio.ServicerContext):
+        return await self._unary("TokenizerInfo", request, context)
+
     async def ListWorkers(self, request: router_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext):
         resp = router_pb2.ListWorkersResponse()
         for w in self.pool.workers.values():

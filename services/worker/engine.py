@@ -24,6 +24,17 @@ from .load import LoadSnapshot, LoadTracker
 log = logging.getLogger(__name__)
 
 
+def _json_safe(value):
+    """Tokenizer init kwargs hold AddedToken objects and paths; keep what JSON can carry."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(getattr(value, "content", value))
+
+
 class InvalidRequest(ValueError):
     """The request cannot be served as sent (maps to INVALID_ARGUMENT / HTTP 400)."""
 
@@ -131,6 +142,19 @@ class EngineHost:
         if any(i < 0 or i >= vocab for i in ids):
             raise InvalidRequest(f"Token ids must lie in [0, {vocab}).", "tokens")
         return self.tokenizer.decode(ids)
+
+    def tokenizer_info(self) -> tuple[dict, str]:
+        """The tokenizer's configuration and chat template, as vLLM's ``/tokenizer_info`` serves them."""
+        tok = self.tokenizer
+        info: dict = {"tokenizer_class": type(tok).__name__}
+        for key, value in (getattr(tok, "init_kwargs", None) or {}).items():
+            info[key] = _json_safe(value)
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            value = getattr(tok, name, None)
+            info[name] = str(value) if value is not None else None
+        info["model_max_length"] = self.card.max_model_len
+        info.pop("chat_template", None)
+        return info, getattr(tok, "chat_template", None) or ""
 
     # -- generation ----------------------------------------------------------------
     def sampling_params(self, p: pb.SamplingParams, prompt_len: int):

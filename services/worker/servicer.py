@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import signal
 
 import grpc
 
@@ -77,3 +81,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return pb.DetokenizeResponse(prompt=self.host.detokenize(list(request.tokens)))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def TokenizerInfo(self, request: pb.TokenizerInfoRequest, context: grpc.aio.ServicerContext):
+        await self._check_model(request.model, context)
+        info, template = self.host.tokenizer_info()
+        return pb.TokenizerInfoResponse(config_json=json.dumps(info), chat_template=template, model=self.host.card.name)
+
+    async def SetAliases(self, request: pb.SetAliasesRequest, context: grpc.aio.ServicerContext):
+        # Promotion in embedded mode: the router sees the new names on its next load poll.
+        card = self.host.card
+        card.aliases = [a for a in dict.fromkeys(request.aliases) if a and a != card.name]
+        log.info("aliases now %s", card.aliases)
+        return pb.SetAliasesResponse(models=[card.name, *card.aliases])
+
+    async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext):
+        # Stop taking new requests now, then take the SIGTERM path (in-flight calls get grace_s).
+        self.draining = True
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        return pb.DrainResponse()

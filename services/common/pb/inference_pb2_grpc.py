@@ -60,6 +60,21 @@ class InferenceStub:
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.TokenizerInfo = channel.unary_unary(
+                '/llmsvc.v1.Inference/TokenizerInfo',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.FromString,
+                _registered_method=True)
+        self.SetAliases = channel.unary_unary(
+                '/llmsvc.v1.Inference/SetAliases',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.SetAliasesRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.SetAliasesResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/llmsvc.v1.Inference/Drain',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.DrainRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -96,6 +111,24 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TokenizerInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAliases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +156,21 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'TokenizerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.TokenizerInfo,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.SerializeToString,
+            ),
+            'SetAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAliases,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.SetAliasesRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.SetAliasesResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.DrainRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +309,87 @@ class Inference:
             '/llmsvc.v1.Inference/Detokenize',
             llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
             llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Inference/TokenizerInfo',
+            llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Inference/SetAliases',
+            llmsvc_dot_v1_dot_inference__pb2.SetAliasesRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.SetAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Inference/Drain',
+            llmsvc_dot_v1_dot_inference__pb2.DrainRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

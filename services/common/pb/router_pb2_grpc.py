@@ -55,6 +55,11 @@ class RouterStub:
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.TokenizerInfo = channel.unary_unary(
+                '/llmsvc.v1.Router/TokenizerInfo',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/llmsvc.v1.Router/ListWorkers',
                 request_serializer=llmsvc_dot_v1_dot_router__pb2.ListWorkersRequest.SerializeToString,
@@ -89,6 +94,12 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TokenizerInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -117,6 +128,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'TokenizerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.TokenizerInfo,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
@@ -232,6 +248,33 @@ class Router:
             '/llmsvc.v1.Router/Detokenize',
             llmsvc_dot_v1_dot_inference__pb2.DetokenizeRequest.SerializeToString,
             llmsvc_dot_v1_dot_inference__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Router/TokenizerInfo',
+            llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.TokenizerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
