@@ -14,6 +14,7 @@ from services.common.logging import request_id_var
 
 from . import metrics
 
+_FORM = b"application/x-www-form-urlencoded"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -25,7 +26,12 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope.get("headers") or ())
+        if scope.get("method") == "POST" and headers.get(b"content-type", b"").startswith(_FORM):
+            # curl -d sends form encoding by default; our POST bodies are always JSON.
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                     + [(b"content-type", b"application/json")]}
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _VALID_ID.match(incoming) else f"req-{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)

@@ -1,0 +1,51 @@
+"""Closing a stream mid-way aborts the request in the vLLM worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from services.common.pb import inference_pb2 as pb
+from services.common.pb import inference_pb2_grpc
+
+
+def _worker_load(stack) -> pb.Load:
+    async def get() -> pb.Load:
+        async with grpc.aio.insecure_channel(f"{stack.cfg.host}:{stack.cfg.worker_ports[0]}") as ch:
+            return await inference_pb2_grpc.InferenceStub(ch).GetLoad(pb.GetLoadRequest(), timeout=5)
+
+    return asyncio.run(get())
+
+
+def test_closing_stream_aborts_worker_request(stack, openai_client, model_name):
+    rid = f"cancel-{time.time_ns()}"
+    stream = openai_client.chat.completions.create(
+        model=model_name, messages=[{"role": "user", "content": "go on forever"}], max_tokens=900,
+        stream=True, extra_headers={"x-request-id": rid},
+    )
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received >= 3:
+            break
+    busy = _worker_load(stack)
+    assert busy.running + busy.waiting == 1
+    stream.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        load = _worker_load(stack)
+        if load.running + load.waiting == 0:
+            break
+        time.sleep(0.1)
+    assert load.running + load.waiting == 0
+    # The worker logged the abort under the client's request id, which travelled in gRPC metadata.
+    log = (stack.logs / "worker0.log").read_text()
+    deadline = time.monotonic() + 10
+    while f"aborted engine request {rid}" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = (stack.logs / "worker0.log").read_text()
+    assert f"aborted engine request {rid}" in log
+    assert f"[{rid}]" in log
