@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 
-import pytest
-
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2_grpc
 from services.common.grpcutil import insecure_channel
@@ -58,6 +56,12 @@ async def generate(stub, request: pb.GenerateRequest, timeout: float = 10.0) -> 
     return [c async for c in stub.Generate(request, timeout=timeout)]
 
 
-@pytest.fixture
-def router_factory():
-    return router_over
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    """Wait for ``predicate()`` (a condition, not a timing claim); fail after ``timeout_s``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
