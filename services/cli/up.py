@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .stack import Stack, StackConfig, port_in_use
+from .stack import Stack, StackConfig, free_port, port_in_use
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never wrap: the curl line must paste whole
 
 
 def default_home() -> Path:
@@ -62,10 +62,14 @@ def run_up(args) -> int:
     else:
         model = ensure_default_model(home)
     key = load_or_create_key(home, args.api_key or os.environ.get("LLMSVC_API_KEY"))
-    base = 50051 if args.port == 8000 else args.port + 100
     cfg = StackConfig(home=home, model=model, api_key=key, host=args.host, gateway_port=args.port,
-                      auth_port=base, router_port=base + 1, worker_ports=[base + 10 + i for i in range(args.workers)],
+                      worker_ports=[50060 + i for i in range(args.workers)],
                       served_model_name=args.served_model_name or "")
+    internal = [cfg.auth_port, cfg.router_port, *cfg.worker_ports]
+    if any(port_in_use(p, args.host) for p in internal):
+        # Another stack (or anything else) holds the default internal ports: take free ones.
+        cfg.auth_port, cfg.router_port = free_port(args.host), free_port(args.host)
+        cfg.worker_ports = [free_port(args.host) for _ in range(args.workers)]
     stack = Stack(cfg)
     stopping = False
 

@@ -1,0 +1,82 @@
+"""``llmsvc up`` as a user runs it: a real process tree, a printed banner, a working API, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+
+from services.cli.stack import free_port
+
+
+def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> str:
+    out, deadline = "", time.monotonic() + timeout_s
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()  # bytes, or None when nothing is ready
+        if chunk:
+            out += chunk.decode(errors="replace")
+            if re.search(pattern, out):
+                return out
+        elif proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"did not see {pattern!r}; output so far:\n{out}")
+
+
+def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_model):
+    port = free_port()
+    env = {**os.environ, "LLMSVC_API_KEY": "sk-up-test-key", "COLUMNS": "200", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "up", "--home", str(tmp_path), "--port", str(port),
+         "--model", str(default_model), "--served-model-name", "my-model"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        banner = _read_until(proc, r"Press Ctrl-C to stop", 300)
+        assert f"http://127.0.0.1:{port}/v1" in banner
+        assert "sk-up-test-key" in banner
+        assert "curl " in banner and "my-model" in banner
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in children}
+        assert len([c for c in children if c.ppid() == proc.pid]) == 4  # gateway, auth, router, worker
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       headers={"Authorization": "Bearer sk-up-test-key"},
+                       json={"model": "my-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 3
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.pid for p in alive]} ({names})"
+        assert (tmp_path / "logs" / "gateway.log").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_rejects_a_directory_that_is_not_a_model(tmp_path):
+    port = free_port()
+    res = subprocess.run([sys.executable, "-m", "services.cli.main", "up", "--home", str(tmp_path), "--port",
+                          str(port), "--model", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "not a Hugging Face model directory" in res.stderr
+
+
+def test_up_refuses_a_busy_port(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "services.cli.main", "up", "--home", str(tmp_path), "--port",
+                              str(port)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"Port {port} is already in use" in res.stderr
