@@ -5,26 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.common.grpcutil import build_server, serve_until_signalled, set_serving
+from services.common.grpcutil import serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
-from services.common.pb import auth_pb2_grpc
 
 from .config import AuthSettings
-from .servicer import AuthServicer
+from .runtime import SERVICES, AuthRuntime
 
 log = logging.getLogger(__name__)
-SERVICE = "llmsvc.v1.Auth"
 
 
 async def serve(settings: AuthSettings) -> None:
-    servicer = AuthServicer(settings.api_key.get_secret_value())
-    server, health = build_server("auth", [(auth_pb2_grpc.add_AuthServicer_to_server, servicer, SERVICE)])
+    runtime = await AuthRuntime.start(settings)
+    server, health = runtime.build_server()
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    await set_serving(health, [SERVICE], True)
+    await set_serving(health, SERVICES, True)
     log.info("auth on %s:%d", settings.host, port)
-    await serve_until_signalled(server, health, [SERVICE], settings.grace_s)
+    try:
+        await serve_until_signalled(server, health, SERVICES, settings.grace_s)
+    finally:
+        await runtime.close()
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuthStub:
-    """Missing associated documentation comment in .proto file."""
+    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +48,8 @@ class AuthStub:
 
 
 class AuthServicer:
-    """Missing associated documentation comment in .proto file."""
+    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """
 
     def Admit(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -83,7 +85,8 @@ def add_AuthServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Auth:
-    """Missing associated documentation comment in .proto file."""
+    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """
 
     @staticmethod
     def Admit(request,
@@ -129,6 +132,251 @@ class Auth:
             '/llmsvc.v1.Auth/ReportUsage',
             llmsvc_dot_v1_dot_auth__pb2.ReportUsageRequest.SerializeToString,
             llmsvc_dot_v1_dot_auth__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuthAdminStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateKey = channel.unary_unary(
+                '/llmsvc.v1.AuthAdmin/CreateKey',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/llmsvc.v1.AuthAdmin/ListKeys',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/llmsvc.v1.AuthAdmin/GetKey',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.KeyRef.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/llmsvc.v1.AuthAdmin/RevokeKey',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.KeyRef.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.GetKeyUsage = channel.unary_unary(
+                '/llmsvc.v1.AuthAdmin/GetKeyUsage',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageResponse.FromString,
+                _registered_method=True)
+
+
+class AuthAdminServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Takes effect on every auth replica within the key cache TTL (at once with Redis).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuthAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.CreateKeyRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.ListKeysRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.KeyRef.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.KeyInfo.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.KeyRef.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.KeyInfo.SerializeToString,
+            ),
+            'GetKeyUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyUsage,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'llmsvc.v1.AuthAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('llmsvc.v1.AuthAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuthAdmin:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.AuthAdmin/CreateKey',
+            llmsvc_dot_v1_dot_auth__pb2.CreateKeyRequest.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.AuthAdmin/ListKeys',
+            llmsvc_dot_v1_dot_auth__pb2.ListKeysRequest.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.AuthAdmin/GetKey',
+            llmsvc_dot_v1_dot_auth__pb2.KeyRef.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.AuthAdmin/RevokeKey',
+            llmsvc_dot_v1_dot_auth__pb2.KeyRef.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.AuthAdmin/GetKeyUsage',
+            llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageRequest.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.GetKeyUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

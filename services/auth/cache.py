@@ -1,0 +1,99 @@
+"""Per-replica cache of key records, by public prefix.
+
+Bounds (the revocation guarantee):
+
+* an entry is fresh for ``ttl_s``; after that the next request re-reads the
+  database, so a revocation or a changed key reaches every replica within
+  ``ttl_s`` even with no Redis at all;
+* with Redis, the replica that revokes publishes the prefix and every replica
+  drops its entry at once (typically milliseconds);
+* while the database is down, an entry verified within ``stale_s`` keeps
+  working (expiry is still checked on every request); an unknown key is refused.
+
+Unknown prefixes are cached too (as ``None``), so a client that keeps sending a
+wrong key costs one query per ``ttl_s``, not one per request; the cache is an
+LRU of at most ``max_entries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import metrics
+from .store import KeyRecord, Store, StoreUnavailable
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: KeyRecord | None
+    verified_at: float
+    fresh_until: float
+
+
+class KeyCache:
+    def __init__(self, store: Store, *, ttl_s: float = 5.0, stale_s: float = 3600.0, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.stale_s = stale_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._generation = 0
+        """Bumped by every invalidation, so a read that raced with one is not cached."""
+
+    async def lookup(self, prefix: str) -> KeyRecord | None:
+        """The record for ``prefix`` or None if no such key; raises StoreUnavailable if that cannot be known."""
+        now = self.clock()
+        entry = self._entries.get(prefix)
+        if entry is not None and now < entry.fresh_until:
+            self._entries.move_to_end(prefix)
+            metrics.KEY_CACHE.labels("hit").inc()
+            return entry.record
+        generation = self._generation
+        try:
+            record = await self._fetch(prefix)
+        except StoreUnavailable:
+            metrics.DB_ERRORS.inc()
+            if entry is not None and entry.record is not None and now - entry.verified_at < self.stale_s:
+                metrics.KEY_CACHE.labels("stale").inc()
+                return entry.record
+            raise
+        metrics.KEY_CACHE.labels("miss").inc()
+        if generation == self._generation:
+            self._put(prefix, record, self.clock())
+        return record
+
+    async def _fetch(self, prefix: str) -> KeyRecord | None:
+        """One database read per prefix at a time, however many requests wait for it."""
+        fut = self._inflight.get(prefix)
+        if fut is None:
+            fut = asyncio.ensure_future(self.store.key_by_prefix(prefix))
+            self._inflight[prefix] = fut
+            fut.add_done_callback(lambda f: (self._inflight.pop(prefix, None), f.cancelled() or f.exception()))
+        return await asyncio.shield(fut)
+
+    def _put(self, prefix: str, record: KeyRecord | None, now: float) -> None:
+        self._entries[prefix] = _Entry(record, now, now + self.ttl_s)
+        self._entries.move_to_end(prefix)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, prefix: str) -> None:
+        """Forget one key entirely (revoked): not even an outage may serve it from cache now."""
+        self._generation += 1
+        self._entries.pop(prefix, None)
+
+    def expire_all(self) -> None:
+        """Make every entry re-read on next use, keeping them for outage serving.
+
+        Called when the invalidation feed reconnects: messages sent during the gap are lost.
+        """
+        self._generation += 1
+        for entry in self._entries.values():
+            entry.fresh_until = 0.0

@@ -1,0 +1,146 @@
+"""The decision behind ``Auth.Admit`` and the bookkeeping behind ``Auth.ReportUsage``.
+
+Admit: format check → key by prefix (cache, then database) → constant-time
+hash compare → revoked/expired → scope → model allow-list → one limiter call.
+Every 401 carries the same message whatever went wrong, so a caller learns
+nothing about which keys exist or how they are stored; the reason is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from services.common.db.base import utcnow
+from services.common.pb import auth_pb2 as pb
+
+from . import keys, metrics
+from .cache import KeyCache
+from .guard import GuardedLimiter
+from .limiter import Decision
+from .store import KeyRecord, StoreUnavailable, UsageRow
+from .usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED_MESSAGE = "Incorrect API key provided. You can find your API key with your administrator."
+_LIMIT_TEXT = {
+    "rate_limit_requests": "Rate limit reached for requests per minute (limit {rpm})",
+    "rate_limit_tokens": "Rate limit reached for tokens per minute (limit {tpm})",
+    "tokens_exceed_limit": "This request reserves {reserve} tokens (prompt + max_tokens), more than the key's "
+                           "tokens-per-minute limit of {tpm}; lower max_tokens or shorten the prompt",
+    "quota_exceeded": "Daily token quota reached (limit {quota} per UTC day)",
+    "concurrency_limit": "Too many concurrent requests for this key (limit {conc})",
+}
+_STATUSES = ("ok", "cancelled", "error")
+
+
+class AuthFailure(Exception):
+    """A key that may not be used; ``decision`` is UNAUTHENTICATED, FORBIDDEN or UNAVAILABLE."""
+
+    def __init__(self, decision: int, code: str, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.decision, self.code, self.message, self.retry_after_s = decision, code, message, retry_after_s
+
+    def response(self) -> pb.AdmitResponse:
+        return pb.AdmitResponse(decision=self.decision, code=self.code, message=self.message,
+                                retry_after_s=self.retry_after_s)
+
+
+@dataclass(slots=True)
+class Gate:
+    cache: KeyCache
+    limiter: GuardedLimiter
+    recorder: UsageRecorder
+    _used: dict = field(default_factory=dict, init=False)
+    """key id → when it was last admitted, flushed to ``last_used_at`` by the maintenance loop."""
+
+    async def authenticate(self, api_key: str, scope: str) -> KeyRecord:
+        """The usable key record for ``api_key`` with ``scope``, or raise :class:`AuthFailure`."""
+        if not keys.well_formed(api_key):
+            raise self._unauthenticated("malformed", "")
+        prefix = keys.prefix(api_key)
+        try:
+            record = await self.cache.lookup(prefix)
+        except StoreUnavailable as exc:
+            log.warning("cannot verify key %s…: database unavailable (%s)", prefix, exc)
+            raise AuthFailure(pb.DECISION_UNAVAILABLE, "auth_unavailable",
+                              "API keys cannot be verified right now; retry shortly.", 1.0) from None
+        if record is None or not keys.matches(api_key, record.secret_hash):
+            raise self._unauthenticated("unknown", prefix)
+        if reason := record.unusable_reason(utcnow()):
+            raise self._unauthenticated(reason, prefix)
+        if scope not in record.scopes:
+            raise AuthFailure(pb.DECISION_FORBIDDEN, "insufficient_scope",
+                              f"This API key does not have the '{scope}' scope.")
+        return record
+
+    @staticmethod
+    def _unauthenticated(reason: str, prefix: str) -> AuthFailure:
+        log.info("refused key %s…: %s", prefix or "?", reason)
+        return AuthFailure(pb.DECISION_UNAUTHENTICATED, "invalid_api_key", UNAUTHENTICATED_MESSAGE)
+
+    async def admit(self, req: pb.AdmitRequest) -> pb.AdmitResponse:
+        start = time.perf_counter()
+        try:
+            resp = await self._admit(req)
+        finally:
+            metrics.ADMIT_LATENCY.observe(time.perf_counter() - start)
+        outcome = pb.Decision.Name(resp.decision).removeprefix("DECISION_").lower()
+        metrics.DECISIONS.labels(outcome).inc()
+        if resp.decision == pb.DECISION_RATE_LIMITED:
+            metrics.RATE_LIMITED.labels(resp.code).inc()
+        return resp
+
+    async def _admit(self, req: pb.AdmitRequest) -> pb.AdmitResponse:
+        try:
+            record = await self.authenticate(req.api_key, req.scope or "chat")
+        except AuthFailure as failure:
+            return failure.response()
+        if req.model and record.allowed_models and req.model not in record.allowed_models:
+            return pb.AdmitResponse(decision=pb.DECISION_FORBIDDEN, code="model_not_allowed",
+                                    message=f"This API key may not use the model '{req.model[:200]}'.")
+        reserve = max(0, req.reserve_tokens)
+        decision = await self.limiter.admit(record.id, record.limits, reserve)
+        if decision is None:
+            return pb.AdmitResponse(decision=pb.DECISION_UNAVAILABLE, code="rate_limiter_unavailable",
+                                    message="Rate limits cannot be checked right now; retry shortly.",
+                                    retry_after_s=self.limiter.retry_s)
+        self._used[record.id] = utcnow()
+        return self._response(record, decision, reserve)
+
+    @staticmethod
+    def _response(record: KeyRecord, d: Decision, reserve: int) -> pb.AdmitResponse:
+        s = d.state
+        state = pb.RateLimitState(limit_requests=s.limit_requests, remaining_requests=s.remaining_requests,
+                                  reset_requests_s=s.reset_requests_s, limit_tokens=s.limit_tokens,
+                                  remaining_tokens=s.remaining_tokens, reset_tokens_s=s.reset_tokens_s)
+        if d.allowed:
+            return pb.AdmitResponse(decision=pb.DECISION_ALLOWED, rate_limit=state, key_id=record.id,
+                                    reservation_id=d.reservation_id, scopes=list(record.scopes))
+        lim = record.limits
+        text = _LIMIT_TEXT.get(d.code, "Rate limit reached").format(
+            rpm=lim.rpm, tpm=lim.tpm, quota=lim.daily_tokens, conc=lim.max_concurrent, reserve=reserve)
+        message = f"{text}. Retry after {math.ceil(d.retry_after_s)}s."
+        return pb.AdmitResponse(decision=pb.DECISION_RATE_LIMITED, code=d.code, message=message, rate_limit=state,
+                                retry_after_s=d.retry_after_s, key_id=record.id)
+
+    async def report(self, req: pb.ReportUsageRequest) -> str:
+        """Settle the reservation to the tokens used and record the usage; returns the record's outcome."""
+        used = max(0, req.prompt_tokens) + max(0, req.completion_tokens)
+        if req.reservation_id:
+            await self.limiter.settle(req.key_id, req.reservation_id, used)
+        row = UsageRow(
+            reservation_id=(req.reservation_id or f"req:{req.request_id}")[:64], request_id=req.request_id[:128],
+            key_id=req.key_id[:36], model=req.model[:200], prompt_tokens=max(0, req.prompt_tokens),
+            completion_tokens=max(0, req.completion_tokens),
+            status=req.status if req.status in _STATUSES else "error", latency_s=max(0.0, req.latency_s),
+            created_at=utcnow())
+        return await self.recorder.record(row)
+
+    def take_used(self) -> dict:
+        """Keys used since the last call, with when (for ``last_used_at``)."""
+        used, self._used = self._used, {}
+        return used

@@ -1,0 +1,85 @@
+"""The Redis outage policy around the shared limiter.
+
+``closed`` (the default): while Redis is unreachable, admissions are refused
+with 503 + retry-after, so no key can exceed its limits anywhere.
+``open``: admissions continue under the in-process limiter, i.e. limits are
+per replica (N replicas may admit up to N× a limit) until Redis is back.
+
+Either way the switch is loud: one warning log line per transition, the
+``llmsvc_auth_limiter_degraded{policy}`` gauge at 1 while it lasts, and
+``llmsvc_auth_redis_errors_total``. After a failure, Redis is retried at most
+every ``retry_s``, so a dead Redis does not add its timeout to every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+from . import metrics
+from .limiter import Decision, Limiter, LimiterUnavailable, Limits, MemoryLimiter
+
+log = logging.getLogger(__name__)
+Policy = Literal["closed", "open"]
+
+
+class GuardedLimiter:
+    def __init__(self, shared: Limiter | None, local: MemoryLimiter, policy: Policy = "closed",
+                 retry_s: float = 1.0) -> None:
+        self.shared = shared
+        self.local = local
+        self.policy = policy
+        self.retry_s = retry_s
+        self._down_until = 0.0
+        self.degraded = False
+        metrics.LIMITER_BACKEND.labels("redis" if shared else "memory").set(1)
+        metrics.LIMITER_DEGRADED.labels(policy).set(0)
+
+    def _mark_down(self, exc: Exception) -> None:
+        metrics.REDIS_ERRORS.inc()
+        self._down_until = time.monotonic() + self.retry_s
+        if not self.degraded:
+            self.degraded = True
+            metrics.LIMITER_DEGRADED.labels(self.policy).set(1)
+            effect = ("refusing requests with 503" if self.policy == "closed"
+                      else "limits are now PER REPLICA (in-process)")
+            log.warning("rate-limit backend unavailable (%s); policy=%s: %s", exc, self.policy, effect)
+
+    def _mark_up(self) -> None:
+        if self.degraded:
+            self.degraded = False
+            metrics.LIMITER_DEGRADED.labels(self.policy).set(0)
+            log.warning("rate-limit backend is back; limits are shared again")
+
+    async def admit(self, key_id: str, limits: Limits, reserve_tokens: int) -> Decision | None:
+        """The decision, or None when Redis is down and the policy is closed."""
+        if self.shared is None:
+            return await self.local.admit(key_id, limits, reserve_tokens)
+        if time.monotonic() >= self._down_until:
+            try:
+                decision = await self.shared.admit(key_id, limits, reserve_tokens)
+                self._mark_up()
+                return decision
+            except LimiterUnavailable as exc:
+                self._mark_down(exc)
+        if self.policy == "closed":
+            return None
+        return await self.local.admit(key_id, limits, reserve_tokens)
+
+    async def settle(self, key_id: str, reservation_id: str, used_tokens: int) -> bool:
+        """Settle where the reservation was made; a lost settle only over-counts until the window passes."""
+        if reservation_id.startswith(self.local.backend + "."):
+            return await self.local.settle(key_id, reservation_id, used_tokens)
+        if self.shared is None or not reservation_id:
+            return False
+        try:
+            return await self.shared.settle(key_id, reservation_id, used_tokens)
+        except LimiterUnavailable as exc:
+            self._mark_down(exc)
+            log.warning("could not settle %s: its reservation counts until its window and lease end", reservation_id)
+            return False
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
