@@ -1,0 +1,1 @@
+"""Model lifecycle: the promotion gate, moving an alias, and rolling workers over to the new version."""

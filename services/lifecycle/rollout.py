@@ -1,0 +1,82 @@
+"""Make the workers serve what the registry says an alias points at, without failing requests.
+
+Embedded (local processes): make sure a worker serves the new version
+(launching one if needed), add the alias to it (``SetAliases``), wait until
+the router sees the alias there, then ``Drain`` every worker that still
+answers to the alias for another version. A draining worker turns NOT_SERVING
+and reports ``draining``, so the router sends it nothing new, while its
+in-flight streams run to completion within its grace period; then it exits.
+
+Kubernetes: see :mod:`services.lifecycle.kubernetes` (a rolling update of the
+worker Deployment with ``maxUnavailable: 0``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.pb import inference_pb2 as pb
+from services.common.pb import inference_pb2_grpc, router_pb2
+
+log = logging.getLogger(__name__)
+
+
+class RolloutError(RuntimeError):
+    pass
+
+
+class EmbeddedRollout:
+    def __init__(self, router_stub, launcher=None, timeout_s: float = 120.0) -> None:
+        self.router = router_stub
+        self.launcher = launcher
+        self.timeout_s = timeout_s
+
+    async def _workers(self) -> list:
+        resp = await self.router.ListWorkers(router_pb2.ListWorkersRequest(), timeout=10.0, metadata=request_metadata())
+        return [w for w in resp.workers if w.healthy and not w.load.draining and w.load.models]
+
+    async def _call(self, address: str, method: str, request):
+        channel = insecure_channel(address)
+        try:
+            return await getattr(inference_pb2_grpc.InferenceStub(channel), method)(request, timeout=10.0)
+        except grpc.aio.AioRpcError as exc:
+            raise RolloutError(f"{method} on {address} failed: {exc.code().name} {exc.details()}") from None
+        finally:
+            await channel.close()
+
+    async def apply(self, alias: str, version: str, path: str | None) -> dict:
+        """Returns ``{"serving": [addresses], "drained": [addresses]}``."""
+        if self.launcher is not None and path:
+            await self.launcher.ensure_served(version, path)
+        new = [w for w in await self._workers() if w.load.models[0] == version]
+        if not new:
+            raise RolloutError(f"no healthy worker serves {version}; start one before promoting")
+        for w in new:
+            aliases = [m for m in w.load.models[1:] if m != alias] + [alias]
+            await self._call(w.address, "SetAliases", pb.SetAliasesRequest(aliases=aliases))
+        await self._wait(lambda ws: all(alias in w.load.models for w in ws if w.address in {n.address for n in new}))
+        old = [w for w in await self._workers() if alias in w.load.models and w.load.models[0] != version]
+        for w in old:
+            log.info("draining %s (%s) after moving %s to %s", w.address, w.load.models[0], alias, version)
+            await self._call(w.address, "Drain", pb.DrainRequest())
+        return {"serving": [w.address for w in new], "drained": [w.address for w in old]}
+
+    async def _wait(self, ready) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if ready(await self._workers()):
+                return
+            await asyncio.sleep(0.25)
+        raise RolloutError("the router did not see the alias on the new worker in time")
+
+
+class RegistryOnlyRollout:
+    """Moves nothing: for deployments whose workers follow the registry by other means."""
+
+    async def apply(self, alias: str, version: str, path: str | None) -> dict:
+        return {"serving": [], "drained": []}
