@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import db
 
     db.add_parser(sub)
+    from . import eval as eval_cli
+
+    eval_cli.add_parser(sub)
+    sub.add_parser("eval-service", help="run the eval service in the foreground (configured by LLMSVC_EVAL_*)"
+                   ).set_defaults(func=_service("services.eval.main"))
 
     for name, module in [("gateway", "services.gateway.main"), ("auth", "services.auth.main"),
                          ("router", "services.router.main"), ("worker", "services.worker.main")]:

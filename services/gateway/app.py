@@ -6,10 +6,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common.grpcutil import insecure_channel
+
 from .config import GatewaySettings
 from .errors import install_handlers
 from .middleware import RequestContextMiddleware
-from .routes import generate, health, models
+from .routes import evals, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
 
 
@@ -17,13 +19,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr)
+        app.state.upstreams.extra["eval"] = insecure_channel(settings.eval_addr)
         yield
         await app.state.upstreams.close()
 
     app = FastAPI(title="llmsvc", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_handlers(app)
-    for r in (generate.router, models.router, health.router):
+    for r in (generate.router, models.router, health.router, evals.router, promotions.router, tokenizer.router):
         app.include_router(r)
     app.add_middleware(RequestContextMiddleware)
     return app
