@@ -70,6 +70,10 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[dict | None] = mapped_column(JSONType, nullable=True)
     """OpenAI's ``{"code", "message", "param"}`` when failed."""
+    trainer_status: Mapped[str] = mapped_column(String(16), default="")
+    """Last status the trainer itself reported in its events (running, succeeded, failed, cancelled)."""
+    trainer_message: Mapped[str] = mapped_column(Text, default="")
+    """The trainer's last error message, for the job's ``error``."""
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     """Bytes of the trainer's events file already ingested (so a restart neither skips nor repeats)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

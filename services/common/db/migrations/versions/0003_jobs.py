@@ -44,6 +44,8 @@ def upgrade() -> None:
         sa.Column("result_path", sa.String(length=1024), nullable=True),
         sa.Column("trained_tokens", sa.BigInteger(), nullable=True),
         sa.Column("error", JSON, nullable=True),
+        sa.Column("trainer_status", sa.String(length=16), nullable=False),
+        sa.Column("trainer_message", sa.Text(), nullable=False),
         sa.Column("events_offset", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,90 @@
+"""Trainer service configuration (env prefix ``LLMSVC_TRAINER_``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import ServiceSettings
+from services.common.db.engine import default_database_url
+
+
+def _default_store() -> Path:
+    home = Path(os.environ.get("LLMSVC_HOME", Path.home() / ".llmsvc"))
+    return home / "models"
+
+
+class KubernetesSettings(ServiceSettings):
+    """How the Kubernetes runner shapes a training Job (env prefix ``LLMSVC_TRAINER_K8S_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMSVC_TRAINER_K8S_", extra="ignore")
+
+    namespace: str = "default"
+    image: str = "llmsvc:latest"
+    """Image with the ``trainer`` package; the Job runs ``torchrun -m trainer.run`` in it."""
+    store_pvc: str = "llmsvc-model-store"
+    """ReadWriteMany PVC holding the model store; mounted at the same path as in this service."""
+    gpus_per_node: int = 1
+    """``nvidia.com/gpu`` limit per pod, and torchrun's ``--nproc_per_node``; 0 trains on CPU."""
+    gpu_memory_gib: float = 80.0
+    """Memory of one GPU, for the does-it-fit check."""
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[dict] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    backoff_limit: int = 3
+    """Pod restarts before the Job fails; each restart resumes from the last checkpoint."""
+    service_account: str = ""
+    cpu: str = "4"
+    memory: str = "32Gi"
+    ttl_after_finished_s: int = 3600
+    rdzv_port: int = 29500
+    in_cluster: bool = True
+    """Use the pod's service account; false reads ``~/.kube/config``."""
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSVC_TRAINER_", extra="ignore", populate_by_name=True)
+
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to."""
+    port: int = 50053
+    """gRPC port."""
+    database_url: str = Field(default_factory=default_database_url,
+                              validation_alias=AliasChoices("LLMSVC_TRAINER_DATABASE_URL", "LLMSVC_DATABASE_URL"))
+    """SQLAlchemy URL; the embedded SQLite file by default."""
+    model_store: Path = Field(default_factory=_default_store,
+                              validation_alias=AliasChoices("LLMSVC_TRAINER_MODEL_STORE", "LLMSVC_MODEL_STORE"))
+    """Root of the model store: versions live in ``<store>/<name>/<version>/``; uploads and job folders
+    in ``<store>/.files`` and ``<store>/.jobs``."""
+    data_dirs: list[Path] = Field(default_factory=list)
+    """Folders besides the store from which ``training_file`` may name a JSONL path (JSON list)."""
+    migrate_on_start: bool = True
+    """Apply the Alembic migrations before serving (idempotent)."""
+    runner: Literal["local", "kubernetes"] = "local"
+    """Where jobs run: a local process (embedded mode) or a Kubernetes Job."""
+    max_concurrent_jobs: int = 1
+    """Jobs running at once; the rest wait as ``queued``."""
+    python: str = Field(default_factory=lambda: __import__("sys").executable)
+    """Interpreter for local jobs (the one with the ``trainer`` package)."""
+    trainer_module: str = "trainer.run"
+    """Module run as the job's entry point (``python -m`` / ``torchrun -m``)."""
+    memory_budget_gib: float = 0.0
+    """Memory a local job may use, for the does-it-fit check; 0 means 90% of what is available now."""
+    poll_interval_s: float = 0.5
+    """How often running jobs' events and states are read."""
+    cancel_grace_s: float = 60.0
+    """Time a job gets after SIGTERM to checkpoint and exit before it is killed."""
+    max_upload_mib: int = 512
+    k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+    @property
+    def files_dir(self) -> Path:
+        return self.model_store / ".files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.model_store / ".jobs"

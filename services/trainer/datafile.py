@@ -1,0 +1,115 @@
+"""Validation of JSONL training files, streamed line by line so memory stays flat.
+
+Three formats, one per file, recognised from the first example:
+
+* ``chat`` (OpenAI's supervised format): ``{"messages": [{"role", "content"}, …]}`` with at least one
+  assistant message;
+* ``preference`` (OpenAI's DPO format): ``{"input": {"messages": […]}, "preferred_output": [assistant
+  message], "non_preferred_output": [assistant message]}``;
+* ``text`` (pretraining): ``{"text": "…"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = {"system", "user", "assistant"}
+"""The roles the trainer's chat template renders."""
+RECIPE_FORMATS = {"sft": {"chat"}, "lora": {"chat"}, "dpo": {"preference"}, "pretrain": {"text", "chat"},
+                  "tiny-chat": {"chat", "text"}}
+"""Which file formats each recipe trains on."""
+
+
+class InvalidFile(ValueError):
+    """The file is not usable training data; the message says which line and why."""
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    format: str
+    examples: int
+
+
+def _check_messages(messages, where: str, *, need_assistant: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidFile(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise InvalidFile(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+        if m.get("role") not in ROLES:
+            raise InvalidFile(f"{where}: messages[{i}].role must be one of {sorted(ROLES)}, got {m.get('role')!r}")
+        if not isinstance(m.get("content"), str):
+            raise InvalidFile(f"{where}: messages[{i}].content must be a string")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise InvalidFile(f"{where}: the example has no assistant message to learn from")
+
+
+def _format_of(obj: dict) -> str:
+    if "messages" in obj:
+        return "chat"
+    if "preferred_output" in obj or "input" in obj:
+        return "preference"
+    if "text" in obj:
+        return "text"
+    raise InvalidFile("expected an object with 'messages' (chat), 'input'/'preferred_output'/'non_preferred_output' "
+                      "(preference) or 'text'")
+
+
+def check_example(obj, fmt: str, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise InvalidFile(f"{where}: each line must be a JSON object")
+    if fmt == "chat":
+        _check_messages(obj.get("messages"), where, need_assistant=True)
+    elif fmt == "preference":
+        inp = obj.get("input")
+        _check_messages(inp.get("messages") if isinstance(inp, dict) else None, f"{where}: input", need_assistant=False)
+        for key in ("preferred_output", "non_preferred_output"):
+            out = obj.get(key)
+            _check_messages(out, f"{where}: {key}", need_assistant=True)
+    elif not isinstance(obj.get("text"), str) or not obj["text"].strip():
+        raise InvalidFile(f"{where}: 'text' must be a non-empty string")
+
+
+def validate_lines(lines: Iterable[bytes]) -> FileSummary:
+    """Check every line; raise :class:`InvalidFile` at the first bad one."""
+    fmt, count = "", 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"line {number}"
+        try:
+            obj = json.loads(raw)
+        except UnicodeDecodeError:
+            raise InvalidFile(f"{where}: not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidFile(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not fmt:
+            if not isinstance(obj, dict):
+                raise InvalidFile(f"{where}: each line must be a JSON object")
+            try:
+                fmt = _format_of(obj)
+            except InvalidFile as exc:
+                raise InvalidFile(f"{where}: {exc}") from None
+        check_example(obj, fmt, where)
+        count += 1
+    if count == 0:
+        raise InvalidFile("the file has no examples (it is empty)")
+    return FileSummary(fmt, count)
+
+
+def validate_path(path: Path | str) -> FileSummary:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidFile(f"{path} does not exist")
+    with path.open("rb") as f:
+        return validate_lines(f)
+
+
+def check_recipe_format(recipe: str, fmt: str) -> None:
+    allowed = RECIPE_FORMATS.get(recipe, set())
+    if fmt not in allowed:
+        raise InvalidFile(f"the {recipe} recipe trains on {' or '.join(sorted(allowed))} examples, "
+                          f"but the file holds {fmt} examples")

@@ -1,0 +1,53 @@
+"""The interface every runner implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a runner needs to start one job; paths lie in the model store."""
+
+    job_id: str
+    spec_path: Path
+    events_path: Path
+    log_path: Path
+    nodes: int = 1
+    """Machines (pods); more than one only on Kubernetes."""
+    nproc_per_node: int = 1
+    """Processes per machine; more than one runs under torchrun."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    phase: Literal["running", "succeeded", "failed", "gone"]
+    """``gone``: the runner knows nothing of the job any more (process vanished, Job deleted)."""
+    message: str = ""
+
+
+class Runner(ABC):
+    name: str
+    supports_nodes: bool = False
+
+    @abstractmethod
+    async def start(self, launch: Launch) -> str:
+        """Start the job; return a handle to find it again (also after this service restarts)."""
+
+    @abstractmethod
+    async def state(self, job_id: str, handle: str) -> RunState:
+        """Where the job stands now."""
+
+    @abstractmethod
+    async def stop(self, job_id: str, handle: str) -> None:
+        """Ask the job to stop: SIGTERM, so it checkpoints and exits (exit code 143)."""
+
+    async def cleanup(self, job_id: str, handle: str) -> None:
+        """Release what the job held once it ended (default: nothing)."""
+
+    def memory_budget(self) -> tuple[float, bool]:
+        """Bytes one process may use and whether that is GPU memory."""
+        raise NotImplementedError

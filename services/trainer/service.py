@@ -1,0 +1,65 @@
+"""Assembly of the trainer service: database, store, runner, supervisor and gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db.engine import make_engine, session_factory
+from services.common.db.migrate import upgrade_async
+from services.common.grpcutil import build_server, set_serving
+from services.common.pb import trainer_pb2_grpc
+
+from .config import TrainerSettings
+from .files import FileStore
+from .jobs import JobFactory
+from .notifier import Notifier
+from .runners import Runner, build_runner
+from .servicer import TrainerServicer
+from .store import ModelStore
+from .supervisor import Supervisor, SupervisorConfig
+
+log = logging.getLogger(__name__)
+SERVICE = "llmsvc.v1.Trainer"
+
+
+@dataclass
+class TrainerService:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    supervisor: Supervisor
+    engine: AsyncEngine
+    port: int
+
+    async def stop(self, grace_s: float, *, suspend: bool = True) -> None:
+        await set_serving(self.health, [SERVICE], False)
+        await self.server.stop(grace_s)
+        await self.supervisor.close(suspend=suspend)
+        await self.engine.dispose()
+
+
+async def start(settings: TrainerSettings, runner: Runner | None = None) -> TrainerService:
+    """Migrate, then serve on ``settings.host:settings.port`` (0 picks a free port) and supervise jobs."""
+    if settings.migrate_on_start:
+        await upgrade_async(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sessions = session_factory(engine)
+    runner = runner or build_runner(settings)
+    store = ModelStore(settings.model_store)
+    notifier = Notifier()
+    supervisor = Supervisor(sessions, store, runner, notifier, SupervisorConfig(
+        settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s))
+    servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),
+                               JobFactory(store, runner, settings.data_dirs), supervisor, notifier)
+    server, health_servicer = build_server(
+        "trainer", [(trainer_pb2_grpc.add_TrainerServicer_to_server, servicer, SERVICE)])
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    supervisor.start()
+    await set_serving(health_servicer, [SERVICE], True)
+    log.info("trainer on %s:%d (runner %s, store %s)", settings.host, port, runner.name, settings.model_store)
+    return TrainerService(server, health_servicer, supervisor, engine, port)
