@@ -9,6 +9,8 @@ Bounds (the revocation guarantee):
   drops its entry at once (typically milliseconds);
 * while the database is down, an entry verified within ``stale_s`` keeps
   working (expiry is still checked on every request); an unknown key is refused.
+  After a failure the database is retried at most every ``retry_s``, so an
+  outage does not add the database timeout to every request.
 
 Unknown prefixes are cached too (as ``None``), so a client that keeps sending a
 wrong key costs one query per ``ttl_s``, not one per request; the cache is an
@@ -36,8 +38,11 @@ class _Entry:
 
 class KeyCache:
     def __init__(self, store: Store, *, ttl_s: float = 5.0, stale_s: float = 3600.0, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 retry_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.retry_s = retry_s
+        """After a database failure, look-ups skip the database (cache or refuse) for this long."""
+        self._db_down_until = 0.0
         self.ttl_s = ttl_s
         self.stale_s = stale_s
         self.max_entries = max_entries
@@ -57,9 +62,13 @@ class KeyCache:
             return entry.record
         generation = self._generation
         try:
+            if now < self._db_down_until:  # don't make every request wait out the database timeout
+                raise StoreUnavailable("database marked down after a recent failure")
             record = await self._fetch(prefix)
         except StoreUnavailable:
-            metrics.DB_ERRORS.inc()
+            if now >= self._db_down_until:
+                metrics.DB_ERRORS.inc()
+                self._db_down_until = self.clock() + self.retry_s
             if entry is not None and entry.record is not None and now - entry.verified_at < self.stale_s:
                 metrics.KEY_CACHE.labels("stale").inc()
                 return entry.record

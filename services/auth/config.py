@@ -40,6 +40,8 @@ class AuthSettings(ServiceSettings):
     """Keys and usage; empty: ``$LLMSVC_HOME/llmsvc.db`` (SQLite)."""
     db_timeout_s: float = 2.0
     """Bound on any one database call; past it the database counts as down."""
+    db_retry_s: float = 1.0
+    """After a database failure, how long to serve from cache / spool usage before trying it again."""
     redis_url: str = Field("", validation_alias=AliasChoices("LLMSVC_AUTH_REDIS_URL", "LLMSVC_REDIS_URL", "redis_url"))
     """Shared limiter and revocation feed; empty: in-process limiter (exact for one auth replica only)."""
     redis_prefix: str = "llmsvc:auth:"

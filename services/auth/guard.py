@@ -47,6 +47,7 @@ class GuardedLimiter:
             log.warning("rate-limit backend unavailable (%s); policy=%s: %s", exc, self.policy, effect)
 
     def _mark_up(self) -> None:
+        self._down_until = 0.0  # a failure of a call that started before this success must not linger
         if self.degraded:
             self.degraded = False
             metrics.LIMITER_DEGRADED.labels(self.policy).set(0)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from services.common.db.engine import default_database_url, make_engine
 from services.common.grpcutil import build_server
@@ -49,15 +51,19 @@ class AuthRuntime:
         window = WindowConfig(settings.window_s, settings.concurrency_lease_s)
         client = shared = None
         if settings.redis_url:
+            # One immediate retry covers a pooled connection that died while idle; anything longer is an
+            # outage, which the policy handles (redis-py's default is 10 retries with backoff).
             client = aioredis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
-                                       socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
+                                       socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5,
+                                       retry=Retry(NoBackoff(), 1))
             shared = RedisLimiter(client, settings.redis_prefix, window, settings.redis_timeout_s)
             log.info("limits are shared in Redis; outage policy: fail-%s", settings.redis_failure_policy)
         else:
             log.warning("no LLMSVC_REDIS_URL: limits are enforced in this process only, exact with ONE auth replica")
         limiter = GuardedLimiter(shared, MemoryLimiter(window), settings.redis_failure_policy, settings.redis_retry_s)
-        cache = KeyCache(store, ttl_s=settings.key_cache_ttl_s, stale_s=settings.key_cache_stale_s)
-        recorder = UsageRecorder(store, settings.spool_dir, settings.replica, retry_s=settings.redis_retry_s)
+        cache = KeyCache(store, ttl_s=settings.key_cache_ttl_s, stale_s=settings.key_cache_stale_s,
+                         retry_s=settings.db_retry_s)
+        recorder = UsageRecorder(store, settings.spool_dir, settings.replica, retry_s=settings.db_retry_s)
         invalidation = Invalidation(cache, _pubsub_client(settings), settings.redis_prefix + "revoked")
         rt = cls(settings, store, Gate(cache, limiter, recorder), invalidation, client)
         await rt._bootstrap()
