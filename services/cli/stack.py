@@ -42,17 +42,32 @@ class StackConfig:
     auth_port: int = 50051
     router_port: int = 50052
     worker_ports: list[int] = field(default_factory=lambda: [50060])
+    eval_port: int = 50054
+    spare_worker_ports: list[int] = field(default_factory=list)
+    """Router addresses with no worker yet: the eval service starts workers there for new versions."""
+    model_aliases: list[str] = field(default_factory=list)
+    """Extra names the initial workers answer to (an alias such as ``tiny-chat``)."""
     metrics_ports: dict[str, int] = field(default_factory=dict)
     served_model_name: str = ""
     kv_cache_gib: int = 1
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    database_url: str = ""
+    """Keys, usage, registry; empty: ``$LLMSVC_DATABASE_URL``, else ``<home>/llmsvc.db`` (SQLite)."""
+    redis_url: str = ""
+    """Shared rate limits; empty: ``$LLMSVC_REDIS_URL``, else none (auth limits in-process)."""
+
+    @property
+    def db_url(self) -> str:
+        from services.common.db.engine import sqlite_url
+
+        return self.database_url or os.environ.get("LLMSVC_DATABASE_URL") or sqlite_url(self.home / "llmsvc.db")
 
     @classmethod
     def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> "StackConfig":
         """A config on free ports, for tests and side-by-side stacks."""
         ports = {"gateway_port": free_port(), "auth_port": free_port(), "router_port": free_port(),
-                 "worker_ports": [free_port() for _ in range(workers)]}
+                 "worker_ports": [free_port() for _ in range(workers)], "eval_port": free_port()}
         return cls(home=home, model=model, api_key=api_key, **ports, **kw)
 
     @property
@@ -87,7 +102,10 @@ class Stack:
         c = self.cfg
         if service == "auth":
             env = self._common_env("auth")
-            env |= {"LLMSVC_AUTH_HOST": c.host, "LLMSVC_AUTH_PORT": str(c.auth_port), "LLMSVC_AUTH_API_KEY": c.api_key}
+            env |= {"LLMSVC_AUTH_HOST": c.host, "LLMSVC_AUTH_PORT": str(c.auth_port), "LLMSVC_AUTH_API_KEY": c.api_key,
+                    "LLMSVC_DATABASE_URL": c.db_url, "LLMSVC_AUTH_SPOOL_DIR": str(c.home / "auth-spool")}
+            if c.redis_url:
+                env["LLMSVC_REDIS_URL"] = c.redis_url
         elif service == "worker":
             env = self._common_env("worker")
             env |= {
@@ -95,6 +113,7 @@ class Stack:
                 "LLMSVC_WORKER_PORT": str(c.worker_ports[index]),
                 "LLMSVC_WORKER_MODEL": str(c.model),
                 "LLMSVC_WORKER_SERVED_MODEL_NAME": c.served_model_name or c.model.name,
+                "LLMSVC_WORKER_MODEL_ALIASES": json.dumps(c.model_aliases),
                 "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
             }
             mport = c.metrics_ports.get(f"worker{index}")
@@ -105,7 +124,7 @@ class Stack:
             env |= {
                 "LLMSVC_ROUTER_HOST": c.host,
                 "LLMSVC_ROUTER_PORT": str(c.router_port),
-                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.host}:{p}" for p in c.worker_ports]),
+                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]),
             }
         elif service == "gateway":
             env = self._common_env("gateway")
@@ -114,9 +133,27 @@ class Stack:
                 "LLMSVC_GATEWAY_PORT": str(c.gateway_port),
                 "LLMSVC_GATEWAY_AUTH_ADDR": f"{c.host}:{c.auth_port}",
                 "LLMSVC_GATEWAY_ROUTER_ADDR": f"{c.host}:{c.router_port}",
+                "LLMSVC_GATEWAY_EVAL_ADDR": f"{c.host}:{c.eval_port}",
             }
+        elif service == "eval":
+            env = self._eval_env()
         else:
             raise ValueError(f"unknown service {service!r}")
+        return env
+
+    def _eval_env(self) -> dict[str, str]:
+        c = self.cfg
+        env = self._common_env("eval")
+        # Every router address is a slot: a drained worker's address can host the next version.
+        slots = [f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
+        env |= {
+            "LLMSVC_EVAL_HOST": c.host, "LLMSVC_EVAL_PORT": str(c.eval_port),
+            "LLMSVC_EVAL_ROUTER_ADDR": f"{c.host}:{c.router_port}",
+            "LLMSVC_EVAL_GATEWAY_URL": f"http://{c.host}:{c.gateway_port}", "LLMSVC_EVAL_API_KEY": c.api_key,
+            "LLMSVC_EVAL_DATABASE_URL": c.db_url, "LLMSVC_EVAL_HOME": str(c.home),
+            "LLMSVC_EVAL_WORKER_SLOTS": json.dumps(slots if c.spare_worker_ports else []),
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
+        }
         return env
 
     # -- processes ------------------------------------------------------------------
@@ -137,10 +174,15 @@ class Stack:
         return self.spawn(f"worker{index}", "services.worker.main", self.env_for("worker", index))
 
     def start(self) -> None:
+        from services.common.db.migrate import upgrade
+
+        self.cfg.home.mkdir(parents=True, exist_ok=True)
+        upgrade(self.cfg.db_url)  # once, before any service opens the database
         self.spawn("auth", "services.auth.main", self.env_for("auth"))
         for i in range(len(self.cfg.worker_ports)):
             self.start_worker(i)
         self.spawn("router", "services.router.main", self.env_for("router"))
+        self.spawn("eval", "services.eval.main", self.env_for("eval"))
         self.spawn("gateway", "services.gateway.main", self.env_for("gateway"))
 
     def dead(self) -> list[Proc]:
@@ -176,7 +218,7 @@ class Stack:
         if proc is None or proc.popen.poll() is not None:
             return
         try:
-            os.killpg(proc.popen.pid, sig)
+            _signal(proc, sig)
         except ProcessLookupError:
             return
         try:
@@ -184,6 +226,7 @@ class Stack:
         except subprocess.TimeoutExpired:
             os.killpg(proc.popen.pid, signal.SIGKILL)
             proc.popen.wait(5)
+        _reap_group(proc)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM every process (front to back, so in-flight requests drain), then SIGKILL stragglers."""
@@ -193,7 +236,7 @@ class Stack:
             proc = self.procs.get(name)
             if proc and proc.popen.poll() is None:
                 try:
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                    _signal(proc, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout_s
@@ -206,3 +249,22 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(5)
+            _reap_group(proc)
+
+
+def _signal(proc: Proc, sig: int) -> None:
+    """SIGTERM goes to the service process only, as the kubelet sends it to a container's PID 1:
+    the service drains and stops its own children (a worker's vLLM engine core, which would die
+    mid-stream if signalled directly). Any other signal (SIGKILL) goes to the whole group."""
+    if sig == signal.SIGTERM:
+        os.kill(proc.popen.pid, sig)
+    else:
+        os.killpg(proc.popen.pid, sig)
+
+
+def _reap_group(proc: Proc) -> None:
+    """Kill whatever the service left behind in its process group once it has exited."""
+    try:
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -158,7 +158,9 @@ async def serve_until_signalled(
     await set_serving(health_servicer, names, False)
     if on_drain is not None:
         await on_drain()
+    started = time.monotonic()
     await server.stop(grace_s)
+    log.info("stopped after draining for %.1fs", time.monotonic() - started)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:

@@ -23,6 +23,7 @@ from . import metrics
 from .admission import Admission, admit, report_usage
 from .config import GatewaySettings
 from .errors import APIError
+from .routing_hints import RoutingHints
 from .upstream import Generation, Upstreams
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ class GenerationFlow:
         self.generations: list[Generation] = []
 
     async def run(self, requests: list[pb.GenerateRequest], reserve_tokens: int) -> JSONResponse | StreamingResponse:
+        hints = RoutingHints.from_headers(self.request)
         self.admission = await admit(self.upstreams, self.request, model=self.model, scope="chat",
                                      reserve_tokens=reserve_tokens, timeout_s=self.settings.auth_timeout_s)
+        hints.apply(requests, self.admission.scopes)
         try:
             self.generations = [Generation(self.upstreams, r, self.settings.request_timeout_s) for r in requests]
             await asyncio.gather(*(g.start() for g in self.generations))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from dataclasses import dataclass, field
 
 import grpc
@@ -112,9 +113,10 @@ async def start_standin(port: int = 0, **options) -> Standin:
 
 
 def main() -> None:
+    # Defaults from the worker's own variables, so Stack can spawn it in a worker's place.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--model", default="standin")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LLMSVC_WORKER_PORT", "50060")))
+    parser.add_argument("--model", default=os.environ.get("LLMSVC_WORKER_SERVED_MODEL_NAME", "standin"))
     parser.add_argument("--tokens", type=int, default=16, help="tokens per reply when max_tokens is unset")
     args = parser.parse_args()
 

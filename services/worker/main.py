@@ -32,7 +32,13 @@ async def serve(settings: WorkerSettings) -> None:
     log.info("worker serving %s", host.card.name)
 
     async def drain() -> None:
+        # Refuse new streams (the router retries them elsewhere) but keep the port open until the
+        # open ones finish: stopping the gRPC server at once races its GOAWAY with streams in flight.
         servicer.draining = True
+        deadline = asyncio.get_running_loop().time() + settings.grace_s
+        while servicer.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        log.info("drained: %d streams still open", servicer.active)
 
     try:
         await serve_until_signalled(server, health, [SERVICE], settings.grace_s, on_drain=drain)

@@ -22,6 +22,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, host: EngineHost) -> None:
         self.host = host
         self.draining = False
+        # Generate streams open right now; a drain waits for this to reach 0.
+        self.active = 0
 
     async def _check_model(self, model: str, context: grpc.aio.ServicerContext) -> None:
         if model and not self.host.serves(model):
@@ -32,12 +34,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
         log.info("generate model=%s n=%d", request.model, request.params.n or 1)
+        self.active += 1
         try:
             async for chunk in self.host.generate(request):
                 yield chunk
         except InvalidRequest as exc:
             context.set_trailing_metadata((("param", exc.param or ""),))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            self.active -= 1
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.Load:
         snap = self.host.load_snapshot()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2_grpc
 from services.common.grpcutil import insecure_channel
@@ -65,3 +67,52 @@ async def until(predicate, timeout_s: float = 10.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+# -- a real two-worker stack, shared by the end-to-end modules of this folder ------------------------------------
+
+# Router bounds small enough to overload on two cores: 2 workers × 6 in flight + 6 queued.
+E2E_ROUTER_ENV = {"LLMSVC_ROUTER_MAX_IN_FLIGHT_PER_WORKER": "6", "LLMSVC_ROUTER_QUEUE_SIZE": "6",
+                  "LLMSVC_ROUTER_QUEUE_TIMEOUT_S": "60", "LLMSVC_WORKER_GRACE_S": "60",
+                  "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+@pytest.fixture(scope="session")
+def stack2(tmp_path_factory, default_model, api_key):
+    """gateway → auth → router → two real vLLM workers, each its own process (``llmsvc up --workers 2``)."""
+    from services.cli.stack import Stack, StackConfig
+
+    cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("stack2"), default_model, api_key, workers=2,
+                                extra_env=E2E_ROUTER_ENV)
+    s = Stack(cfg)
+    s.start()
+    try:
+        s.wait_ready(timeout_s=300)
+        yield s
+    finally:
+        s.stop()
+
+
+async def router_workers(stack) -> list:
+    """The router's view of its workers (ListWorkers over gRPC)."""
+    from services.common.pb import router_pb2
+
+    channel = insecure_channel(f"{stack.cfg.host}:{stack.cfg.router_port}")
+    try:
+        resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+        return list(resp.workers)
+    finally:
+        await channel.close()
+
+
+async def wait_healthy(stack, n: int, timeout_s: float = 240.0) -> None:
+    """Until the router routes to ``n`` workers (a restarted vLLM worker takes 35–60 s on CPU)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while sum(w.healthy for w in await router_workers(stack)) != n:
+        if dead := [p.name for p in stack.dead() if not p.name.startswith("worker")]:
+            raise RuntimeError(f"{dead} exited; logs in {stack.logs}")
+        assert loop.time() < deadline, f"router never saw {n} healthy workers"
+        await asyncio.sleep(0.5)
