@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     sub.add_parser("eval-service", help="run the eval service in the foreground (configured by LLMSVC_EVAL_*)"
                    ).set_defaults(func=_service("services.eval.main"))
+    from . import keys
+
+    keys.add_parser(sub)
 
     for name, module in [("gateway", "services.gateway.main"), ("auth", "services.auth.main"),
                          ("router", "services.router.main"), ("worker", "services.worker.main")]:

@@ -91,6 +91,8 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
         raise APIError(503, "The authentication service is unavailable; retry shortly.", code="auth_unavailable",
                        headers={"retry-after": "1"}) from None
     headers = rate_limit_headers(resp.rate_limit)
+    # Every later response to this request carries them (see RateLimitHeadersMiddleware).
+    request.scope.setdefault("state", {})["ratelimit_headers"] = headers
     if resp.decision == pb.DECISION_ALLOWED:
         return Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers)
     if resp.decision == pb.DECISION_UNAUTHENTICATED:
@@ -107,25 +109,61 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
                    headers={"retry-after": str(max(1, math.ceil(resp.retry_after_s or 1)))})
 
 
+# ReportUsage is idempotent by reservation id, so it is retried through an auth restart or failover.
+_REPORT_BACKOFF_S = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
+
+
 def report_usage(upstreams: Upstreams, admission: Admission, *, request_id: str, model: str, prompt_tokens: int,
                  completion_tokens: int, status: str, latency_s: float) -> None:
-    """Send ReportUsage in the background; the client never waits for it."""
+    """Send ReportUsage in the background (retrying for about a minute); the client never waits for it."""
+    message = pb.ReportUsageRequest(
+        reservation_id=admission.reservation_id, request_id=request_id, key_id=admission.key_id, model=model,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status, latency_s=latency_s)
 
     async def send() -> None:
-        try:
-            await upstreams.auth.ReportUsage(
-                pb.ReportUsageRequest(
-                    reservation_id=admission.reservation_id, request_id=request_id, key_id=admission.key_id,
-                    model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status,
-                    latency_s=latency_s,
-                ),
-                timeout=10.0,
-                metadata=request_metadata(request_id),
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.error("ReportUsage failed (%s) for %s: %d+%d tokens", exc.code().name, request_id,
-                      prompt_tokens, completion_tokens)
+        for delay in (*_REPORT_BACKOFF_S, None):
+            try:
+                await upstreams.auth.ReportUsage(message, timeout=10.0, metadata=request_metadata(request_id))
+                return
+            except grpc.aio.AioRpcError as exc:
+                if delay is None or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error("ReportUsage failed (%s) for %s: %d+%d tokens lost", exc.code().name, request_id,
+                              prompt_tokens, completion_tokens)
+                    return
+                log.warning("ReportUsage failed (%s) for %s; retrying in %.1fs", exc.code().name, request_id, delay)
+                await asyncio.sleep(delay)
 
     task = asyncio.get_running_loop().create_task(send())
     _pending.add(task)
     task.add_done_callback(_pending.discard)
+
+
+async def drain_usage_reports(timeout_s: float = 10.0) -> None:
+    """At shutdown: give pending ReportUsage calls time to land before the channel closes."""
+    if _pending:
+        await asyncio.wait(list(_pending), timeout=timeout_s)
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the x-ratelimit-* headers of the request's admission to its response, whatever the route.
+
+    Pure ASGI so streamed bodies pass through untouched; headers a route set itself win.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            extra = scope.get("state", {}).get("ratelimit_headers")
+            if message["type"] == "http.response.start" and extra:
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                added = [(k.encode(), v.encode()) for k, v in extra.items() if k.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

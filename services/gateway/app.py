@@ -11,7 +11,8 @@ from services.common.grpcutil import insecure_channel
 from .config import GatewaySettings
 from .errors import install_handlers
 from .middleware import RequestContextMiddleware
-from .routes import evals, generate, health, models, promotions, tokenizer
+from .admission import RateLimitHeadersMiddleware, drain_usage_reports
+from .routes import admin, evals, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
 
 
@@ -21,12 +22,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr)
         app.state.upstreams.extra["eval"] = insecure_channel(settings.eval_addr)
         yield
+        await drain_usage_reports()
         await app.state.upstreams.close()
 
     app = FastAPI(title="llmsvc", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     install_handlers(app)
-    for r in (generate.router, models.router, health.router, evals.router, promotions.router, tokenizer.router):
+    for r in (generate.router, models.router, health.router, admin.router, evals.router, promotions.router,
+              tokenizer.router):
         app.include_router(r)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app
