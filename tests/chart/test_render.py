@@ -126,6 +126,7 @@ BAD_VALUES = {
     "no models": {"workers": {"models": []}},
     "memory utilization above 1": {"workers": {"models": [{"name": "m", "path": "m/v1", "engine": {"gpuMemoryUtilization": 1.5}}]}},
     "GPUs on a CPU profile": {"workers": {"accelerator": "cpu"}},
+    "GPU training Jobs on the CPU image": {"trainer": {"jobs": {"accelerator": "cpu"}}},
     "no GPUs on a CUDA profile": {"workers": {"models": [{"name": "m", "path": "m/v1", "gpu": {"count": 0}}]}},
     "bad accelerator": {"workers": {"accelerator": "tpu"}},
     "bad quantity": {"gateway": {"resources": {"requests": {"cpu": "lots"}, "limits": {}}}},

@@ -1,0 +1,84 @@
+"""The environment the chart gives each container is what that service's settings class reads.
+
+Every ``LLMSVC_*`` variable the chart sets must name a field of the service's pydantic settings
+(by its prefix or an alias), and the rendered values must validate: the service would start
+with this configuration instead of silently ignoring a misspelt variable.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from services.auth.config import AuthSettings
+from services.common.config import ServiceSettings
+from services.eval.config import EvalSettings
+from services.gateway.config import GatewaySettings
+from services.router.config import RouterSettings
+from services.trainer.config import KubernetesSettings, TrainerSettings
+from services.worker.config import WorkerSettings
+
+from .helpers import EVERYTHING, PROFILES, by_kind, component, manifests
+
+SETTINGS = {"gateway": GatewaySettings, "auth": AuthSettings, "router": RouterSettings, "worker": WorkerSettings,
+            "trainer": TrainerSettings, "eval": EvalSettings}
+# Read outside the settings classes: services.common.db.engine.default_database_url().
+SHARED = {"LLMSVC_DATABASE_URL"}
+
+
+def _names(cls: type[ServiceSettings]) -> set[str]:
+    prefix = cls.model_config["env_prefix"]
+    names = set()
+    for field, info in cls.model_fields.items():
+        names.add(f"{prefix}{field}".upper())
+        alias = info.validation_alias
+        for choice in getattr(alias, "choices", [alias] if isinstance(alias, str) else []):
+            if isinstance(choice, str):
+                names.add(choice.upper())
+    return names
+
+
+def _env(container: dict) -> dict[str, str]:
+    """Literal values as rendered; values from Secrets get a stand-in of the right shape."""
+    out = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            out[e["name"]] = "postgresql+asyncpg://u:p@db/llmsvc" if "DATABASE" in e["name"] else \
+                "redis://redis:6379/0" if "REDIS" in e["name"] else "sk-stand-in"
+        else:
+            out[e["name"]] = "llmsvc"  # fieldRef: the pod's namespace
+    return out
+
+
+@pytest.mark.parametrize("profile", [*sorted(PROFILES), "everything"])
+def test_every_variable_is_read_and_valid(profile, monkeypatch):
+    values = EVERYTHING if profile == "everything" else PROFILES[profile]
+    for d in by_kind(manifests(values), "Deployment"):
+        svc = component(d)
+        cls = SETTINGS[svc]
+        known = _names(cls) | SHARED | (_names(KubernetesSettings) if svc == "trainer" else set())
+        env = _env(d["spec"]["template"]["spec"]["containers"][0])
+        ours = {k for k in env if k.startswith("LLMSVC_")}
+        assert ours - known == set(), f"{d['metadata']['name']} sets variables {svc} does not read"
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = cls()
+        assert settings.metrics_port == 9090 or svc == "gateway"
+        if svc == "trainer":
+            k8s = KubernetesSettings()
+            assert settings.runner == "kubernetes" and k8s.namespace == "llmsvc"
+            assert k8s.store_pvc == "llmsvc-models" and str(settings.model_store) == "/models"
+        if svc == "worker":
+            assert settings.model.startswith(("/models/", "/model-cache/"))
+            assert "enable_chunked_prefill" in settings.engine_args
+        if svc == "router":
+            assert settings.discovery == "kubernetes" and settings.k8s_service == "llmsvc-worker"
+        for name in env:
+            monkeypatch.delenv(name)
+
+
+def test_the_check_catches_a_misspelt_variable():
+    assert "LLMSVC_ROUTER_K8S_PORT" not in _names(RouterSettings)
+    assert "LLMSVC_ROUTER_K8S_PORT_NAME" in _names(RouterSettings)
+    assert "LLMSVC_TRAINER_DATABASE_URL" in _names(TrainerSettings)
