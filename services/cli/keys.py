@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+    console = Console(width=200)
 
 
 def add_parser(sub) -> None:
@@ -89,14 +91,19 @@ def _create_body(args) -> dict:
     return body
 
 
+def _status(k: dict) -> str:
+    if k["revoked_at"]:
+        return "revoked " + k["revoked_at"][:10]
+    return "expires " + k["expires_at"][:10] if k["expires_at"] else "active"
+
+
 def _keys_table(keys: list[dict]) -> Table:
-    t = Table("id", "prefix", "name", "owner", "scopes", "models", "rpm", "tpm", "daily", "conc", "expires",
-              "revoked", "last used")
+    t = Table("id", "prefix", "name", "owner", "scopes", "models", "rpm/tpm", "daily/conc", "status", "last used")
     for k in keys:
         t.add_row(k["id"], k["prefix"] + "…", k["name"], k["owner"], ",".join(k["scopes"]),
-                  ",".join(k["allowed_models"]) or "*", str(k["rpm"]), str(k["tpm"]),
-                  str(k["daily_token_quota"] or "-"), str(k["max_concurrent"] or "-"), k["expires_at"] or "-",
-                  k["revoked_at"] or "-", k["last_used_at"] or "-")
+                  ",".join(k["allowed_models"]) or "*", f"{k['rpm']}/{k['tpm']}",
+                  f"{k['daily_token_quota'] or '-'}/{k['max_concurrent'] or '-'}", _status(k),
+                  (k["last_used_at"] or "-")[:19])
     return t
 
 
