@@ -76,6 +76,9 @@ class TrainerSettings(ServiceSettings):
     """Memory a local job may use, for the does-it-fit check; 0 means 90% of what is available now."""
     poll_interval_s: float = 0.5
     """How often running jobs' events and states are read."""
+    lease_ttl_s: float = 15.0
+    """One instance supervises jobs (holds a lease in the database); another takes over this long after
+    the holder stops renewing it."""
     cancel_grace_s: float = 60.0
     """Time a job gets after SIGTERM to checkpoint and exit before it is killed."""
     max_upload_mib: int = 512

@@ -73,6 +73,20 @@ def check_example(obj, fmt: str, where: str) -> None:
         raise InvalidFile(f"{where}: 'text' must be a non-empty string")
 
 
+def _parse(raw: bytes, where: str, first: bool):
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError:
+        raise InvalidFile(f"{where}: not UTF-8 text") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidFile(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise InvalidFile(f"{where}: each line must be a JSON object")
+    return obj
+
+
 def validate_lines(lines: Iterable[bytes]) -> FileSummary:
     """Check every line; raise :class:`InvalidFile` at the first bad one."""
     fmt, count = "", 0
@@ -80,19 +94,14 @@ def validate_lines(lines: Iterable[bytes]) -> FileSummary:
         if not raw.strip():
             continue
         where = f"line {number}"
+        obj = _parse(raw, where, number == 1)
         try:
-            obj = json.loads(raw)
-        except UnicodeDecodeError:
-            raise InvalidFile(f"{where}: not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidFile(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not fmt:
-            if not isinstance(obj, dict):
-                raise InvalidFile(f"{where}: each line must be a JSON object")
-            try:
-                fmt = _format_of(obj)
-            except InvalidFile as exc:
-                raise InvalidFile(f"{where}: {exc}") from None
+            this = _format_of(obj)
+        except InvalidFile as exc:
+            raise InvalidFile(f"{where}: {exc}") from None
+        if fmt and this != fmt:
+            raise InvalidFile(f"{where}: holds a {this} example, but the file's first example is {fmt}")
+        fmt = this
         check_example(obj, fmt, where)
         count += 1
     if count == 0:

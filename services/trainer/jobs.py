@@ -74,7 +74,7 @@ class JobFactory:
 
     def _check_resources(self, extra: dict) -> tuple[int, int]:
         res = extra.get("resources") or {}
-        nodes, nproc = res.get("nodes", 1), res.get("nproc_per_node", 1)
+        nodes, nproc = res.get("nodes", 1), res.get("nproc_per_node") or self.runner.default_nproc
         if nodes > 1 and not self.runner.supports_nodes:
             raise RequestError(f"resources.nodes={nodes} needs the kubernetes runner; this service runs jobs as "
                                "local processes (use nproc_per_node).", param="resources.nodes")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.base import utcnow
-from services.common.db.job_tables import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent
+from services.common.db.job_tables import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, SupervisorLease
 
 from .pagination import older_than
 
@@ -78,3 +81,36 @@ async def jobs_in(session: AsyncSession, *statuses: str) -> list[Job]:
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
     return {status: n for status, n in rows}
+
+
+LEASE = "supervisor"
+
+
+async def acquire_lease(session: AsyncSession, holder: str, ttl_s: float) -> bool:
+    """Take or renew the supervisor lease; True when ``holder`` has it until ``ttl_s`` from now."""
+    now = utcnow()
+    until = now + timedelta(seconds=ttl_s)
+    result = await session.execute(
+        update(SupervisorLease)
+        .where(SupervisorLease.name == LEASE, or_(SupervisorLease.holder == holder, SupervisorLease.expires_at < now))
+        .values(holder=holder, expires_at=until)
+    )
+    if result.rowcount == 1:
+        await session.commit()
+        return True
+    if await session.get(SupervisorLease, LEASE) is not None:
+        await session.rollback()
+        return False
+    session.add(SupervisorLease(name=LEASE, holder=holder, expires_at=until))
+    try:
+        await session.commit()
+        return True
+    except IntegrityError:  # another instance created it first
+        await session.rollback()
+        return False
+
+
+async def release_lease(session: AsyncSession, holder: str) -> None:
+    await session.execute(update(SupervisorLease).where(SupervisorLease.name == LEASE, SupervisorLease.holder == holder)
+                          .values(expires_at=utcnow()))
+    await session.commit()

@@ -52,7 +52,7 @@ async def start(settings: TrainerSettings, runner: Runner | None = None) -> Trai
     store = ModelStore(settings.model_store)
     notifier = Notifier()
     supervisor = Supervisor(sessions, store, runner, notifier, SupervisorConfig(
-        settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s))
+        settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s, settings.lease_ttl_s))
     servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),
                                JobFactory(store, runner, settings.data_dirs), supervisor, notifier)
     server, health_servicer = build_server(

@@ -99,14 +99,24 @@ def complete_steps(hparams: dict, examples: int) -> dict:
     return out
 
 
+def _whole(value, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise SpecError(f"{param} must be a positive integer.", param)
+    return int(value)
+
+
 def check_extra(extra: dict) -> dict:
     unknown = set(extra) - EXTRA_KEYS
     if unknown:
         raise SpecError(f"Unknown parameter(s): {', '.join(sorted(unknown))}.", sorted(unknown)[0])
+    # Numbers arrive as floats (protobuf Struct); whole ones are what we take.
+    for key in ("checkpoint_every", "keep_checkpoints"):
+        if key in extra:
+            extra[key] = _whole(extra[key], key)
     res = extra.get("resources") or {}
     for key in ("nodes", "nproc_per_node"):
-        if key in res and (not isinstance(res[key], int) or res[key] < 1):
-            raise SpecError(f"resources.{key} must be a positive integer.", f"resources.{key}")
+        if key in res:
+            res[key] = _whole(res[key], f"resources.{key}")
     if "lora" in extra and not isinstance(extra["lora"], (bool, dict)):
         raise SpecError("lora must be true or an object such as {\"r\": 8, \"alpha\": 16}.", "lora")
     return extra

@@ -12,6 +12,8 @@ import asyncio
 import json
 import logging
 import os
+import secrets
+import socket
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +36,8 @@ class SupervisorConfig:
     max_concurrent_jobs: int = 1
     poll_interval_s: float = 0.5
     grace_s: float = 60.0
+    lease_ttl_s: float = 15.0
+    """An instance that stops renewing the lease (it crashed) is replaced after this long."""
 
 
 class Supervisor:
@@ -45,6 +49,8 @@ class Supervisor:
         self._last_loss: dict[str, dict] = {}
         self._stopping: set[str] = set()
         self._task: asyncio.Task | None = None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.leader = False
 
     def paths(self, job: Job) -> JobPaths:
         return JobPaths(self.store.job_dir(job.id))
@@ -60,8 +66,12 @@ class Supervisor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if suspend:
+        if suspend and self.leader:
             await self.suspend_running()
+        if self.leader:
+            async with self.sessions() as session:
+                await repo.release_lease(session, self.holder)
+            self.leader = False
 
     async def _loop(self) -> None:
         while True:
@@ -79,6 +89,12 @@ class Supervisor:
 
     async def tick(self) -> None:
         async with self.sessions() as session:
+            leader = await repo.acquire_lease(session, self.holder, self.cfg.lease_ttl_s)
+            if leader != self.leader:
+                log.info("%s the supervisor lease", "took" if leader else "lost")
+                self.leader = leader
+            if not leader:
+                return
             for job in await repo.jobs_in(session, "validating_files"):
                 await self._guarded(session, job, self._validate)
             for job in await repo.jobs_in(session, "running"):
@@ -90,6 +106,9 @@ class Supervisor:
 
     async def _guarded(self, session: AsyncSession, job: Job, step) -> None:
         """One job's trouble (a database hiccup, an unreadable file) must not stall the others."""
+        if not await repo.acquire_lease(session, self.holder, self.cfg.lease_ttl_s):  # renewed as we go
+            self.leader = False
+            return
         try:
             await step(session, job)
         except Exception:
@@ -139,7 +158,7 @@ class Supervisor:
         paths = self.paths(job)
         res = job.extra.get("resources") or {}
         launch = Launch(job.id, paths.spec, paths.events, paths.log, nodes=res.get("nodes", 1),
-                        nproc_per_node=res.get("nproc_per_node", 1))
+                        nproc_per_node=res.get("nproc_per_node"))
         try:
             self._write_spec(job, paths)
             job.handle = await self.runner.start(launch)

@@ -3,7 +3,6 @@ and the trainer service itself, in this process, on a real port, reached over a 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,18 +12,9 @@ import pytest
 from services.common.pb import trainer_pb2_grpc
 from services.trainer.config import TrainerSettings
 from services.trainer.runners.local import LocalProcessRunner
-from services.trainer.service import start
+from services.trainer.service import TrainerService, start
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-
-CHAT = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                      {"role": "assistant", "content": str(a + b)}]} for a in range(4) for b in range(3)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +27,7 @@ def store_root(tmp_path_factory, default_model) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
+    """A folder jobs may name JSONL paths in (``data_dirs``)."""
     return tmp_path_factory.mktemp("data")
 
 
@@ -47,24 +38,69 @@ def db_url(request, tmp_path_factory) -> str:
     return request.getfixturevalue("pg_url")
 
 
-def settings_for(db_url: str, store: Path, data_dir: Path, **kw) -> TrainerSettings:
+def settings_for(db_url: str, store: Path, data_dir: Path) -> TrainerSettings:
     return TrainerSettings(host="127.0.0.1", port=0, database_url=db_url, model_store=store, data_dirs=[data_dir],
-                           poll_interval_s=0.1, cancel_grace_s=20, memory_budget_gib=kw.pop("memory_budget_gib", 8),
-                           **kw)
+                           poll_interval_s=0.1, cancel_grace_s=30, memory_budget_gib=8, max_concurrent_jobs=2)
+
+
+def real_runner() -> LocalProcessRunner:
+    """``python -m trainer.run``: the real training code."""
+    return LocalProcessRunner(sys.executable, "trainer.run", grace_s=30, memory_budget_gib=8)
 
 
 def standin_runner() -> LocalProcessRunner:
-    """The runner with the stand-in trainer of this folder (see its docstring for what it is for)."""
-    return LocalProcessRunner(sys.executable, "standin_trainer", grace_s=20, memory_budget_gib=8, cwd=str(HERE))
+    """The stand-in trainer of this folder (see its docstring for what it is for)."""
+    return LocalProcessRunner(sys.executable, "standin_trainer", grace_s=30, memory_budget_gib=8, cwd=str(HERE))
+
+
+class Running:
+    """A started service and a stub on a real channel to it."""
+
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+        self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
+
+    async def stop(self, suspend: bool = False) -> None:
+        await self.channel.close()
+        await self.service.stop(5, suspend=suspend)
+
+
+class ServicePool:
+    """Starts services on one database and store (``await pool(runner)``) and stops them all at the end."""
+
+    def __init__(self, db_url: str, store: Path, data_dir: Path) -> None:
+        self.db_url, self.store, self.data_dir = db_url, store, data_dir
+        self.started: list[Running] = []
+
+    async def __call__(self, runner: LocalProcessRunner) -> Running:
+        running = Running(await start(settings_for(self.db_url, self.store, self.data_dir), runner=runner))
+        self.started.append(running)
+        return running
+
+    async def close(self) -> None:
+        for running in self.started:
+            if running.channel.get_state() is not grpc.ChannelConnectivity.SHUTDOWN:
+                await running.stop()
 
 
 @pytest.fixture(scope="module")
-async def trainer(db_url, store_root, data_dir):
-    """The service with the stand-in trainer; yields ``(service, stub)``."""
-    service = await start(settings_for(db_url, store_root, data_dir), runner=standin_runner())
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield service, trainer_pb2_grpc.TrainerStub(channel)
-    finally:
-        await channel.close()
-        await service.stop(5, suspend=False)
+async def services(db_url, store_root, data_dir):
+    """Services for the whole module."""
+    pool = ServicePool(db_url, store_root, data_dir)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def own_services(db_url, store_root, data_dir):
+    """Services for one test: stopped when it ends, so the next test's services supervise alone."""
+    pool = ServicePool(db_url, store_root, data_dir)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def trainer(services) -> Running:
+    """The service running the real trainer."""
+    return await services(real_runner())

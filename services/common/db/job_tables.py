@@ -103,3 +103,17 @@ class JobCheckpoint(Base):
     path: Mapped[str] = mapped_column(String(1024))
     metrics: Mapped[dict] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SupervisorLease(Base):
+    """Which trainer service instance supervises jobs: one at a time, renewed every tick.
+
+    During a rolling update (or with a second replica) the other instances serve
+    reads and cancel requests but leave launching and finishing jobs to the holder.
+    """
+
+    __tablename__ = "supervisor_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -18,8 +18,9 @@ class Launch:
     log_path: Path
     nodes: int = 1
     """Machines (pods); more than one only on Kubernetes."""
-    nproc_per_node: int = 1
-    """Processes per machine; more than one runs under torchrun."""
+    nproc_per_node: int | None = None
+    """Processes per machine (more than one runs under torchrun); None: the runner's default
+    (1 locally, one per GPU on Kubernetes)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class RunState:
 class Runner(ABC):
     name: str
     supports_nodes: bool = False
+    default_nproc: int = 1
+    """Processes per machine when a job does not say."""
 
     @abstractmethod
     async def start(self, launch: Launch) -> str:

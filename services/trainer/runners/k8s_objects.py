@@ -45,11 +45,11 @@ def headless_service(job_id: str, namespace: str, port: int) -> dict:
     }
 
 
-def torchrun_args(launch: Launch, namespace: str, port: int, module: str) -> list[str]:
+def torchrun_args(launch: Launch, namespace: str, port: int, module: str, nproc: int) -> list[str]:
     name = object_name(launch.job_id)
     return [
         f"--nnodes={launch.nodes}",
-        f"--nproc-per-node={launch.nproc_per_node}",
+        f"--nproc-per-node={launch.nproc_per_node or nproc}",
         "--node-rank=$(NODE_RANK)",
         "--rdzv-backend=static",
         f"--rdzv-endpoint={name}-0.{name}.{namespace}.svc:{port}",
@@ -66,13 +66,15 @@ def _container(launch: Launch, cfg, store_path: str, module: str) -> dict:
         "image": cfg.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["torchrun"],
-        "args": torchrun_args(launch, cfg.namespace, cfg.rdzv_port, module),
+        "args": torchrun_args(launch, cfg.namespace, cfg.rdzv_port, module, max(1, cfg.gpus_per_node)),
         "env": [
             {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}},
             {"name": "LLMSVC_JOB_ID", "value": launch.job_id},
             {"name": "LLMSVC_MODEL_STORE", "value": store_path},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
         ],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "ports": [{"name": "rdzv", "containerPort": cfg.rdzv_port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": limits},
         "volumeMounts": [{"name": "model-store", "mountPath": store_path}, {"name": "dshm", "mountPath": "/dev/shm"}],
@@ -85,7 +87,11 @@ def indexed_job(launch: Launch, cfg, *, store_path: str, module: str, grace_s: f
     pod_spec = {
         "subdomain": name,
         "restartPolicy": "Never",
+        # SIGTERM makes the trainer write a checkpoint before it exits; this is the time it gets.
         "terminationGracePeriodSeconds": int(grace_s),
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(launch, cfg, store_path, module)],
         "volumes": [
             {"name": "model-store", "persistentVolumeClaim": {"claimName": cfg.store_pvc}},

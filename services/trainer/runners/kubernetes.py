@@ -33,6 +33,7 @@ class KubernetesRunner(Runner):
 
     def __init__(self, api_client: k8s.ApiClient, cfg, *, store_path: str, module: str, grace_s: float) -> None:
         self.cfg, self.store_path, self.module, self.grace_s = cfg, store_path, module, grace_s
+        self.default_nproc = max(1, cfg.gpus_per_node)
         self.batch = k8s.BatchV1Api(api_client)
         self.core = k8s.CoreV1Api(api_client)
 

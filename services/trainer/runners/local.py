@@ -39,7 +39,7 @@ class LocalProcessRunner(Runner):
 
     def command(self, launch: Launch) -> list[str]:
         args = ["-m", self.module, "--spec", str(launch.spec_path), "--events", str(launch.events_path)]
-        if launch.nproc_per_node > 1:
+        if (launch.nproc_per_node or 1) > 1:
             # torchrun as a module of the same interpreter, so the job sees the same packages.
             return [self.python, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={launch.nproc_per_node}", *args]

@@ -1,4 +1,4 @@
-"""trainer: training files, fine-tuning jobs, their events and checkpoints
+"""trainer: training files, fine-tuning jobs, their events and checkpoints, the supervisor lease
 
 Revision ID: 0003_jobs
 Revises: 0002_registry
@@ -105,7 +105,17 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_job_events_job_id"), ["job_id"], unique=False)
 
 
+    op.create_table(
+        "supervisor_leases",
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("holder", sa.String(length=128), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_supervisor_leases")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("supervisor_leases")
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id"))
     op.drop_table("job_events")

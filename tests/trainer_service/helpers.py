@@ -1,0 +1,63 @@
+"""Helpers of the trainer service tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common.pb import trainer_pb2 as pb
+
+CHAT = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                      {"role": "assistant", "content": str(a + b)}]} for a in range(4) for b in range(3)]
+
+
+def jsonl(rows) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+async def upload(stub, data: bytes, filename: str = "train.jsonl", purpose: str = "fine-tune") -> pb.TrainingFile:
+    async def chunks():
+        yield pb.UploadFileChunk(header=pb.UploadFileHeader(filename=filename, purpose=purpose))
+        for i in range(0, len(data), 1000):  # several chunks, as the gateway streams them
+            yield pb.UploadFileChunk(data=data[i:i + 1000])
+
+    return await stub.UploadFile(chunks())
+
+
+def job_request(file_id: str, *, model: str = "tiny-random", suffix: str = "", hyper: dict | None = None,
+                extra: dict | None = None, method: dict | None = None) -> pb.CreateJobRequest:
+    req = pb.CreateJobRequest(model=model, training_file=file_id, suffix=suffix, seed=1)
+    req.hyperparameters.update(hyper if hyper is not None else {"steps": 4, "batch_size": 2, "seq_len": 64})
+    req.extra.update(extra or {})
+    req.method.update(method or {})
+    return req
+
+
+async def events_until_end(stub, job_id: str, after: int = 0) -> list[pb.JobEvent]:
+    """Follow the job's event stream until the service ends it (the job reached a final status)."""
+    return [ev async for ev in stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id=job_id, after=after,
+                                                                              follow=True), timeout=300)]
+
+
+async def first_event(stub, job_id: str, kind: str) -> pb.JobEvent:
+    async for ev in stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id=job_id, follow=True), timeout=300):
+        if ev.type == kind:
+            return ev
+    raise AssertionError(f"the job ended without a {kind} event")
+
+
+async def rpc_error(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value
+
+
+def trailers(exc: grpc.aio.AioRpcError) -> dict:
+    return dict(exc.trailing_metadata() or ())
+
+
+def versions_dir(store: Path, name: str) -> list[Path]:
+    return sorted((store / name).glob("*")) if (store / name).exists() else []
