@@ -12,6 +12,7 @@ from .config import GatewaySettings
 from .errors import install_handlers
 from .middleware import RequestContextMiddleware
 from .admission import RateLimitHeadersMiddleware, drain_usage_reports
+from .routes import files, fine_tuning
 from .routes import admin, evals, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
 
@@ -21,6 +22,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr)
         app.state.upstreams.extra["eval"] = insecure_channel(settings.eval_addr)
+        app.state.upstreams.extra["trainer"] = insecure_channel(settings.trainer_addr)
         yield
         await drain_usage_reports()
         await app.state.upstreams.close()
@@ -31,6 +33,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for r in (generate.router, models.router, health.router, admin.router, evals.router, promotions.router,
               tokenizer.router):
         app.include_router(r)
+    app.include_router(fine_tuning.router)
+    app.include_router(files.router)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app
