@@ -56,6 +56,8 @@ class _SamplingBody(_Body):
     user: Annotated[str, Field(max_length=256)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM's extension: generate exactly max_tokens (benchmarks use it so every side does the same work).
+    ignore_eos: bool = False
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -25,6 +25,7 @@ from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
 SERVICE = "llmsvc.v1.Inference"
+MAX_MODEL_LEN = 1024
 
 
 @dataclass
@@ -55,6 +56,9 @@ class StandinInference(pb_grpc.InferenceServicer):
         if self.fail_before_first is not None:
             await context.abort(self.fail_before_first, "stand-in told to fail before the first token")
         n = request.params.max_tokens or self.default_tokens
+        if n + 4 > MAX_MODEL_LEN:  # as a real worker does: the prompt (4 "tokens" here) plus the completion
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"This model's maximum context length is "
+                                f"{MAX_MODEL_LEN} tokens; {n + 4} were requested.", trailing_metadata=(("param", "max_tokens"),))
         self.active += 1
         try:
             for i in range(n):
@@ -77,12 +81,12 @@ class StandinInference(pb_grpc.InferenceServicer):
         return pb.Load(running=running, waiting=self.waiting, models=self.models, draining=self.draining)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        return pb.ListModelsResponse(models=[pb.ModelInfo(id=m, root=m, max_model_len=1024, owned_by="llmsvc")
+        return pb.ListModelsResponse(models=[pb.ModelInfo(id=m, root=m, max_model_len=MAX_MODEL_LEN, owned_by="llmsvc")
                                              for m in self.models])
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext):
         ids = list(request.prompt.encode())
-        return pb.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=1024)
+        return pb.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=MAX_MODEL_LEN)
 
     async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext):
         return pb.DetokenizeResponse(prompt=bytes(t % 256 for t in request.tokens).decode(errors="replace"))

@@ -23,14 +23,17 @@ def _model(stack) -> str:
 async def _start_streams(client, model: str, n: int, max_tokens: int, tag: str):
     started = [asyncio.Event() for _ in range(n)]
     tasks = [asyncio.create_task(stream_chat(client, model, f"{tag} {i}: " + "count the rivers " * (i + 1),
-                                             max_tokens, started=started[i])) for i in range(n)]
+                                             max_tokens, started=started[i], ignore_eos=True)) for i in range(n)]
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), HANG_S)
     return tasks
 
 
-async def _in_flight(stack, index: int) -> int:
-    address = f"{stack.cfg.host}:{stack.cfg.worker_ports[index]}"
-    return next(w.in_flight for w in await router_workers(stack) if w.address == address)
+async def _busiest(stack) -> tuple[int, int]:
+    """(index, in-flight streams) of the worker the router has sent the most open streams."""
+    load = {w.address: w.in_flight for w in await router_workers(stack)}
+    counts = [load.get(f"{stack.cfg.host}:{port}", 0) for port in stack.cfg.worker_ports]
+    index = max(range(len(counts)), key=counts.__getitem__)
+    return index, counts[index]
 
 
 def _generate_lines(stack, name: str, offset: int = 0) -> int:
@@ -52,9 +55,9 @@ async def test_sigkill_mid_load_breaks_only_its_streams_cleanly_and_worker_is_re
     await wait_healthy(stack2, 2)
     async with client_for(stack2.cfg.base_url, api_key) as client:
         streams = await _start_streams(client, _model(stack2), 8, 300, "kill")
-        victim_load = await _in_flight(stack2, 0)
-        assert victim_load > 0, "worker0 had no streams to break"
-        await asyncio.to_thread(stack2.stop_proc, "worker0", signal.SIGKILL)
+        victim, victim_load = await _busiest(stack2)
+        assert victim_load > 0, "no worker had streams to break"
+        await asyncio.to_thread(stack2.stop_proc, f"worker{victim}", signal.SIGKILL)
         # Requests that start after the kill must succeed on the other worker.
         fresh = [asyncio.create_task(stream_chat(client, _model(stack2), f"fresh {i}", 16)) for i in range(4)]
         results = await asyncio.wait_for(asyncio.gather(*streams), HANG_S)
@@ -63,18 +66,19 @@ async def test_sigkill_mid_load_breaks_only_its_streams_cleanly_and_worker_is_re
         assert 1 <= len(broken) <= victim_load
         assert all(r.tokens > 0 for r in broken)  # they had started: not retryable, so they end with an error
         assert all(r.complete for r in await asyncio.wait_for(asyncio.gather(*fresh), HANG_S))
-        await _restart_and_check_readmitted(stack2, client, 0)
+        await _restart_and_check_readmitted(stack2, client, victim)
 
 
 async def test_sigterm_drains_without_breaking_a_stream(stack2, api_key):
     await wait_healthy(stack2, 2)
     async with client_for(stack2.cfg.base_url, api_key) as client:
         streams = await _start_streams(client, _model(stack2), 8, 200, "drain")
-        assert await _in_flight(stack2, 1) > 0
-        stopping = asyncio.create_task(asyncio.to_thread(stack2.stop_proc, "worker1", signal.SIGTERM, 120))
+        victim, victim_load = await _busiest(stack2)
+        assert victim_load > 0
+        stopping = asyncio.create_task(asyncio.to_thread(stack2.stop_proc, f"worker{victim}", signal.SIGTERM, 120))
         fresh = [asyncio.create_task(stream_chat(client, _model(stack2), f"during drain {i}", 16)) for i in range(4)]
         results = await asyncio.wait_for(asyncio.gather(*streams, *fresh), HANG_S)
         assert all(r.complete for r in results), [r for r in results if not r.complete]
         await stopping
-        assert stack2.procs["worker1"].popen.returncode == 0  # drained and exited on its own
-        await _restart_and_check_readmitted(stack2, client, 1)
+        assert stack2.procs[f"worker{victim}"].popen.returncode == 0  # drained and exited on its own
+        await _restart_and_check_readmitted(stack2, client, victim)

@@ -16,7 +16,8 @@ OFFERED = 48
 
 
 async def _post(client, model: str, i: int, order: list) -> tuple[int, dict, dict]:
-    body = {"model": model, "messages": [{"role": "user", "content": f"overload {i}"}], "max_tokens": 150}
+    body = {"model": model, "messages": [{"role": "user", "content": f"overload {i}"}], "max_tokens": 150,
+            "ignore_eos": True}
     resp = await client.post("/chat/completions", json=body)
     order.append(resp.status_code)
     return resp.status_code, dict(resp.headers), resp.json()

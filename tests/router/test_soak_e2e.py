@@ -1,6 +1,7 @@
 """A bounded soak on a real two-worker stack: concurrent streaming chat for ``LLMSVC_SOAK_S`` seconds
 (60 by default here; the documented run is 600). Zero errors, and the resident memory of every process
-(with its children: a worker's vLLM engine core) flat within ``RSS_BOUND_MIB`` after warm-up."""
+(with its children: a worker's vLLM engine core) flat: after warm-up, the last quarter of the run
+rises at most ``RSS_BOUND_MIB`` above the peak of the first half."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .load import client_for, stream_chat
 
 SOAK_S = float(os.environ.get("LLMSVC_SOAK_S", "60"))
 CONCURRENCY = 6
-RSS_BOUND_MIB = 64
+RSS_BOUND_MIB = 48
 SYSTEM = ["You answer questions about {} in one line. ".format(t) * 12 for t in ("rivers", "cities", "numbers")]
 
 
@@ -59,7 +60,9 @@ async def test_soak_has_no_errors_and_flat_memory(stack2, api_key):
                              *(_user(client, model, u, stop_at, outcomes) for u in range(CONCURRENCY)))
     errors = [r for r in outcomes if not r.complete]
     assert not errors, f"{len(errors)} of {len(outcomes)} requests failed: {errors[:3]}"
-    growth = {name: max(s[len(s) // 2:]) - s[0] for name, s in samples.items()}
-    print(f"\nsoak {SOAK_S:.0f}s: {len(outcomes)} streams, 0 errors; RSS growth MiB:",
-          {k: round(v, 1) for k, v in growth.items()}, "start MiB:", {k: round(s[0]) for k, s in samples.items()})
+    # Flat = the second half of the run sets no new high beyond the bound over the first half's peak
+    # (one-time warm-up such as allocator arenas happens early; a leak keeps climbing).
+    growth = {name: max(s[-max(1, len(s) // 4):]) - max(s[:max(1, len(s) // 2)]) for name, s in samples.items()}
+    print(f"\nsoak {SOAK_S:.0f}s: {len(outcomes)} streams, 0 errors; RSS MiB start/end/late growth:",
+          {k: (round(s[0]), round(s[-1]), round(growth[k], 1)) for k, s in samples.items()})
     assert all(g <= RSS_BOUND_MIB for g in growth.values()), growth

@@ -20,7 +20,7 @@ _TEMPLATE_TOKENS_PER_MESSAGE = 8
 def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
     p = pb.SamplingParams(
         max_tokens=max_tokens or 0, n=body.n, stop=body.stop_list(),
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, ignore_eos=body.ignore_eos,
     )
     for name in ("temperature", "top_p", "top_k", "min_p", "seed"):
         value = getattr(body, name)

@@ -1,0 +1,138 @@
+"""Gateway overhead at high request rates, against upstreams that answer at once.
+
+    .venv/bin/python -m bench.serve_gateway --rounds 3 --num-prompts 600 --concurrency 32 \
+        [--litellm /work/litellm-venv/bin/litellm]
+
+Sides, each measured by vLLM's benchmark client (streaming chat, 8 tokens a reply):
+  direct   the OpenAI HTTP stand-in itself (bench/serve_standin_http.py): the floor
+  llmsvc   gateway → auth → router → gRPC stand-in worker (services/router/standin.py)
+  litellm  LiteLLM proxy → the HTTP stand-in (only with --litellm, a binary in its own venv)
+"requests/s per core" is completed requests per CPU-second the proxy's own processes used
+(llmsvc: gateway + auth + router; LiteLLM: its process tree), so the stand-ins' cost is excluded.
+"added" latency is the side's end-to-end latency percentile minus the direct side's, same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from bench.serve_lib import default_model, median, stop, table, vllm_bench, wait_models
+from services.cli.stack import Stack, StackConfig, free_port
+
+MODEL_NAME = "tiny-random"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_litellm(binary: str, upstream: str, port: int, home: Path) -> subprocess.Popen:
+    cfg = home / "litellm.yaml"
+    cfg.write_text(f"model_list:\n  - model_name: {MODEL_NAME}\n    litellm_params:\n      model: openai/{MODEL_NAME}\n"
+                   f"      api_base: {upstream}/v1\n      api_key: none\n")
+    return spawn([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                 home / "litellm.log")
+
+
+def standin_stack(home: Path, model: Path, key: str) -> Stack:
+    stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING"))
+    stack.start_worker = lambda i: stack.spawn(f"worker{i}", "services.router.standin", stack.env_for("worker", i))
+    stack.start()
+    stack.wait_ready(timeout_s=120)
+    return stack
+
+
+def measure(url: str, key: str, pids: list[int], model: Path, a, seed: int) -> dict:
+    args = ["--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "8", "--ignore-eos",
+            "--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--seed", str(seed)]
+    before = cpu_seconds(pids) if pids else 0.0
+    r = vllm_bench(url, MODEL_NAME, model, args, key)
+    r["cpu_s"] = (cpu_seconds(pids) - before) if pids else 0.0
+    return r
+
+
+def run(a) -> None:
+    model = default_model()
+    home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
+    key = "sk-bench-" + secrets.token_hex(8)
+    http_port = free_port()
+    upstream = spawn([sys.executable, "-m", "bench.serve_standin_http", "--port", str(http_port), "--model", MODEL_NAME],
+                     home / "standin_http.log")
+    procs = [upstream]
+    stack = standin_stack(home, model, key)
+    sides = {"direct": (f"http://127.0.0.1:{http_port}", "", []),
+             "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key,
+                        [stack.procs[n].popen.pid for n in ("gateway", "auth", "router")])}
+    try:
+        wait_models(sides["direct"][0], proc=upstream)
+        if a.litellm:
+            port = free_port()
+            procs.append(start_litellm(a.litellm, sides["direct"][0], port, home))
+            wait_models(f"http://127.0.0.1:{port}", timeout_s=180, proc=procs[-1])
+            sides["litellm"] = (f"http://127.0.0.1:{port}", "", [procs[-1].pid])
+        for name, (url, k, pids) in sides.items():
+            measure(url, k, pids, model, argparse.Namespace(num_prompts=a.concurrency * 2, concurrency=a.concurrency), 0)
+        report(rounds(sides, model, a))
+    finally:
+        stack.stop()
+        for p in procs:
+            stop(p)
+
+
+def rounds(sides: dict, model: Path, a) -> list[tuple[int, str, dict]]:
+    out = []
+    names = list(sides)
+    for rnd in range(1, a.rounds + 1):
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            url, k, pids = sides[name]
+            out.append((rnd, name, measure(url, k, pids, model, a, rnd)))
+    return out
+
+
+def report(results: list[tuple[int, str, dict]]) -> None:
+    direct = {rnd: r for rnd, name, r in results if name == "direct"}
+    rows, agg = [], {}
+    for rnd, name, r in results:
+        per_core = r["completed"] / r["cpu_s"] if r["cpu_s"] else float("nan")
+        add50 = r["p50_e2el_ms"] - direct[rnd]["p50_e2el_ms"]
+        add99 = r["p99_e2el_ms"] - direct[rnd]["p99_e2el_ms"]
+        rows.append([rnd, name, r["completed"], r["failed"], r["request_throughput"], per_core,
+                     r["p50_e2el_ms"], r["p99_e2el_ms"], add50, add99])
+        agg.setdefault(name, []).append((r["request_throughput"], per_core, add50, add99))
+    head = ["round", "side", "ok", "failed", "req/s", "req/s per core", "E2E p50 ms", "E2E p99 ms",
+            "added p50 ms", "added p99 ms"]
+    print(table(head, rows))
+    print()
+    print(table(["side (median of rounds)", "req/s", "req/s per core", "added p50 ms", "added p99 ms"],
+                [[n, *(median([v[i] for v in vals]) for i in range(4))] for n, vals in agg.items()]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--num-prompts", type=int, default=600)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--litellm", help="path of the litellm executable (in its own venv)")
+    run(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Routing policies on a shared-prefix workload: 2 workers behind one router, vLLM's benchmark client.
+
+    .venv/bin/python -m bench.serve_routing --rounds 2 --num-prompts 160 --concurrency 16
+
+The workload is vLLM's ``prefix_repetition`` dataset: a few long common prefixes (system prompts)
+shared by many requests with distinct suffixes. Each run restarts only the router with the next
+policy; the workers and their prefix caches stay, so every run draws fresh prefixes (its own seed)
+and finds nothing useful cached from earlier runs. The prefix-cache hit rate is vLLM's own
+(hits / queried prompt tokens, from the workers' counters) over that run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import tempfile
+from pathlib import Path
+
+from bench.serve_lib import default_model, median, scrape, table, vllm_bench
+from services.cli.stack import Stack, StackConfig, free_port
+
+MODEL_NAME = "tiny-random"
+POLICIES = ["prefix_aware", "round_robin", "least_load"]
+
+
+def bench_args(a, seed: int) -> list[str]:
+    return ["--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(a.prefix_len),
+            "--prefix-repetition-suffix-len", str(a.suffix_len), "--prefix-repetition-num-prefixes",
+            str(a.num_prefixes), "--prefix-repetition-output-len", str(a.output_len), "--num-prompts",
+            str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--ignore-eos", "--seed", str(seed)]
+
+
+def prefix_counters(stack: Stack) -> tuple[float, float]:
+    """(queried, hit) prompt tokens summed over the workers, from their /metrics."""
+    queried = hit = 0.0
+    for i in range(len(stack.cfg.worker_ports)):
+        url = f"http://127.0.0.1:{stack.cfg.metrics_ports[f'worker{i}']}/metrics"
+        queried += sum(scrape(url, "llmsvc_worker_prefix_cache_queries_total").values())
+        hit += sum(scrape(url, "llmsvc_worker_prefix_cache_hits_total").values())
+    return queried, hit
+
+
+def restart_router(stack: Stack, policy: str) -> None:
+    stack.stop_proc("router")
+    stack.cfg.extra_env["LLMSVC_ROUTER_POLICY"] = policy
+    stack.spawn("router", "services.router.main", stack.env_for("router"))
+    stack.wait_ready(timeout_s=120)
+
+
+def run(a) -> None:
+    model = default_model()
+    home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
+    key = "sk-bench-" + secrets.token_hex(8)
+    cfg = StackConfig.ephemeral(home, model, key, workers=2, served_model_name=MODEL_NAME, log_level="WARNING")
+    cfg.metrics_ports = {"worker0": free_port(), "worker1": free_port()}
+    stack = Stack(cfg)
+    stack.start()
+    url = cfg.base_url.removesuffix("/v1")
+    rows, by_policy = [], {p: [] for p in POLICIES}
+    try:
+        stack.wait_ready(timeout_s=300)
+        restart_router(stack, POLICIES[0])
+        vllm_bench(url, MODEL_NAME, model, bench_args(a, 1000), key)  # warm-up (compiles, allocates)
+        for rnd in range(1, a.rounds + 1):
+            for j, policy in enumerate(POLICIES):
+                restart_router(stack, policy)
+                before = prefix_counters(stack)
+                r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd * 10 + j), key)
+                after = prefix_counters(stack)
+                hit_rate = (after[1] - before[1]) / max(1.0, after[0] - before[0])
+                by_policy[policy].append((r, hit_rate))
+                rows.append([rnd, policy, r["completed"], r["failed"], r["output_throughput"], r["p50_ttft_ms"],
+                             r["p99_ttft_ms"], hit_rate])
+        print(table(["round", "policy", "ok", "failed", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
+                     "prefix hit rate"], rows))
+        print()
+        print(table(["policy (median of rounds)", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "prefix hit rate"],
+                    [[p, median([r["output_throughput"] for r, _ in v]), median([r["p50_ttft_ms"] for r, _ in v]),
+                      median([r["p99_ttft_ms"] for r, _ in v]), median([h for _, h in v])]
+                     for p, v in by_policy.items()]))
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--num-prompts", type=int, default=160)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--prefix-len", type=int, default=512)
+    p.add_argument("--suffix-len", type=int, default=64)
+    p.add_argument("--num-prefixes", type=int, default=8)
+    p.add_argument("--output-len", type=int, default=32)
+    run(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
