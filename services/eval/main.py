@@ -21,6 +21,10 @@ from .servicer import EvalServicer
 
 log = logging.getLogger(__name__)
 SERVICE = "llmsvc.v1.Eval"
+# Promote calls stay silent for minutes (gate runs, a worker start) while clients send
+# keepalive pings every 10 s; without these gRPC answers GOAWAY "too many pings".
+KEEPALIVE_OPTIONS = [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0),
+                     ("grpc.keepalive_permit_without_calls", 1)]
 
 
 def build_rollout(settings: EvalSettings, client: ModelClient, launcher):
@@ -49,7 +53,8 @@ async def serve(settings: EvalSettings) -> None:
     if orphans:
         log.warning("marked %d runs of a previous process as failed", orphans)
     servicer = EvalServicer(runs, Promoter(sessions, runs, requirements, build_rollout(settings, client, launcher)))
-    server, health = build_server("eval", [(eval_pb2_grpc.add_EvalServicer_to_server, servicer, SERVICE)])
+    server, health = build_server("eval", [(eval_pb2_grpc.add_EvalServicer_to_server, servicer, SERVICE)],
+                                  options=KEEPALIVE_OPTIONS)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     await set_serving(health, [SERVICE], True)

@@ -1,0 +1,118 @@
+"""The promotion gate on live workers, and a stream that runs through the switch.
+
+The three versions are the deterministic models of ``tests/eval/models.py``:
+v1 (the alias's first version) and v2 are the random tiny model with noise
+(v2 much more), v3 is the unperturbed model; the gate's text was sampled from
+v3. So v2 is measurably worse than v1 and v3 measurably better, on that text.
+The candidates are not served at first: the eval service starts a worker for
+each when the gate measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import httpx
+from sqlalchemy import select
+
+from services.common.db.engine import make_engine, session_factory
+from services.common.db.registry import AuditEvent, ModelAlias
+
+from . import models as m
+from .conftest import GATE_DATASET, run_eval
+
+
+def _db(pg_url: str, fn):
+    async def go():
+        engine = make_engine(pg_url)
+        try:
+            async with session_factory(engine)() as s:
+                return await fn(s)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _alias(pg_url, alias) -> str:
+    return _db(pg_url, lambda s: s.get(ModelAlias, alias)).version_id
+
+
+def _audit(pg_url, alias) -> list[AuditEvent]:
+    async def q(s):
+        return list(await s.scalars(select(AuditEvent).where(AuditEvent.target == alias).order_by(AuditEvent.id)))
+
+    return _db(pg_url, q)
+
+
+def test_worse_version_is_refused(gw, lifecycle, pg_url):
+    alias = lifecycle["alias"]
+    r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v2"]})
+    assert r.status_code == 409, r.text
+    doc = r.json()["promotion"]
+    check = doc["checks"][0]
+    assert not doc["promoted"] and not check["passed"] and check["candidate"] > check["current"]
+    assert "regresses" in check["reason"]
+    assert _alias(pg_url, alias) == lifecycle["v1"]
+    assert _audit(pg_url, alias)[-1].action == "promote_refused"
+
+
+def _stream(base_url: str, key: str, model: str, prompt: str, out: dict) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": 900, "temperature": 0}
+    events = []
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {key}"}) as r:
+        out["status"] = r.status_code
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 2:
+                    out["started"].set()
+    out["events"] = events
+    out["ended"].set()
+
+
+def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, pg_url, api_key):
+    alias = lifecycle["alias"]
+    # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
+    for v in ("v1", "v3"):
+        assert run_eval(gw, lifecycle[v], "perplexity", dataset=GATE_DATASET)["status"] == "succeeded"
+    prompt = m.greedy_without_eos(eval_models["v1"], ["Count the stones.", "Sort these numbers: 4 1 3",
+                                                       "Tell me about the river.", "hello"], tokens=900)
+    out = {"started": threading.Event(), "ended": threading.Event()}
+    t = threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, prompt, out))
+    t.start()
+    assert out["started"].wait(120)
+    r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v3"]})
+    promoted_while_streaming = not out["ended"].is_set()
+    t.join(300)
+    assert r.status_code == 200, r.text
+    assert r.json()["promoted"] and r.json()["checks"][0]["passed"]
+    assert promoted_while_streaming, "the stream ended before the switch; it proves nothing"
+    events = out["events"]
+    assert out["status"] == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert not any("error" in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # all 900 tokens arrived
+    assert {c["model"] for c in chunks[1:]} == {lifecycle["v1"]}  # served to the end by the old worker
+    assert _alias(pg_url, alias) == lifecycle["v3"]
+    # New requests for the alias reach the new version; /v1/models lists the alias under it.
+    reply = gw.post("/v1/chat/completions", json={"model": alias, "max_tokens": 2,
+                                                  "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert reply["model"] == lifecycle["v3"]
+    listed = {d["id"]: d for d in gw.get("/v1/models").json()["data"]}
+    assert listed[alias]["parent"] == lifecycle["v3"] and lifecycle["v3"] in listed
+
+
+def test_force_needs_no_gate_and_is_audited(gw, lifecycle, pg_url):
+    alias = lifecycle["alias"]
+    r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v2"], "force": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["forced"] and not r.json()["checks"][0]["passed"]
+    last = _audit(pg_url, alias)[-1]
+    assert last.action == "force_promote" and last.details["version_id"] == lifecycle["v2"]
+    assert last.actor  # the key id that forced it
+    assert _alias(pg_url, alias) == lifecycle["v2"]
