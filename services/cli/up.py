@@ -64,12 +64,14 @@ def run_up(args) -> int:
     key = load_or_create_key(home, args.api_key or os.environ.get("LLMSVC_API_KEY"))
     cfg = StackConfig(home=home, model=model, api_key=key, host=args.host, gateway_port=args.port,
                       worker_ports=[50060 + i for i in range(args.workers)],
-                      served_model_name=args.served_model_name or "")
-    internal = [cfg.auth_port, cfg.router_port, *cfg.worker_ports]
+                      served_model_name=args.served_model_name or "",
+                      spare_worker_ports=[50060 + args.workers])
+    internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, *cfg.worker_ports, *cfg.spare_worker_ports]
     if any(port_in_use(p, args.host) for p in internal):
         # Another stack (or anything else) holds the default internal ports: take free ones.
         cfg.auth_port, cfg.router_port = free_port(args.host), free_port(args.host)
         cfg.worker_ports = [free_port(args.host) for _ in range(args.workers)]
+        cfg.eval_port, cfg.spare_worker_ports = free_port(args.host), [free_port(args.host)]
     stack = Stack(cfg)
     stopping = False
 
@@ -107,7 +109,8 @@ def run_up(args) -> int:
 
 Press Ctrl-C to stop.""")
     while not stopping:
-        if dead := stack.dead():
+        # A worker that exited cleanly was drained (a promotion moved its alias elsewhere): not a failure.
+        if dead := [p for p in stack.dead() if not (p.name.startswith("worker") and p.popen.returncode == 0)]:
             console.print(f"[red]{', '.join(p.name for p in dead)} exited;[/] see {stack.logs}. Stopping.")
             break
         time.sleep(0.5)
