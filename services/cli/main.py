@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     from . import keys
 
     keys.add_parser(sub)
+    from . import models, train
+
+    train.add_parser(sub)
+    models.add_parser(sub)
 
     for name, module in [("gateway", "services.gateway.main"), ("auth", "services.auth.main"),
-                         ("router", "services.router.main"), ("worker", "services.worker.main")]:
+                         ("router", "services.router.main"), ("worker", "services.worker.main"),
+                         ("trainer", "services.trainer.main")]:
         p = sub.add_parser(name, help=f"run the {name} service in the foreground (configured by LLMSVC_{name.upper()}_*)")
         p.set_defaults(func=_service(module))
     return parser

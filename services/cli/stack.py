@@ -43,6 +43,7 @@ class StackConfig:
     router_port: int = 50052
     worker_ports: list[int] = field(default_factory=lambda: [50060])
     eval_port: int = 50054
+    trainer_port: int = 50053
     spare_worker_ports: list[int] = field(default_factory=list)
     """Router addresses with no worker yet: the eval service starts workers there for new versions."""
     model_aliases: list[str] = field(default_factory=list)
@@ -67,7 +68,8 @@ class StackConfig:
     def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> "StackConfig":
         """A config on free ports, for tests and side-by-side stacks."""
         ports = {"gateway_port": free_port(), "auth_port": free_port(), "router_port": free_port(),
-                 "worker_ports": [free_port() for _ in range(workers)], "eval_port": free_port()}
+                 "worker_ports": [free_port() for _ in range(workers)], "eval_port": free_port(),
+                 "trainer_port": free_port()}
         return cls(home=home, model=model, api_key=api_key, **ports, **kw)
 
     @property
@@ -134,9 +136,12 @@ class Stack:
                 "LLMSVC_GATEWAY_AUTH_ADDR": f"{c.host}:{c.auth_port}",
                 "LLMSVC_GATEWAY_ROUTER_ADDR": f"{c.host}:{c.router_port}",
                 "LLMSVC_GATEWAY_EVAL_ADDR": f"{c.host}:{c.eval_port}",
+                "LLMSVC_GATEWAY_TRAINER_ADDR": f"{c.host}:{c.trainer_port}",
             }
         elif service == "eval":
             env = self._eval_env()
+        elif service == "trainer":
+            env = self._trainer_env()
         else:
             raise ValueError(f"unknown service {service!r}")
         return env
@@ -153,6 +158,16 @@ class Stack:
             "LLMSVC_EVAL_DATABASE_URL": c.db_url, "LLMSVC_EVAL_HOME": str(c.home),
             "LLMSVC_EVAL_WORKER_SLOTS": json.dumps(slots if c.spare_worker_ports else []),
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
+        }
+        return env
+
+    def _trainer_env(self) -> dict[str, str]:
+        c = self.cfg
+        env = self._common_env("trainer")
+        env |= {
+            "LLMSVC_TRAINER_HOST": c.host, "LLMSVC_TRAINER_PORT": str(c.trainer_port),
+            "LLMSVC_TRAINER_DATABASE_URL": c.db_url, "LLMSVC_TRAINER_MIGRATE_ON_START": "false",  # start() migrates
+            "LLMSVC_MODEL_STORE": os.environ.get("LLMSVC_MODEL_STORE", str(c.home / "models")),
         }
         return env
 
@@ -183,6 +198,7 @@ class Stack:
             self.start_worker(i)
         self.spawn("router", "services.router.main", self.env_for("router"))
         self.spawn("eval", "services.eval.main", self.env_for("eval"))
+        self.spawn("trainer", "services.trainer.main", self.env_for("trainer"))
         self.spawn("gateway", "services.gateway.main", self.env_for("gateway"))
 
     def dead(self) -> list[Proc]:

@@ -15,11 +15,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.job_tables import Job, JobCheckpoint, JobEvent
 
 from . import metrics
+from .spec import DEFAULT_KEEP
 
 log = logging.getLogger(__name__)
 _LEVELS = {"warning": "warn", "warn": "warn", "error": "error", "critical": "error"}
@@ -32,6 +34,7 @@ class Ingested:
     status_message: str = ""
     errors: list[str] = field(default_factory=list)
     count: int = 0
+    checkpoints: int = 0
 
 
 def read_new_lines(path: Path, offset: int, max_bytes: int = 4 << 20) -> tuple[list[bytes], int]:
@@ -80,6 +83,7 @@ def _apply(session: AsyncSession, job: Job, ev: dict, out: Ingested, last_loss: 
         if last_loss.get("train_loss") is not None:
             ckpt_metrics["train_loss"] = last_loss["train_loss"]
         session.add(JobCheckpoint(job_id=job.id, step=step, path=str(ev.get("path", "")), metrics=ckpt_metrics))
+        out.checkpoints += 1
         session.add(JobEvent(job_id=job.id, type="message", level="info", message=f"Checkpoint saved at step {step}",
                              data={"step": step, "path": ev.get("path")}))
     elif kind == "status":
@@ -119,5 +123,17 @@ async def ingest(session: AsyncSession, job: Job, path: Path, last_loss: dict | 
             _apply(session, job, ev, out, last_loss)
             out.count += 1
     job.events_offset = offset
+    if out.checkpoints:
+        await _prune_checkpoints(session, job)
     await session.commit()
     return out
+
+
+async def _prune_checkpoints(session: AsyncSession, job: Job) -> None:
+    """Keep the rows of the checkpoints the trainer keeps: its newest ``keep_checkpoints``."""
+    await session.flush()
+    keep = int(job.extra.get("keep_checkpoints") or DEFAULT_KEEP)
+    newest = select(JobCheckpoint.id).where(JobCheckpoint.job_id == job.id).order_by(JobCheckpoint.step.desc(),
+                                                                                     JobCheckpoint.id.desc())
+    kept = list(await session.scalars(newest.limit(keep)))
+    await session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id, JobCheckpoint.id.not_in(kept)))

@@ -21,6 +21,8 @@ OPENAI_HPARAMS = {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
 OUR_HPARAMS = {"steps", "lr", "seq_len", "warmup_steps", "grad_accum"}
 EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources"}
 DEFAULT_EPOCHS, DEFAULT_BATCH = 3, 4
+DEFAULT_KEEP = 3
+"""Checkpoints a job keeps (OpenAI keeps the last three)."""
 
 
 class SpecError(ValueError):
@@ -167,7 +169,7 @@ def build_spec(*, recipe: str, model: dict, train: str, validation: str | None, 
         "output_dir": str(paths.output),
         "checkpoint_dir": str(paths.checkpoints),
         "checkpoint_every": int(extra.get("checkpoint_every") or max(1, min(500, steps // 4))),
-        "keep_checkpoints": int(extra.get("keep_checkpoints") or 3),
+        "keep_checkpoints": int(extra.get("keep_checkpoints") or DEFAULT_KEEP),
         # A restarted job (pod restart, service restart) continues from its last checkpoint.
         "resume": True,
         "name": name,

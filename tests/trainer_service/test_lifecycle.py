@@ -62,3 +62,10 @@ async def test_lists_page_with_after_and_has_more(standin):
                                                                       limit=100))
     assert not older.has_more and older.events[-1].message == f"Created fine-tuning job: {created[0].id}"
     assert all(e.id < events.events[-1].id for e in older.events)
+
+
+async def test_only_the_checkpoints_the_trainer_keeps_are_listed(standin):
+    done = await run_to_end(standin, "ckpts", hyper={"steps": 9}, extra={"checkpoint_every": 1, "keep_checkpoints": 2})
+    ckpts = await standin.stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=done.id))
+    assert [c.step for c in ckpts.checkpoints] == [9, 8]
+    assert [c.metrics["train_loss"] for c in ckpts.checkpoints] == pytest.approx([2 / 9, 2 / 8])

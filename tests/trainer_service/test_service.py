@@ -54,8 +54,9 @@ async def test_a_job_trains_streams_events_and_registers_a_complete_model(traine
     assert not (store_root / ".jobs" / job.id / "output").exists()  # moved, not copied
 
     ckpts = await trainer.stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job.id))
-    assert [c.step for c in ckpts.checkpoints][:1] == [4] or [c.step for c in ckpts.checkpoints][-1] == 2
-    assert all(Path(c.path).name.startswith("step_") for c in ckpts.checkpoints)
+    steps = [c.step for c in ckpts.checkpoints]
+    assert 2 in steps and steps == sorted(steps, reverse=True)  # every 2 steps, newest first
+    assert all(Path(c.path).is_dir() and c.metrics["train_loss"] > 0 for c in ckpts.checkpoints)
     assert REGISTRY.get_sample_value("llmsvc_trainer_jobs", {"status": "succeeded"}) >= 1
 
 
