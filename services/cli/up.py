@@ -66,12 +66,14 @@ def run_up(args) -> int:
                       worker_ports=[50060 + i for i in range(args.workers)],
                       served_model_name=args.served_model_name or "",
                       spare_worker_ports=[50060 + args.workers])
-    internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, *cfg.worker_ports, *cfg.spare_worker_ports]
+    internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, cfg.trainer_port, *cfg.worker_ports,
+                *cfg.spare_worker_ports]
     if any(port_in_use(p, args.host) for p in internal):
         # Another stack (or anything else) holds the default internal ports: take free ones.
         cfg.auth_port, cfg.router_port = free_port(args.host), free_port(args.host)
         cfg.worker_ports = [free_port(args.host) for _ in range(args.workers)]
         cfg.eval_port, cfg.spare_worker_ports = free_port(args.host), [free_port(args.host)]
+        cfg.trainer_port = free_port(args.host)
     stack = Stack(cfg)
     stopping = False
 
