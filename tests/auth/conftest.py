@@ -33,6 +33,10 @@ from services.common.pb import auth_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("LLMSVC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# Timeouts for tests that are not about outages: this machine is shared and often saturated, and a
+# Redis or database call that is merely slow must not trip the outage policy there.
+PATIENT = {"redis_timeout_s": 5.0, "db_timeout_s": 10.0}
+PATIENT_ENV = {"LLMSVC_AUTH_REDIS_TIMEOUT_S": "5", "LLMSVC_AUTH_DB_TIMEOUT_S": "10"}
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +67,7 @@ async def auth_server(tmp_path: Path, database_url: str, admin_secret: str, **ov
     """One auth replica in this event loop, built by the production runtime."""
     settings = AuthSettings(**({"host": "127.0.0.1", "port": 0, "database_url": database_url,
                                 "api_key": admin_secret, "spool_dir": tmp_path / "spool",
-                                "replica_id": uuid.uuid4().hex[:8]} | overrides))
+                                "replica_id": uuid.uuid4().hex[:8]} | PATIENT | overrides))
     runtime = await AuthRuntime.start(settings)
     server, _ = runtime.build_server()
     port = server.add_insecure_port("127.0.0.1:0")
@@ -91,7 +95,8 @@ class AuthProcess:
 
 def _spawn_auth(tmp: Path, i: int, env_extra: dict[str, str]) -> AuthProcess:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LLMSVC_AUTH_HOST": "127.0.0.1", "LLMSVC_AUTH_PORT": str(port),
+    env = {**os.environ, **PATIENT_ENV, "PYTHONUNBUFFERED": "1", "LLMSVC_AUTH_HOST": "127.0.0.1",
+           "LLMSVC_AUTH_PORT": str(port),
            "LLMSVC_AUTH_SPOOL_DIR": str(tmp / "spool"), "LLMSVC_AUTH_REPLICA_ID": f"r{i}", **env_extra}
     log_path = tmp / f"auth{i}.log"
     with open(log_path, "ab") as log:
@@ -138,7 +143,7 @@ def pg_stack(tmp_path_factory, default_model, auth_db, admin_secret):
     home = tmp_path_factory.mktemp("pg-stack")
     prefix = f"llmsvc-test:{uuid.uuid4().hex[:8]}:"
     cfg = StackConfig.ephemeral(home, default_model, admin_secret, database_url=auth_db, redis_url=REDIS_URL,
-                                extra_env={"LLMSVC_AUTH_REDIS_PREFIX": prefix})
+                                extra_env={"LLMSVC_AUTH_REDIS_PREFIX": prefix, **PATIENT_ENV})
     stack = Stack(cfg)
     stack.start()
     try:

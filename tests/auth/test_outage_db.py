@@ -55,7 +55,7 @@ async def test_db_outage_serves_known_keys_refuses_unknown_and_loses_no_usage(tm
     try:
         async with auth_server(tmp_path, auth_db, admin_secret) as direct, \
                 auth_server(tmp_path / "cut", via(proxy, auth_db), admin_secret, key_cache_ttl_s=0.2,
-                            db_timeout_s=0.5) as a:
+                            db_timeout_s=1.5) as a:
             known = await create_key(direct.admin, direct.admin_md, name="db-outage-known", rpm=100_000, tpm=10**9)
             unseen = await create_key(direct.admin, direct.admin_md, name="db-outage-unseen")
             load, stop = Load(a.auth, known.secret), asyncio.Event()
@@ -93,7 +93,7 @@ async def test_db_outage_serves_known_keys_refuses_unknown_and_loses_no_usage(tm
 
 async def test_spooled_usage_survives_a_restart_and_replays_exactly_once(tmp_path, auth_db, admin_secret):
     proxy = await TcpProxy("127.0.0.1", PG_PORT).start()
-    replica = {"replica_id": "restart-me", "spool_dir": tmp_path / "spool", "db_timeout_s": 0.5}
+    replica = {"replica_id": "restart-me", "spool_dir": tmp_path / "spool", "db_timeout_s": 1.5}
     try:
         async with auth_server(tmp_path, auth_db, admin_secret) as direct:
             key = await create_key(direct.admin, direct.admin_md, name="db-restart")

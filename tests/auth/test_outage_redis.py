@@ -41,7 +41,7 @@ async def run_outage(tmp_path, auth_db, admin_secret, redis_prefix, policy: str,
     url = f"redis://127.0.0.1:{proxy.port}{target.path}"
     caplog.set_level(logging.WARNING, logger="services.auth.guard")
     async with auth_server(tmp_path, auth_db, admin_secret, redis_url=url, redis_prefix=redis_prefix,
-                           redis_failure_policy=policy, redis_timeout_s=0.2, redis_retry_s=0.2) as a:
+                           redis_failure_policy=policy, redis_timeout_s=1.0, redis_retry_s=0.2) as a:
         key = await create_key(a.admin, a.admin_md, name=f"redis-outage-{policy}", rpm=rpm, tpm=10**9)
         load, stop = Load(a.auth, key.secret), asyncio.Event()
         runner = asyncio.create_task(load.run(stop))
@@ -94,7 +94,7 @@ async def test_fail_open_still_limits_per_replica(tmp_path, auth_db, admin_secre
     url = f"redis://127.0.0.1:{proxy.port}{target.path}"
     try:
         async with auth_server(tmp_path, auth_db, admin_secret, redis_url=url, redis_prefix=redis_prefix,
-                               redis_failure_policy="open", redis_timeout_s=0.2, redis_retry_s=60) as a:
+                               redis_failure_policy="open", redis_timeout_s=1.0, redis_retry_s=60) as a:
             key = await create_key(a.admin, a.admin_md, name="open-local", rpm=5, tpm=10**6)
             proxy.block()
             got = [await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=1)) for _ in range(7)]
