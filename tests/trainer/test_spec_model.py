@@ -1,0 +1,93 @@
+"""Spec validation, presets, parameter counts, the memory check, the schedule and the sample order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.batches import Order, micro_slices
+from trainer.model import PRESETS, ModelTooLarge, check_fits, count_params, llama_config
+from trainer.optim import build_optimizer, lr_factor
+from trainer.spec import Hyperparameters, SpecError, parse_spec
+
+
+def test_unknown_recipe_and_typos_are_clear_errors():
+    with pytest.raises(SpecError, match=r"recipe: Input should be 'pretrain', 'sft', 'lora', 'dpo' or 'tiny-chat'"):
+        parse_spec({"recipe": "rlhf", "output_dir": "/x"})
+    with pytest.raises(SpecError, match=r"hyperparameters.setps: Extra inputs are not permitted"):
+        parse_spec({"recipe": "tiny-chat", "output_dir": "/x", "hyperparameters": {"setps": 3}})
+    with pytest.raises(SpecError, match="needs 'data.train'"):
+        parse_spec({"recipe": "sft", "model": {"preset": "tiny"}, "output_dir": "/x"})
+    with pytest.raises(SpecError, match="give 'model.base'"):
+        parse_spec({"recipe": "lora", "model": {"preset": "tiny"}, "data": {"train": "d"}, "output_dir": "/x"})
+    with pytest.raises(SpecError, match="exactly one of model.preset or model.base"):
+        parse_spec({"recipe": "sft", "model": {}, "data": {"train": "d"}, "output_dir": "/x"})
+
+
+def test_tiny_chat_fills_only_what_the_spec_leaves_unset():
+    spec = parse_spec({"recipe": "tiny-chat", "output_dir": "/x", "hyperparameters": {"steps": 7}})
+    assert spec.model.preset == "tiny" and spec.data.tokenizer == "bytes" and not spec.data.scrub_pii
+    assert spec.hyperparameters.steps == 7
+    assert spec.hyperparameters.lr != Hyperparameters().lr  # the tiny-chat default, not the generic one
+
+
+@pytest.mark.parametrize("name", ["nano", "tiny", "small"])
+def test_preset_parameter_count_matches_the_real_model(name):
+    from transformers import LlamaForCausalLM
+
+    cfg = llama_config(PRESETS[name], 512, bos=1, eos=[2], pad=0, seq_len=64)
+    assert count_params(cfg) == sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+
+
+def test_presets_use_head_dims_vllm_cpu_supports_and_valid_gqa():
+    for name, p in PRESETS.items():
+        assert p.dim % p.n_heads == 0 and p.dim // p.n_heads in (32, 64, 80, 96, 112, 128, 256), name
+        assert p.n_heads % p.n_kv_heads == 0, name
+    big = llama_config(PRESETS["8b"], 0, bos=1, eos=[2], pad=0, seq_len=64)
+    assert 8.0e9 < count_params(big) < 8.1e9  # Llama 3 8B
+    assert 1.2e9 < count_params(llama_config(PRESETS["1b"], 0, bos=1, eos=[2], pad=0, seq_len=64)) < 1.3e9
+
+
+def test_memory_check_refuses_8b_on_this_machine_before_allocating():
+    cfg = llama_config(PRESETS["8b"], 0, bos=1, eos=[2], pad=0, seq_len=256)
+    with pytest.raises(ModelTooLarge, match=r"needs about \d[\d,.]* GiB .* only [\d,.]+ GiB is available"):
+        check_fits(cfg, torch.device("cpu"), trainable_fraction=1.0, micro_batch=1, seq_len=256, world_size=1,
+                   sharded=False, reference_copy=False)
+    small = llama_config(PRESETS["nano"], 300, bos=1, eos=[2], pad=0, seq_len=64)
+    assert check_fits(small, torch.device("cpu"), trainable_fraction=1.0, micro_batch=4, seq_len=64, world_size=1,
+                      sharded=False, reference_copy=False) < 2**30
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_ten_percent():
+    hp = Hyperparameters(steps=110, warmup_steps=10, lr=1.0)
+    f = [lr_factor(s, hp) for s in range(110)]
+    assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11)
+    assert f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.55)  # halfway through the cosine: (1 + 0.1) / 2
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and lr_factor(110, hp) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(PRESETS["nano"], 300, bos=1, eos=[2], pad=0, seq_len=64))
+    opt = build_optimizer(model, Hyperparameters())
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    norms = {id(p) for n, p in model.named_parameters() if "norm" in n}
+    assert norms and norms == {id(p) for p in no_decay["params"]}
+    assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_global_batch_is_the_same_samples_for_any_world_size_and_accumulation():
+    order = Order(50, seed=3)
+    for step in range(4):
+        expected = order.samples(step * 8, 8).tolist()
+        for world, accum in [(1, 1), (2, 1), (1, 4), (2, 2), (4, 2)]:
+            got = []
+            for rank in range(world):
+                for start, n in micro_slices(step, 8, rank, world, accum):
+                    got += order.samples(start, n).tolist()
+            assert sorted(got) == sorted(expected), (world, accum)
+    # An epoch is a permutation: the first 50 samples cover the data exactly once.
+    assert sorted(order.samples(0, 50).tolist()) == list(range(50))

@@ -1,0 +1,199 @@
+"""SPEC.json: the job description the control plane hands to ``python -m trainer.run``.
+
+Every model here forbids unknown keys, so a typo in a spec fails at start-up
+with the field's path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Recipe = Literal["pretrain", "sft", "lora", "dpo", "tiny-chat"]
+
+
+class SpecError(ValueError):
+    """The spec cannot be run as written; the message says which field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    preset: str | None = None
+    """Name from :data:`trainer.model.PRESETS`: a freshly initialised Llama (its tokenizer is trained on the data)."""
+    base: str | None = None
+    """Path of a Hugging Face model directory to start from (its tokenizer and chat template are reused)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ModelSpec":
+        if (self.preset is None) == (self.base is None):
+            raise ValueError("give exactly one of model.preset or model.base")
+        return self
+
+
+class DataSpec(_Strict):
+    train: str | None = None
+    """Text file, folder of text files, JSONL file, or a Hugging Face dataset saved with ``save_to_disk``."""
+    validation: str | None = None
+    """Optional held-out data in the same format; gives ``eval_loss``."""
+    text_field: str = "text"
+    """Field holding the document in JSONL / dataset records (pretraining data)."""
+    min_chars: int = 16
+    """Quality filter: documents shorter than this are dropped."""
+    max_chars: int = 200_000
+    """Quality filter: documents longer than this are dropped."""
+    max_repetition: float = 0.3
+    """Quality filter: drop documents whose fraction of duplicated lines or repeated 3-grams exceeds this."""
+    max_symbol_ratio: float = 0.3
+    """Quality filter: drop documents where non-alphanumeric, non-space characters exceed this fraction."""
+    filters: bool = True
+    """Apply the quality filters (text data only)."""
+    dedup: bool = True
+    """Drop exact duplicates (by normalised-content hash)."""
+    near_dedup: bool = True
+    """Drop near-duplicates (MinHash LSH over word 5-grams)."""
+    near_dup_threshold: float = Field(0.8, gt=0, le=1)
+    """Estimated Jaccard similarity above which two documents count as near-duplicates."""
+    scrub_pii: bool = True
+    """Replace emails, phone numbers and IP addresses with placeholders."""
+    tokenizer: Literal["bpe", "bytes"] = "bpe"
+    """Tokenizer for a model trained from scratch (``model.preset``): BPE trained on this data, or one token a byte."""
+    vocab_size: int = Field(4096, ge=300)
+    """BPE vocabulary size when a tokenizer is trained."""
+
+
+class Hyperparameters(_Strict):
+    steps: int = Field(100, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(8, ge=1)
+    """Global sequences per optimizer step, over all ranks and accumulation micro-steps.
+    Being global, the same spec trains the same model on 1 or N processes."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-steps per optimizer step on each rank."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Cosine decay ends at ``lr * min_lr_ratio``."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warm-up from 0 to ``lr``."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW decay for matrices; norms and biases are never decayed."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global grad norm to this (0 turns clipping off)."""
+    seq_len: int = Field(256, ge=8)
+    """Tokens per training sequence."""
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast dtype: ``auto`` is bf16 on GPU and fp32 on CPU. Master weights stay fp32."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How several torchrun processes share the work (ignored for one process)."""
+    activation_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile each decoder layer."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """DPO temperature: how far the policy may move from the reference."""
+    log_every: int = Field(1, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    """Batches of validation data for ``eval_loss`` at the end."""
+
+
+class LoraSpec(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TinyChatSpec(_Strict):
+    examples: int = Field(60_000, ge=100)
+    """Synthetic conversations to generate for training."""
+    eval_per_task: int = Field(40, ge=0)
+    """Held-out prompts per task for the final greedy-decoding accuracy."""
+    tasks: list[str] | None = None
+    """Subset of task names (default: all)."""
+
+
+class Spec(_Strict):
+    recipe: Recipe
+    model: ModelSpec | None = None
+    """Defaults to the ``tiny`` preset for ``tiny-chat``; required otherwise."""
+    data: DataSpec = DataSpec()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    output_dir: str
+    """Where the Hugging Face model directory appears (atomically) when the job succeeds."""
+    checkpoint_dir: str | None = None
+    """Where resumable checkpoints go; none are written without it."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a checkpoint every N optimizer steps (0: only on cancellation)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = True
+    """Continue from the newest complete checkpoint in ``checkpoint_dir`` if there is one."""
+    lora: LoraSpec | None = None
+    """Adapter settings for the ``lora`` recipe (defaults apply when omitted)."""
+    merge_lora: bool = False
+    """Merge the adapter into the base weights and write a full model instead of an adapter."""
+    tiny_chat: TinyChatSpec = TinyChatSpec()
+    name: str | None = None
+    """Model name recorded in llmsvc.json; defaults to the output directory's name."""
+
+    @model_validator(mode="after")
+    def _recipe_needs(self) -> "Spec":
+        if self.recipe == "tiny-chat":
+            if self.model is None:
+                self.model = ModelSpec(preset="tiny")
+            _fill_unset(self.data, TINY_CHAT_DATA)
+            _fill_unset(self.hyperparameters, TINY_CHAT_HYPERPARAMETERS)
+            return self
+        if self.model is None:
+            raise ValueError(f"recipe {self.recipe!r} needs 'model' ({{'preset': ...}} or {{'base': ...}})")
+        if self.data.train is None:
+            raise ValueError(f"recipe {self.recipe!r} needs 'data.train'")
+        if self.recipe in ("lora", "dpo") and self.model.base is None:
+            raise ValueError(f"recipe {self.recipe!r} starts from a trained model: give 'model.base'")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.name or Path(self.output_dir).name
+
+
+TINY_CHAT_DATA = {"tokenizer": "bytes", "filters": False, "dedup": False, "near_dedup": False, "scrub_pii": False}
+"""Synthetic data is clean by construction; its digit lists would look like phone numbers to the PII scrubber."""
+TINY_CHAT_HYPERPARAMETERS = {"steps": 1200, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "seq_len": 256,
+                             "weight_decay": 0.1, "log_every": 20}
+"""Tuned for a few minutes on two CPU cores (see docs/benchmarks.md)."""
+
+
+def _fill_unset(model: BaseModel, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key not in model.model_fields_set:
+            setattr(model, key, value)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate SPEC.json, turning every problem into one readable :class:`SpecError`."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"spec file {path} is not valid JSON: {exc}") from None
+    return parse_spec(raw)
+
+
+def parse_spec(raw: dict) -> Spec:
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "spec"
+            lines.append(f"{where}: {err['msg']}")
+        raise SpecError("invalid spec: " + "; ".join(lines)) from None
