@@ -123,7 +123,7 @@ class Gate:
         lim = record.limits
         text = _LIMIT_TEXT.get(d.code, "Rate limit reached").format(
             rpm=lim.rpm, tpm=lim.tpm, quota=lim.daily_tokens, conc=lim.max_concurrent, reserve=reserve)
-        message = f"{text}. Retry after {math.ceil(d.retry_after_s)}s."
+        message = text + ("." if d.code == "tokens_exceed_limit" else f". Retry after {math.ceil(d.retry_after_s)}s.")
         return pb.AdmitResponse(decision=pb.DECISION_RATE_LIMITED, code=d.code, message=message, rate_limit=state,
                                 retry_after_s=d.retry_after_s, key_id=record.id)
 

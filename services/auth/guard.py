@@ -74,6 +74,9 @@ class GuardedLimiter:
             return await self.local.settle(key_id, reservation_id, used_tokens)
         if self.shared is None or not reservation_id:
             return False
+        if time.monotonic() < self._down_until:
+            log.warning("Redis is down; %s counts until its window and lease end", reservation_id)
+            return False
         try:
             return await self.shared.settle(key_id, reservation_id, used_tokens)
         except LimiterUnavailable as exc:

@@ -8,6 +8,7 @@ equals what clients were told.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import timedelta
 
@@ -95,7 +96,6 @@ def test_usage_in_the_ledger_equals_usage_the_clients_received(http, admin_secre
     with http.stream("POST", "/chat/completions", headers=auth(key["key"]), json={
             "model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5, "stream": True,
             "stream_options": {"include_usage": True}}) as s:
-        import json
         events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
         got.append(events[-1]["usage"])
     r = http.post("/completions", headers=auth(key["key"]),
