@@ -88,6 +88,17 @@ class JobFactory:
         if problem:
             raise RequestError(problem, param="hyperparameters", code="insufficient_memory")
 
+    async def _data(self, session: AsyncSession, req: NewJob, recipe: str) -> tuple[DataRef, DataRef | None]:
+        train = await self.data_ref(session, req.training_file, "training_file")
+        val = await self.data_ref(session, req.validation_file, "validation_file") if req.validation_file else None
+        for ref, param in ((train, "training_file"), (val, "validation_file")):
+            if ref is not None and ref.format:
+                try:
+                    check_recipe_format(recipe, ref.format)
+                except InvalidFile as exc:
+                    raise RequestError(f"Invalid {param}: {exc}.", param=param, code="invalid_file") from None
+        return train, val
+
     async def create(self, session: AsyncSession, req: NewJob) -> Job:
         try:
             extra = check_extra(req.extra)
@@ -99,14 +110,7 @@ class JobFactory:
             raise RequestError(f"The model '{req.model}' does not exist: name a registered model version or alias, "
                                "a model folder in the store, or preset:<name>.", param="model",
                                code="model_not_found", not_found=True)
-        train = await self.data_ref(session, req.training_file, "training_file")
-        val = await self.data_ref(session, req.validation_file, "validation_file") if req.validation_file else None
-        for ref, param in ((train, "training_file"), (val, "validation_file")):
-            if ref is not None and ref.format:
-                try:
-                    check_recipe_format(recipe, ref.format)
-                except InvalidFile as exc:
-                    raise RequestError(f"Invalid {param}: {exc}.", param=param, code="invalid_file") from None
+        train, val = await self._data(session, req, recipe)
         if req.suffix and not NAME_RE.match(req.suffix):
             raise RequestError("suffix may hold letters, digits, '.', '_' and '-' (at most 64, not starting with "
                                "'.' or '-').", param="suffix")
@@ -115,15 +119,14 @@ class JobFactory:
             hparams = resolve_hyperparameters(req.hyperparameters, req.method, recipe, train.examples, seed)
         except SpecError as exc:
             raise RequestError(str(exc), param=exc.param) from None
-        nodes, nproc = self._check_resources(extra)
-        self._check_memory(base.spec, recipe, hparams, nodes, nproc)
+        self._check_memory(base.spec, recipe, hparams, *self._check_resources(extra))
         job = Job(id=f"ftjob-{secrets.token_hex(12)}", status="validating_files", model=req.model,
                   base={**base.spec, "parent": base.parent}, recipe=recipe, training_file=req.training_file,
-                  validation_file=req.validation_file or None, hyperparameters=hparams, method=req.method or
-                  {"type": "dpo" if recipe == "dpo" else "supervised"}, extra={**extra, "train_path": train.path,
-                  "validation_path": val.path if val else None}, suffix=req.suffix,
-                  output_name=req.suffix or f"{base.name}-ft", seed=seed, job_metadata=req.metadata,
-                  owner=req.owner, runner=self.runner.name)
+                  validation_file=req.validation_file or None, hyperparameters=hparams,
+                  method=req.method or {"type": "dpo" if recipe == "dpo" else "supervised"},
+                  extra={**extra, "train_path": train.path, "validation_path": val.path if val else None},
+                  suffix=req.suffix, output_name=req.suffix or f"{base.name}-ft", seed=seed,
+                  job_metadata=req.metadata, owner=req.owner, runner=self.runner.name)
         session.add(job)
         await repo.add_event(session, job.id, f"Created fine-tuning job: {job.id}")
         await repo.add_event(session, job.id, f"Validating training file: {req.training_file}")
