@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -150,5 +149,5 @@ def cmd_compare(args) -> int:
         table.add_row(name, fmt(ma), fmt(mb), delta)
     console.print(table)
     if not a or not b:
-        console.print("[yellow]no succeeded runs for one side; run `llmsvc eval run` first[/]", file=sys.stderr)
+        console.print("[yellow]no succeeded runs for one side; run `llmsvc eval run` first[/]")
     return 0

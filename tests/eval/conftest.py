@@ -114,3 +114,8 @@ def run_eval(gw: httpx.Client, model: str, suite: str, **params) -> dict:
     resp = gw.post("/v1/evals", json={"model": model, "suite": suite, "params": params})
     assert resp.status_code == 200, resp.text
     return wait_run(gw, resp.json()["id"])
+
+
+def pytest_collection_modifyitems(items):
+    """Promotion drains the alias's old workers: run those tests after every test that uses v1's worker."""
+    items.sort(key=lambda item: "tests/eval/test_promotion.py" in item.nodeid)
