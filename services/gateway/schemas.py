@@ -89,7 +89,8 @@ class ChatCompletionRequest(_SamplingBody):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+# Token ids travel as int32 (the proto's type): a larger id is the client's error, not a 500.
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
 
 
 class CompletionRequest(_SamplingBody):

@@ -39,7 +39,7 @@ class TokenizeBody(_Body):
 
 class DetokenizeBody(_Body):
     model: Annotated[str, Field(max_length=256)] | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[Annotated[int, Field(ge=0, lt=2**31)]]  # int32 in the proto
 
 
 async def _model(body_model: str | None, request: Request, settings, upstreams) -> str:
