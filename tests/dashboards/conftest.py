@@ -23,6 +23,9 @@ SCRAPE_INTERVAL = "1s"
 @pytest.fixture(scope="module")
 def observed_stack(tmp_path_factory, default_model, api_key):
     home = tmp_path_factory.mktemp("dash-stack")
+    # The trainer's store (<home>/models) holds the tiny model as a base to fine-tune.
+    (home / "models").mkdir()
+    (home / "models" / "tiny-random").symlink_to(default_model, target_is_directory=True)
     metrics = {name: free_port() for name in ("auth", "router", "worker0", "eval", "trainer")}
     # One request per worker at a time: concurrent requests queue in the router (its queue panels).
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports=metrics,
@@ -31,9 +34,25 @@ def observed_stack(tmp_path_factory, default_model, api_key):
     stack.start()
     try:
         stack.wait_ready(timeout_s=300)
+        _wait_for_trainer(stack)
         yield stack
     finally:
         stack.stop()
+
+
+def _wait_for_trainer(stack: Stack, timeout_s: float = 120) -> None:
+    headers = {"Authorization": f"Bearer {stack.cfg.api_key}"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if dead := stack.dead():
+            pytest.fail(f"{', '.join(p.name for p in dead)} exited; see the logs in {stack.logs}")
+        try:
+            if httpx.get(f"{stack.cfg.base_url}/fine_tuning/jobs", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail("the trainer did not answer through the gateway")
 
 
 def scrape_targets(stack: Stack) -> dict[str, str]:
@@ -95,9 +114,18 @@ def prometheus(observed_stack, tmp_path_factory):
 def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:
     """An instant query, at ``at`` (Unix seconds) or now."""
     params = {"query": expr} | ({"time": f"{at:.3f}"} if at else {})
-    resp = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
-    body = resp.json()
-    assert body["status"] == "success", f"{expr}: {body.get('error')}"
+    return _get(f"{prometheus}/api/v1/query", params)
+
+
+def query_range(prometheus: str, expr: str, start: float, end: float) -> list[dict]:
+    """A range query at the scrape resolution: what a Grafana graph over [start, end] shows."""
+    params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": SCRAPE_INTERVAL}
+    return _get(f"{prometheus}/api/v1/query_range", params)
+
+
+def _get(url: str, params: dict) -> list[dict]:
+    body = httpx.get(url, params=params, timeout=30).json()
+    assert body["status"] == "success", f"{params['query']}: {body.get('error')}"
     return body["data"]["result"]
 
 

@@ -1,21 +1,23 @@
 """Every dashboard panel returns data from a real Prometheus scraping the real local stack.
 
-What runs: gateway, auth, router, one vLLM worker (CPU) and eval as separate processes (the
-stack ``llmsvc up`` runs, with the router admitting one request per worker so that concurrent
-requests queue), scraped each second by Debian's Prometheus. Traffic, in two rounds: plain and
-concurrent streamed chat completions, a bad key (401), an unknown model (404), a key limited
-to one request a minute used twice (429), and an eval run. Then every panel's PromQL is evaluated
-through Prometheus's HTTP API with the Grafana variables set to "all"; each must return at
-least one finite value.
+What runs: gateway, auth, router, one vLLM worker (CPU), eval and trainer (local runner) as
+separate processes (the stack ``llmsvc up`` runs, with the router admitting one request per
+worker so that concurrent requests queue), scraped each second by Debian's Prometheus.
+Traffic, in two rounds: plain and concurrent streamed chat completions, a bad key (401), an
+unknown model (404), a key limited to one request a minute used twice (429), an eval run, a
+training-file upload and, in the second round, a real fine-tuning job of the tiny model
+(150 steps) run to completion. Then every panel's PromQL is evaluated through Prometheus's
+HTTP API over the span of the measured round, with the Grafana variables set to "all" (what
+a Grafana graph of that span shows); each must have a finite point.
 
-What does not run: services the stack does not start (today the trainer, whose entry point
-does not exist yet). Their panels are skipped here, each naming the missing service; their
-metric names are still checked against the code in test_static.py. A panel whose metric no
-running service exports gets no data and fails.
+A panel whose service the test stack does not run is skipped, naming the service (its metric
+names are still checked against the code in test_static.py). A panel whose metric no running
+service exports gets no data and fails.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import query, scrape_targets, series
+from .conftest import query, query_range, scrape_targets, series
 from .dashboards import exported_metrics, owners, queries, variable_queries
 
 QUERIES = queries()
@@ -74,33 +76,62 @@ def _drive(cfg, round_: int) -> None:
                      json={"model": model, "suite": "perplexity", "params": {"dataset": "heldout.txt", "limit": 2}})
     assert run.status_code == 200, run.text
     assert httpx.get(f"{cfg.base_url}/evals", headers=admin, timeout=30).status_code == 200
+    _train(cfg, admin, submit=round_ == 2)
+
+
+def _train(cfg, admin: dict, submit: bool) -> None:
+    """Upload training data; in the measured round also fine-tune the tiny model and wait for it."""
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} {i}"}]}
+            for i in range(32)]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    upload = httpx.post(f"{cfg.base_url}/files", headers=admin, timeout=60, data={"purpose": "fine-tune"},
+                        files={"file": ("train.jsonl", data, "application/jsonl")})
+    assert upload.status_code == 200, upload.text
+    assert httpx.get(f"{cfg.base_url}/fine_tuning/jobs", headers=admin, timeout=30).status_code == 200
+    if not submit:
+        return
+    # Enough steps that the job runs for several scrapes (its loss gauges exist only while it runs).
+    job = httpx.post(f"{cfg.base_url}/fine_tuning/jobs", headers=admin, timeout=60, json={
+        "model": "tiny-random", "training_file": upload.json()["id"],
+        "hyperparameters": {"steps": 150, "batch_size": 2, "seq_len": 64}})
+    assert job.status_code == 200, job.text
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{cfg.base_url}/fine_tuning/jobs/{job.json()['id']}", headers=admin, timeout=30).json()
+        if state["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    assert state["status"] == "succeeded", state
 
 
 @pytest.fixture(scope="module")
-def traffic(observed_stack, prometheus) -> float:
-    """Two rounds of traffic; returns a time (Unix s) at which to read the panels.
+def traffic(observed_stack, prometheus) -> tuple[float, float]:
+    """Two rounds of traffic; returns the span (Unix s) of the measured one.
 
     A labelled series appears with its first increment, which Prometheus cannot see as a rate:
     the first round creates every series, Prometheus scrapes them, the second round is measured.
     """
     cfg, jobs = observed_stack.cfg, len(observed_stack.procs)
-    for round_ in (1, 2):
-        _wait_for_scrapes(prometheus, jobs, after=time.time())
-        _drive(cfg, round_)
-    done = time.time()
-    _wait_for_scrapes(prometheus, jobs, after=done + 2)
-    return done + 2
+    _wait_for_scrapes(prometheus, jobs, after=time.time())
+    _drive(cfg, 1)
+    start = time.time()
+    _wait_for_scrapes(prometheus, jobs, after=start)
+    _drive(cfg, 2)
+    end = time.time() + 2
+    _wait_for_scrapes(prometheus, jobs, after=end)
+    return start, end
 
 
 @pytest.fixture(scope="module")
 def results(traffic, prometheus, running) -> dict[str, list[dict]]:
-    """Each live panel query evaluated at the end of the traffic."""
+    """Each live panel query over the measured round, as a Grafana graph of that span shows it."""
     live = [q for q in QUERIES if owners(q, exported_metrics()) <= running]
-    return {q.id: query(prometheus, q.concrete, at=traffic) for q in live}
+    return {q.id: query_range(prometheus, q.concrete, *traffic) for q in live}
 
 
 def _finite(result: list[dict]) -> bool:
-    return any(math.isfinite(float(r["value"][1])) for r in result)
+    """At least one finite point in any series of a range result."""
+    return any(math.isfinite(float(v)) for r in result for _, v in r["values"])
 
 
 def test_prometheus_scrapes_every_service(traffic, prometheus, running):
