@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -51,6 +52,7 @@ class Supervisor:
         self._task: asyncio.Task | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.leader = False
+        self._renewed_at = 0.0
 
     def paths(self, job: Job) -> JobPaths:
         return JobPaths(self.store.job_dir(job.id))
@@ -87,13 +89,21 @@ class Supervisor:
                 pass
             self._wake.clear()
 
+    async def _hold_lease(self, session: AsyncSession) -> bool:
+        """Whether this instance supervises; the lease is renewed when a third of it has passed."""
+        now = time.monotonic()
+        if self.leader and now - self._renewed_at < self.cfg.lease_ttl_s / 3:
+            return True
+        leader = await repo.acquire_lease(session, self.holder, self.cfg.lease_ttl_s)
+        if leader != self.leader:
+            log.info("%s the supervisor lease", "took" if leader else "lost")
+            self.leader = leader
+        self._renewed_at = now if leader else 0.0
+        return leader
+
     async def tick(self) -> None:
         async with self.sessions() as session:
-            leader = await repo.acquire_lease(session, self.holder, self.cfg.lease_ttl_s)
-            if leader != self.leader:
-                log.info("%s the supervisor lease", "took" if leader else "lost")
-                self.leader = leader
-            if not leader:
+            if not await self._hold_lease(session):
                 return
             for job in await repo.jobs_in(session, "validating_files"):
                 await self._guarded(session, job, self._validate)
@@ -106,8 +116,7 @@ class Supervisor:
 
     async def _guarded(self, session: AsyncSession, job: Job, step) -> None:
         """One job's trouble (a database hiccup, an unreadable file) must not stall the others."""
-        if not await repo.acquire_lease(session, self.holder, self.cfg.lease_ttl_s):  # renewed as we go
-            self.leader = False
+        if not await self._hold_lease(session):  # a long tick renews it as it goes
             return
         try:
             await step(session, job)
