@@ -156,8 +156,8 @@ def test_the_cli_submits_follows_lists_and_shows(trainer_stack, tmp_path, capsys
     data.write_bytes(jsonl(CHAT))
     base = ["--base-url", f"http://{trainer_stack.cfg.host}:{trainer_stack.cfg.gateway_port}",
             "--api-key", trainer_stack.cfg.api_key]
-    code = llmsvc(["train", "submit", str(data), "--model", "tiny-random", "--suffix", "cli", "--steps", "2",
-                   "--batch-size", "2", "--seq-len", "64", "-f", *base])
+    code = llmsvc(["train", "submit", str(data), "--validation", str(data), "--model", "tiny-random", "--suffix",
+                   "cli", "--steps", "2", "--batch-size", "2", "--seq-len", "64", "-f", *base])
     out = capsys.readouterr().out
     assert code == 0 and "Fine-tuning job started" in out and "succeeded → cli-v1" in out
     assert llmsvc(["train", "list", *base]) == 0 and "cli-v1" in capsys.readouterr().out
@@ -165,5 +165,15 @@ def test_the_cli_submits_follows_lists_and_shows(trainer_stack, tmp_path, capsys
     assert llmsvc(["models", "show", "cli", "--json", *db]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["id"] == "cli-v1" and shown["recipe"] == "sft" and shown["metrics"]["final_loss"] > 0
+    assert shown["metrics"]["eval_loss"] > 0  # the validation file reached the trainer
     assert llmsvc(["models", "list", "--name", "cli", "--json", *db]) == 0
     assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["cli-v1"]
+
+
+def test_a_stopped_trainer_service_is_a_503(client, trainer_stack):
+    """Last in this module: it stops the trainer service (which exits cleanly on SIGTERM)."""
+    trainer_stack.stop_proc("trainer")
+    assert trainer_stack.procs["trainer"].popen.returncode == 0
+    with pytest.raises(openai.InternalServerError) as err:
+        client.fine_tuning.jobs.list()
+    assert err.value.status_code == 503 and err.value.body["code"] == "service_unavailable"
