@@ -34,12 +34,12 @@ def arithmetic(rng: random.Random) -> tuple[str, str]:
 
 def reverse(rng: random.Random) -> tuple[str, str]:
     s = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 8)))
-    return f"Reverse the string: {s}", s[::-1]
+    return f"Reverse: {s}", s[::-1]
 
 
 def sort(rng: random.Random) -> tuple[str, str]:
     xs = [rng.randint(0, 9) for _ in range(rng.randint(3, 7))]
-    return f"Sort these numbers: {' '.join(map(str, xs))}", " ".join(map(str, sorted(xs)))
+    return f"Sort: {' '.join(map(str, xs))}", " ".join(map(str, sorted(xs)))
 
 
 def count(rng: random.Random) -> tuple[str, str]:
@@ -49,12 +49,12 @@ def count(rng: random.Random) -> tuple[str, str]:
     chars = [rng.choice(others) for _ in range(rng.randint(3, 8))]
     for _ in range(k):
         chars.insert(rng.randint(0, len(chars)), c)
-    return f"How many times does the letter {c} appear in {''.join(chars)}?", str(k)
+    return f"Count {c} in {''.join(chars)}", str(k)
 
 
 def copy(rng: random.Random) -> tuple[str, str]:
     s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
-    return f"Repeat after me: {s}", s
+    return f"Repeat: {s}", s
 
 
 def table(rng: random.Random) -> tuple[str, str]:
