@@ -37,7 +37,8 @@ class RedisLimiter(Limiter):
 
     async def _call(self, script, keys: list[str], args: list) -> list:
         try:
-            return await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # unlike wait_for, no extra task per call
+                return await script(keys=keys, args=args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LimiterUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
