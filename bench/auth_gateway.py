@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench.auth_latency import REDIS_URL, drop_database, pct, temp_database
 from services.cli.stack import Stack, StackConfig, free_port
@@ -71,7 +72,9 @@ def start_litellm(binary: str, home: Path, master_key: str | None) -> tuple[subp
     if master_key:
         text += f"general_settings:\n  master_key: {master_key}\n"
     cfg.write_text(text)
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           # Recent LiteLLM refuses to start without a master key unless told this is a local test.
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     proc = subprocess.Popen([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
                              "--num_workers", "1"], env=env, stdout=open(home / f"{cfg.stem}.log", "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
@@ -130,13 +133,14 @@ def run(a) -> None:
         for side, module in (("llmsvc-noauth", "bench.auth_noop"), ("llmsvc-auth", "services.auth.main")):
             sub = home / side
             stacks.append(start_stack(sub, model, key, module, db_url))
-            sides[side] = (stacks[-1].cfg.base_url, key)
+            pids = [stacks[-1].procs[n].popen.pid for n in ("gateway", "auth", "router")]
+            sides[side] = (stacks[-1].cfg.base_url, key, pids)
         if a.litellm:
             for side, master in (("litellm-noauth", None), ("litellm-auth", "sk-litellm-" + secrets.token_hex(16))):
                 proc, base = start_litellm(a.litellm, home, master)
                 procs.append(proc)
                 wait_http(base, master or "none", proc)
-                sides[side] = (base, master or "none")
+                sides[side] = (base, master or "none", [proc.pid])
         report(measure(sides, a))
     finally:
         for s in stacks:
@@ -147,31 +151,46 @@ def run(a) -> None:
         asyncio.run(drop_database(db_name))
 
 
-def measure(sides: dict, a) -> dict[str, list[tuple[float, float, float]]]:
-    """side → per round (p50 s, p99 s, req/s)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes and their children (LiteLLM's worker, vLLM-free stand-ins excluded)."""
+    total = 0.0
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def measure(sides: dict, a) -> dict[str, list[tuple[float, float, float, float]]]:
+    """side → per round (p50 s, p99 s, req/s, proxy CPU-seconds per request)."""
     names = list(sides)
     for name in names:  # warm-up
-        asyncio.run(http_load(*sides[name], 2 * a.concurrency, a.concurrency))
+        base, key, _ = sides[name]
+        asyncio.run(http_load(base, key, 2 * a.concurrency, a.concurrency))
     out: dict[str, list] = {n: [] for n in names}
     for rnd in range(a.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-            start = time.perf_counter()
-            lat = asyncio.run(http_load(*sides[name], a.requests, a.concurrency))
-            out[name].append((pct(lat, 50), pct(lat, 99), len(lat) / (time.perf_counter() - start)))
+            base, key, pids = sides[name]
+            start, cpu = time.perf_counter(), cpu_seconds(pids)
+            lat = asyncio.run(http_load(base, key, a.requests, a.concurrency))
+            wall, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu
+            out[name].append((pct(lat, 50), pct(lat, 99), len(lat) / wall, cpu / len(lat)))
     return out
 
 
 def report(out: dict) -> None:
-    med = {n: [statistics.median(r[i] for r in rounds) for i in range(3)] for n, rounds in out.items()}
-    print("| side | E2E p50 ms | E2E p99 ms | req/s |\n|---|---|---|---|")
-    for n, (p50, p99, rps) in med.items():
-        print(f"| {n} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {rps:,.0f} |")
-    print("\n| proxy | added by auth, p50 ms | added by auth, p99 ms |\n|---|---|---|")
+    med = {n: [statistics.median(r[i] for r in rounds) for i in range(4)] for n, rounds in out.items()}
+    print("| side | E2E p50 ms | E2E p99 ms | req/s | proxy CPU ms/request |\n|---|---|---|---|---|")
+    for n, (p50, p99, rps, cpu) in med.items():
+        print(f"| {n} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {rps:,.0f} | {cpu * 1e3:.2f} |")
+    print("\n| proxy | added by auth, p50 ms | added by auth, p99 ms | added CPU ms/request |\n|---|---|---|---|")
     added = {}
     for proxy in ("llmsvc", "litellm"):
         if f"{proxy}-auth" in med:
             rounds = list(zip(out[f"{proxy}-auth"], out[f"{proxy}-noauth"]))
-            added[proxy] = [statistics.median(x[i] - y[i] for x, y in rounds) for i in range(2)]
-            print(f"| {proxy} | {added[proxy][0] * 1e3:.2f} | {added[proxy][1] * 1e3:.2f} |")
+            added[proxy] = [statistics.median(x[i] - y[i] for x, y in rounds) for i in (0, 1, 3)]
+            print(f"| {proxy} | {added[proxy][0] * 1e3:.2f} | {added[proxy][1] * 1e3:.2f} | "
+                  f"{added[proxy][2] * 1e3:.2f} |")
     if len(added) == 2 and added["llmsvc"][0] > 0:
         print(f"\nLiteLLM/llmsvc ratio of added p50: {added['litellm'][0] / added['llmsvc'][0]:.2f}")

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.serve_gateway --rounds 3 --num-prompts 600 --concurrency 32 \
         [--litellm /work/litellm-venv/bin/litellm]
 
-Sides, each measured by vLLM's benchmark client (streaming chat, 8 tokens a reply):
+Sides, each measured by vLLM's benchmark client (streaming chat, --output-len tokens a reply, 8 by default):
   direct   the OpenAI HTTP stand-in itself (bench/serve_standin_http.py): the floor
   llmsvc   gateway → auth → router → gRPC stand-in worker (services/router/standin.py)
   litellm  LiteLLM proxy → the HTTP stand-in (only with --litellm, a binary in its own venv)
@@ -43,10 +43,11 @@ def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def start_litellm(binary: str, upstream: str, port: int, home: Path) -> subprocess.Popen:
+def start_litellm(binary: str, upstream: str, port: int, home: Path, key: str) -> subprocess.Popen:
+    """LiteLLM proxy with a master key, so it authenticates every request as llmsvc does."""
     cfg = home / "litellm.yaml"
     cfg.write_text(f"model_list:\n  - model_name: {MODEL_NAME}\n    litellm_params:\n      model: openai/{MODEL_NAME}\n"
-                   f"      api_base: {upstream}/v1\n      api_key: none\n")
+                   f"      api_base: {upstream}/v1\n      api_key: none\ngeneral_settings:\n  master_key: {key}\n")
     return spawn([binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
                  home / "litellm.log")
 
@@ -59,12 +60,13 @@ def standin_stack(home: Path, model: Path, key: str) -> Stack:
     return stack
 
 
-def measure(url: str, key: str, pids: list[int], model: Path, a, seed: int) -> dict:
-    args = ["--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "8", "--ignore-eos",
+def measure(url: str, key: str, pids: dict[str, int], model: Path, a, seed: int) -> dict:
+    args = ["--dataset-name", "random", "--random-input-len", "32", "--random-output-len", str(a.output_len), "--ignore-eos",
             "--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--seed", str(seed)]
-    before = cpu_seconds(pids) if pids else 0.0
+    before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
     r = vllm_bench(url, MODEL_NAME, model, args, key)
-    r["cpu_s"] = (cpu_seconds(pids) - before) if pids else 0.0
+    r["cpu_by_process"] = {name: cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
+    r["cpu_s"] = sum(r["cpu_by_process"].values())
     return r
 
 
@@ -77,18 +79,19 @@ def run(a) -> None:
                      home / "standin_http.log")
     procs = [upstream]
     stack = standin_stack(home, model, key)
-    sides = {"direct": (f"http://127.0.0.1:{http_port}", "", []),
+    sides = {"direct": (f"http://127.0.0.1:{http_port}", "", {}),
              "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key,
-                        [stack.procs[n].popen.pid for n in ("gateway", "auth", "router")])}
+                        {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router")})}
     try:
         wait_models(sides["direct"][0], proc=upstream)
         if a.litellm:
             port = free_port()
-            procs.append(start_litellm(a.litellm, sides["direct"][0], port, home))
-            wait_models(f"http://127.0.0.1:{port}", timeout_s=180, proc=procs[-1])
-            sides["litellm"] = (f"http://127.0.0.1:{port}", "", [procs[-1].pid])
+            procs.append(start_litellm(a.litellm, sides["direct"][0], port, home, key))
+            wait_models(f"http://127.0.0.1:{port}", key, timeout_s=180, proc=procs[-1])
+            sides["litellm"] = (f"http://127.0.0.1:{port}", key, {"litellm": procs[-1].pid})
         for name, (url, k, pids) in sides.items():
-            measure(url, k, pids, model, argparse.Namespace(num_prompts=a.concurrency * 2, concurrency=a.concurrency), 0)
+            measure(url, k, pids, model, argparse.Namespace(num_prompts=a.concurrency * 2, concurrency=a.concurrency,
+                                                            output_len=a.output_len), 0)
         report(rounds(sides, model, a))
     finally:
         stack.stop()
@@ -123,6 +126,12 @@ def report(results: list[tuple[int, str, dict]]) -> None:
     print()
     print(table(["side (median of rounds)", "req/s", "req/s per core", "added p50 ms", "added p99 ms"],
                 [[n, *(median([v[i] for v in vals]) for i in range(4))] for n, vals in agg.items()]))
+    print()
+    cpu: dict[str, list[float]] = {}
+    for _, _, r in results:
+        for proc, secs in r["cpu_by_process"].items():
+            cpu.setdefault(proc, []).append(1000 * secs / max(1, r["completed"]))
+    print(table(["process", "CPU ms per request (median of rounds)"], [[p, median(v)] for p, v in cpu.items()]))
 
 
 def main() -> None:
@@ -130,6 +139,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--num-prompts", type=int, default=600)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=8, help="tokens per streamed reply")
     p.add_argument("--litellm", help="path of the litellm executable (in its own venv)")
     run(p.parse_args())
 

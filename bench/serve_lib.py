@@ -64,7 +64,7 @@ def vllm_bench(base_url: str, model: str, tokenizer: Path, args: list[str], api_
     serve.add_cli_args(parser)
     ns = parser.parse_args(["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", base_url,
                             "--model", model, "--tokenizer", str(tokenizer), "--percentile-metrics", "ttft,itl,e2el",
-                            "--metric-percentiles", "50,99", "--ready-check-timeout-sec", "0", *args])
+                            "--metric-percentiles", "50,99", "--ready-check-timeout-sec", "0", "--disable-tqdm", *args])
     os.environ["OPENAI_API_KEY"] = api_key or "none"
     with contextlib.redirect_stdout(io.StringIO()):  # its own long report; we print a table
         return serve.main(ns)

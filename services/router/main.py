@@ -12,7 +12,6 @@ from grpc_health.v1 import health
 from services.common.grpcutil import build_server, serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
-from services.common.pb import router_pb2_grpc
 
 from .admission import AdmissionControl
 from .config import RouterSettings
@@ -20,6 +19,7 @@ from .discovery import start_discovery
 from .policies import PolicyTable
 from .pool import WorkerPool
 from .servicer import RouterServicer
+from .wire import add_router_servicer
 
 log = logging.getLogger(__name__)
 SERVICE = "llmsvc.v1.Router"
@@ -51,7 +51,7 @@ async def start_router(settings: RouterSettings) -> Router:
                                  settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
     pool.on_admit += [policies.forget, lambda _address: admission.wake()]
     servicer = RouterServicer(pool, policies, admission, settings.max_attempts)
-    server, health_servicer = build_server("router", [(router_pb2_grpc.add_RouterServicer_to_server, servicer, SERVICE)])
+    server, health_servicer = build_server("router", [(add_router_servicer, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     discovery = start_discovery(pool, settings)
     pool.start()

@@ -25,6 +25,8 @@ from services.common.grpcutil import insecure_channel
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
+from .wire import raw_generate, worker_tag
+
 log = logging.getLogger(__name__)
 
 HEALTHY = Gauge("llmsvc_router_worker_healthy", "1 when the worker is routable.", ["worker"])
@@ -37,6 +39,9 @@ class Worker:
     channel: grpc.aio.Channel
     stub: pb_grpc.InferenceStub
     health: health_pb2_grpc.HealthStub
+    # Generate with undecoded chunks, and the bytes that mark a chunk as served here (see wire.py).
+    generate: object = None
+    tag: bytes = b""
     healthy: bool = False
     load: pb.Load = field(default_factory=pb.Load)
     models: tuple[str, ...] = ()
@@ -74,7 +79,8 @@ class WorkerPool:
         if address not in self.workers:
             channel = insecure_channel(address)
             self.workers[address] = Worker(
-                address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel)
+                address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel),
+                generate=raw_generate(channel), tag=worker_tag(address),
             )
             log.info("discovered worker %s", address)
         return self.workers[address]

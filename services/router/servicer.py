@@ -29,10 +29,6 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.Status
 _NO_WORKER_WAIT_S = 5.0
 
 
-class _WorkerFailed(Exception):
-    """The chosen worker failed before its first chunk; another may serve the request."""
-
-
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, pool: WorkerPool, policies: PolicyTable, admission: AdmissionControl,
                  max_attempts: int = 2) -> None:
@@ -55,18 +51,34 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return workers
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        """Yields serialized chunks (see :mod:`.wire`): one flat loop per token, nothing decoded."""
         policy = self.policies.for_model(request.model)
         await self._candidates(request.model, policy.name, context)
         try:
             async with self.admission.slot(request.model, request.priority, context.time_remaining()):
-                async for chunk in self._dispatch(request, policy, context):
-                    yield chunk
+                worker, call, first = await self._open(request, policy, context)
+                try:
+                    if first is grpc.aio.EOF:
+                        return
+                    tag = worker.tag
+                    yield first + tag
+                    while (raw := await call.read()) is not grpc.aio.EOF:  # read(), not iteration: we read() the first
+                        yield raw + tag
+                except grpc.aio.AioRpcError as exc:
+                    await self._fail_mid_stream(worker, exc, context)
+                finally:
+                    # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
+                    call.cancel()
+                    worker.in_flight -= 1
         except Rejected as exc:
             ROUTED.labels(policy.name, request.model, "rejected").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
                                 trailing_metadata=(("retry-after", str(exc.retry_after_s)),))
 
-    async def _dispatch(self, request: pb.GenerateRequest, policy: RoutingPolicy, context: grpc.aio.ServicerContext):
+    async def _open(self, request: pb.GenerateRequest, policy: RoutingPolicy, context: grpc.aio.ServicerContext):
+        """Start the stream on a worker and read its first chunk, retrying on another worker before it.
+
+        Returns ``(worker, call, first chunk bytes or EOF)`` with ``worker.in_flight`` counted."""
         tried: set[str] = set()
         for attempt in range(self.max_attempts):
             workers = [w for w in await self._candidates(request.model, policy.name, context) if w.address not in tried]
@@ -75,44 +87,37 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             worker, outcome = policy.choose(workers, request)
             tried.add(worker.address)
             ROUTED.labels(policy.name, request.model, "retry" if attempt else outcome).inc()
+            worker.in_flight += 1
+            call = worker.generate(request, timeout=context.time_remaining(),
+                                   metadata=request_metadata(request.request_id))
             try:
-                async for chunk in self._stream(worker, request, context):
-                    yield chunk
-                return
-            except _WorkerFailed:
+                return worker, call, await call.read()
+            except grpc.aio.AioRpcError as exc:
+                worker.in_flight -= 1
+                code = exc.code()
+                if code not in _RETRYABLE:  # the request's own fault, or its deadline: pass it through
+                    await context.abort(code, exc.details() or code.name,
+                                        trailing_metadata=tuple(exc.trailing_metadata() or ()))
+                self.pool.mark_failed(worker, f"{code.name}: {exc.details()}")
                 more = attempt + 1 < self.max_attempts
                 if more:
                     RETRIES.labels(request.model).inc()
                 log.warning("worker %s failed before the first token; %s", worker.address,
                             "retrying elsewhere" if more else "giving up")
+            except BaseException:
+                worker.in_flight -= 1
+                call.cancel()
+                raise
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"No worker could serve '{request.model}'; tried {len(tried)}.")
 
-    async def _stream(self, worker: Worker, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        """Proxy one worker's stream; raise :class:`_WorkerFailed` if it fails before the first chunk."""
-        started = False
-        worker.in_flight += 1
-        call = worker.stub.Generate(request, timeout=context.time_remaining(),
-                                    metadata=request_metadata(request.request_id))
-        try:
-            async for chunk in call:
-                started = True
-                chunk.worker = worker.address
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if not started and code in _RETRYABLE:
-                self.pool.mark_failed(worker, f"{code.name}: {exc.details()}")
-                raise _WorkerFailed from None
-            if started and code in _RETRYABLE:
-                self.pool.mark_failed(worker, f"{code.name} mid-stream: {exc.details()}")
-                await context.abort(code, f"The worker serving this request failed after it had started "
-                                          f"({code.name}: {exc.details()}); the output is incomplete.")
-            # Client errors and deadlines pass through unchanged.
-            await context.abort(code, exc.details() or code.name, trailing_metadata=tuple(exc.trailing_metadata() or ()))
-        finally:
-            # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
-            call.cancel()
-            worker.in_flight -= 1
+    async def _fail_mid_stream(self, worker: Worker, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext):
+        """Tokens were sent: the request cannot be replayed, so end it with a clear error."""
+        code = exc.code()
+        if code in _RETRYABLE:
+            self.pool.mark_failed(worker, f"{code.name} mid-stream: {exc.details()}")
+            await context.abort(code, f"The worker serving this request failed after it had started "
+                                      f"({code.name}: {exc.details()}); the output is incomplete.")
+        await context.abort(code, exc.details() or code.name, trailing_metadata=tuple(exc.trailing_metadata() or ()))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         seen: dict[str, pb.ModelInfo] = {}

@@ -81,7 +81,8 @@ async def test_deadline_propagates_to_the_worker():
     async with router_over(1) as (stub, _, standins):
         await generate(stub, chat("x"), timeout=3.0)
         remaining = standins[0].servicer.seen[-1].time_remaining
-        assert remaining is not None and 0 < remaining <= 3.0
+        # The worker sees the caller's 3 s budget (gRPC rounds the timeout header up a little), not "none".
+        assert remaining is not None and 0 < remaining < 3.5
 
 
 async def test_deadline_exceeded_mid_stream_reaches_the_caller():
