@@ -46,8 +46,8 @@ class AuthSettings(ServiceSettings):
     """Shared limiter and revocation feed; empty: in-process limiter (exact for one auth replica only)."""
     redis_prefix: str = "llmsvc:auth:"
     """Namespace of every Redis key and channel auth uses (no braces: they mark the Cluster hash tag)."""
-    redis_timeout_s: float = 0.25
-    """Bound on one limiter call; past it Redis counts as down."""
+    redis_timeout_s: float = 1.0
+    """Bound on one limiter call; past it Redis counts as down (then only one probe at a time waits for it)."""
     redis_failure_policy: Literal["closed", "open"] = "closed"
     """While Redis is down: ``closed`` refuses with 503; ``open`` admits under per-replica in-process limits."""
     redis_retry_s: float = 1.0

@@ -8,7 +8,8 @@ per replica (N replicas may admit up to N× a limit) until Redis is back.
 Either way the switch is loud: one warning log line per transition, the
 ``llmsvc_auth_limiter_degraded{policy}`` gauge at 1 while it lasts, and
 ``llmsvc_auth_redis_errors_total``. After a failure, Redis is retried at most
-every ``retry_s``, so a dead Redis does not add its timeout to every request.
+every ``retry_s`` by one request at a time, so a dead Redis does not add its
+timeout to every request.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ class GuardedLimiter:
         self.policy = policy
         self.retry_s = retry_s
         self._down_until = 0.0
+        self._probing = False
         self.degraded = False
         metrics.LIMITER_BACKEND.labels("redis" if shared else "memory").set(1)
         metrics.LIMITER_DEGRADED.labels(policy).set(0)
+
+    def _may_try(self) -> bool:
+        """Healthy: always. Degraded: one probe at a time, every ``retry_s`` (the others apply the policy)."""
+        return not self.degraded or (not self._probing and time.monotonic() >= self._down_until)
 
     def _mark_down(self, exc: Exception) -> None:
         metrics.REDIS_ERRORS.inc()
@@ -57,13 +63,18 @@ class GuardedLimiter:
         """The decision, or None when Redis is down and the policy is closed."""
         if self.shared is None:
             return await self.local.admit(key_id, limits, reserve_tokens)
-        if time.monotonic() >= self._down_until:
+        if self._may_try():
+            probe = self.degraded
+            self._probing |= probe
             try:
                 decision = await self.shared.admit(key_id, limits, reserve_tokens)
                 self._mark_up()
                 return decision
             except LimiterUnavailable as exc:
                 self._mark_down(exc)
+            finally:
+                if probe:
+                    self._probing = False
         if self.policy == "closed":
             return None
         return await self.local.admit(key_id, limits, reserve_tokens)
@@ -74,14 +85,14 @@ class GuardedLimiter:
             return await self.local.settle(key_id, reservation_id, used_tokens)
         if self.shared is None or not reservation_id:
             return False
-        if time.monotonic() < self._down_until:
-            log.warning("Redis is down; %s counts until its window and lease end", reservation_id)
+        if self.degraded:
+            log.debug("Redis is down; %s counts until its window and lease end", reservation_id)
             return False
         try:
             return await self.shared.settle(key_id, reservation_id, used_tokens)
         except LimiterUnavailable as exc:
             self._mark_down(exc)
-            log.warning("could not settle %s: its reservation counts until its window and lease end", reservation_id)
+            log.debug("could not settle %s: its reservation counts until its window and lease end", reservation_id)
             return False
 
     async def close(self) -> None:
