@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import grpc
@@ -84,6 +85,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     async def GetFileContent(self, request, context):
         row = await self._file(request, context)
+        if not os.path.exists(row.path):
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"The content of {row.id} is gone from the store.",
+                         "file_id")
         with open(row.path, "rb") as f:
             while chunk := await asyncio.to_thread(f.read, CHUNK):
                 yield pb.FileContentChunk(data=chunk)

@@ -110,7 +110,8 @@ class ModelStore:
         """A trainer preset (``preset:<name>``), a registered version or alias, or a folder in the store."""
         if model.startswith("preset:"):
             preset = model.split(":", 1)[1]
-            return BaseModel({"preset": preset}, preset, None)
+            # The name becomes the result's default registry name and store folder: same rules as a suffix.
+            return BaseModel({"preset": preset}, preset, None) if NAME_RE.match(preset) else None
         row = await registry.resolve(session, model)
         if row is not None:
             return BaseModel({"base": row.path}, row.name, row.id)

@@ -41,6 +41,7 @@ async def test_uploads_need_the_fine_tune_purpose(trainer):
 
 @pytest.mark.parametrize("change,code,param,text", [
     ({"model": "no-such-model"}, grpc.StatusCode.NOT_FOUND, "model", "The model 'no-such-model' does not exist"),
+    ({"model": "preset:../../etc"}, grpc.StatusCode.NOT_FOUND, "model", "The model 'preset:../../etc' does not"),
     ({"training_file": "file-doesnotexist"}, grpc.StatusCode.INVALID_ARGUMENT, "training_file",
      "no file with id 'file-doesnotexist'"),
     ({"training_file": "/etc/passwd"}, grpc.StatusCode.INVALID_ARGUMENT, "training_file", "absolute JSONL path under"),
