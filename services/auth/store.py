@@ -227,17 +227,17 @@ class Store:
         await self._run(q)
 
     # -- usage ------------------------------------------------------------------------
-    async def insert_usage(self, rows: Iterable[UsageRow]) -> int:
-        """Insert rows, skipping reservation ids already present; returns how many were new."""
+    async def insert_usage(self, rows: Iterable[UsageRow]) -> set[str]:
+        """Insert rows, skipping reservation ids already present; returns the reservation ids that were new."""
         values = [r.as_dict() for r in rows]
         if not values:
-            return 0
+            return set()
         # RETURNING yields only the rows actually inserted, which counts the new ones on both dialects.
         stmt = (self._insert()(UsageRecord).on_conflict_do_nothing(index_elements=[UsageRecord.reservation_id])
                 .returning(UsageRecord.reservation_id))
 
         async def q(s: AsyncSession):
-            inserted = len((await s.execute(stmt, values)).all())
+            inserted = set((await s.execute(stmt, values)).scalars())
             await s.commit()
             return inserted
 

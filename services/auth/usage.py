@@ -44,6 +44,9 @@ class UsageRecorder:
         self.retry_s = retry_s
         self._down_until = 0.0
         self._lock = asyncio.Lock()
+        self._queue: list[tuple[UsageRow, asyncio.Future]] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task | None = None
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         metrics.USAGE_SPOOLED.set(self._count_spooled())
 
@@ -51,23 +54,58 @@ class UsageRecorder:
         return sum(sum(1 for _ in open(p, encoding="utf-8")) for p in (self.spool, self.replaying) if p.exists())
 
     async def record(self, row: UsageRow) -> str:
-        """Write one record; returns ``written``, ``duplicate`` or ``spooled``."""
+        """Write one record durably; returns ``written``, ``duplicate`` or ``spooled`` once it is.
+
+        Group commit: records that arrive while a write is in flight go in the
+        next write together, one INSERT and one commit (or one fsync) per batch.
+        Nobody waits for a batch to fill; a lone record is written at once.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((row, fut))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())  # keep a reference
+        return await asyncio.shield(fut)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+                try:
+                    outcomes = await self._write([row for row, _ in batch])
+                except BaseException as exc:  # e.g. the spool's disk is full: the callers see the error
+                    for _, fut in batch:
+                        fut.done() or fut.set_exception(exc)
+                    continue
+                for (_, fut), outcome in zip(batch, outcomes):
+                    fut.done() or fut.set_result(outcome)
+        finally:
+            self._flushing = False
+
+    async def _write(self, rows: list[UsageRow]) -> list[str]:
         if time.monotonic() >= self._down_until:
             try:
-                outcome = "written" if await self.store.insert_usage([row]) else "duplicate"
-                metrics.USAGE_RECORDS.labels(outcome).inc()
-                return outcome
+                inserted = await self.store.insert_usage(rows)
+                outcomes = ["written" if r.reservation_id in inserted else "duplicate" for r in rows]
+                seen: set[str] = set()
+                for i, r in enumerate(rows):  # the same reservation twice in one batch: the second is a duplicate
+                    if r.reservation_id in seen:
+                        outcomes[i] = "duplicate"
+                    seen.add(r.reservation_id)
+                for outcome in outcomes:
+                    metrics.USAGE_RECORDS.labels(outcome).inc()
+                return outcomes
             except StoreUnavailable as exc:
                 metrics.DB_ERRORS.inc()
                 self._down_until = time.monotonic() + self.retry_s
                 log.warning("database unavailable, spooling usage to %s: %s", self.spool, exc)
-        await self._append(row)
-        metrics.USAGE_RECORDS.labels("spooled").inc()
-        metrics.USAGE_SPOOLED.inc()
-        return "spooled"
+        await self._append(rows)
+        metrics.USAGE_RECORDS.labels("spooled").inc(len(rows))
+        metrics.USAGE_SPOOLED.inc(len(rows))
+        return ["spooled"] * len(rows)
 
-    async def _append(self, row: UsageRow) -> None:
-        line = _encode(row).encode()
+    async def _append(self, rows: list[UsageRow]) -> None:
+        line = "".join(_encode(row) for row in rows).encode()
 
         def write() -> None:
             fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -95,7 +133,7 @@ class UsageRecorder:
         written = 0
         try:
             for i in range(0, len(rows), _BATCH):
-                written += await self.store.insert_usage(rows[i:i + _BATCH])
+                written += len(await self.store.insert_usage(rows[i:i + _BATCH]))
         except StoreUnavailable:
             metrics.DB_ERRORS.inc()
             self._down_until = time.monotonic() + self.retry_s

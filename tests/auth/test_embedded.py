@@ -47,7 +47,8 @@ async def test_retention_deletes_only_old_usage(tmp_path, admin_secret):
         now = utcnow()
         rows = [UsageRow(f"res-{i}", f"req-{i}", "bootstrap", "m", 1, 1, "ok", 0.1, now - timedelta(days=d))
                 for i, d in enumerate([0, 1, 89, 91, 200])]
-        assert await store.insert_usage(rows) == 5
+        assert len(await store.insert_usage(rows)) == 5
         assert await store.purge_usage(timedelta(days=90), batch=1) == 2
         buckets = await store.usage_summary("bootstrap", now - timedelta(days=365))
         assert sum(b.requests for b in buckets) == 3
+
