@@ -4,17 +4,19 @@ same model, measured in one run by vLLM's own benchmark client, sides alternatin
     .venv/bin/python -m bench.serve_overhead --rounds 3 --num-prompts 200 --concurrency 16
 
 Both servers run the same engine settings (enforce-eager, prefix caching, 64 sequences, 1 GiB KV
-cache) on the same cores; each round runs one side then the other (the order flips every round)
+cache, the same ``--stream-interval``) on the same cores; each round runs one side then the other (the order flips every round)
 so drift in a noisy machine hits both. Prints one row per run and the median ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import tempfile
 from pathlib import Path
 
+from bench.serve_gateway import cpu_seconds
 from bench.serve_lib import default_model, median, start_vllm_server, stop, table, vllm_bench, wait_models
 from services.cli.stack import Stack, StackConfig, free_port
 
@@ -37,11 +39,17 @@ def run(a) -> None:
     home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
     key = "sk-bench-" + secrets.token_hex(8)
     vllm_port = free_port()
-    vllm_proc = start_vllm_server(model, vllm_port, MODEL_NAME, home / "vllm.log")
-    stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING"))
+    interval = ["--stream-interval", str(a.stream_interval)]
+    vllm_proc = start_vllm_server(model, vllm_port, MODEL_NAME, home / "vllm.log", interval)
+    engine_args = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"stream_interval": a.stream_interval})}
+    stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING",
+                                        extra_env=engine_args))
     stack.start()
     sides = {"vllm": (f"http://127.0.0.1:{vllm_port}", ""),
              "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key)}
+    # Processes whose CPU time is counted per side (with children: the vLLM engine core).
+    pids = {"vllm": {"vllm serve": vllm_proc.pid},
+            "llmsvc": {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router", "worker0")}}
     try:
         wait_models(sides["vllm"][0], proc=vllm_proc)
         stack.wait_ready(timeout_s=300)
@@ -52,13 +60,17 @@ def run(a) -> None:
             order = list(sides) if rnd % 2 else list(sides)[::-1]
             for side in order:
                 url, k = sides[side]
+                before = {n: cpu_seconds([pid]) for n, pid in pids[side].items()}
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd, a.num_prompts), k)
+                r["cpu"] = {n: cpu_seconds([pid]) - before[n] for n, pid in pids[side].items()}
                 results[side].append(r)
                 rows.append(row(side, rnd, r))
         print(table(["round", "side", "ok", "failed", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
                      "ITL p50 ms", "ITL p99 ms"], rows))
         print()
         print(summary(results))
+        print()
+        print(cpu_table(results))
     finally:
         stack.stop()
         stop(vllm_proc)
@@ -76,6 +88,16 @@ def summary(results: dict[str, list[dict]]) -> str:
                  + [["median", median(ratio), median(d_ttft50), median(d_ttft99), median(d_itl50)]])
 
 
+def cpu_table(results: dict[str, list[dict]]) -> str:
+    """CPU milliseconds per output token, by process, median over rounds."""
+    rows = []
+    for side, runs in results.items():
+        for proc in runs[0]["cpu"]:
+            per_tok = [1000 * r["cpu"][proc] / max(1, r["total_output_tokens"]) for r in runs]
+            rows.append([side, proc, median(per_tok)])
+    return table(["side", "process (with children)", "CPU ms per output token"], rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -83,6 +105,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--stream-interval", type=int, default=1,
+                   help="vLLM's stream_interval on both sides: tokens per streamed message after the first")
     run(p.parse_args())
 
 

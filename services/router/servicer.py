@@ -15,6 +15,7 @@ from services.common.pb import router_pb2_grpc
 from .admission import AdmissionControl, Rejected
 from .policies import PolicyTable, RoutingPolicy
 from .pool import Worker, WorkerPool
+from .wire import Relay
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +58,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             async with self.admission.slot(request.model, request.priority, context.time_remaining()):
                 worker, call, first = await self._open(request, policy, context)
+                relay = Relay(call) if first is not grpc.aio.EOF else None
                 try:
-                    if first is grpc.aio.EOF:
+                    if relay is None:
                         return
                     tag = worker.tag
                     yield first + tag
-                    while (raw := await call.read()) is not grpc.aio.EOF:  # read(), not iteration: we read() the first
+                    while (raw := await relay.next()) is not None:
                         yield raw + tag
                 except grpc.aio.AioRpcError as exc:
                     await self._fail_mid_stream(worker, exc, context)
                 finally:
                     # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
+                    if relay is not None:
+                        relay.close()
                     call.cancel()
                     worker.in_flight -= 1
         except Rejected as exc:
