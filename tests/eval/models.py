@@ -62,21 +62,6 @@ def sample_text(path: Path, n_docs: int, tokens: int, seed: int) -> list[str]:
     return docs
 
 
-def greedy_without_eos(path: Path, prompts: list[str], tokens: int) -> str:
-    """A prompt whose greedy (temperature 0) continuation runs ``tokens`` tokens without an end token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
-    for prompt in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=False)
-        out = model.generate(ids, do_sample=False, max_new_tokens=tokens, pad_token_id=tok.pad_token_id)
-        if out.shape[1] - ids.shape[1] == tokens:
-            return prompt
-    raise RuntimeError("every prompt hit an end token; add prompts")
-
-
 def reference_logprobs(path: Path, ids: list[int]) -> list[float]:
     """Logprob of each of ``ids[1:]`` from one transformers forward pass in float32."""
     from transformers import AutoModelForCausalLM

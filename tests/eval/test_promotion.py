@@ -20,7 +20,6 @@ from sqlalchemy import select
 from services.common.db.engine import make_engine, session_factory
 from services.common.db.registry import AuditEvent, ModelAlias
 
-from . import models as m
 from .conftest import GATE_DATASET, run_eval
 
 
@@ -75,13 +74,23 @@ def _stream(base_url: str, key: str, model: str, prompt: str, out: dict) -> None
     out["ended"].set()
 
 
+def _long_prompt(gw, alias: str) -> str:
+    """A prompt whose greedy answer on the alias's current worker runs all 900 tokens (asked of the
+    service itself: transformers' greedy path can differ from vLLM's by a near-tie and hit an end token)."""
+    for prompt in ("Count the stones.", "Sort these numbers: 4 1 3", "Tell me about the river.", "hello",
+                   "Copy exactly: abc", "What is 2 + 2?", "Reverse the words: red cat"):
+        body = {"model": alias, "messages": [{"role": "user", "content": prompt}], "max_tokens": 900, "temperature": 0}
+        if gw.post("/v1/chat/completions", json=body).json()["choices"][0]["finish_reason"] == "length":
+            return prompt
+    raise AssertionError("every prompt ended early; add prompts")
+
+
 def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, pg_url, api_key):
     alias = lifecycle["alias"]
     # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
     for v in ("v1", "v3"):
         assert run_eval(gw, lifecycle[v], "perplexity", dataset=GATE_DATASET)["status"] == "succeeded"
-    prompt = m.greedy_without_eos(eval_models["v1"], ["Count the stones.", "Sort these numbers: 4 1 3",
-                                                       "Tell me about the river.", "hello"], tokens=900)
+    prompt = _long_prompt(gw, alias)
     out = {"started": threading.Event(), "ended": threading.Event()}
     t = threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, prompt, out))
     t.start()
