@@ -21,7 +21,7 @@ from services.common.pb import auth_pb2_grpc
 
 from .gate import AuthFailure, Gate
 from .invalidation import Invalidation
-from .store import ALL_SCOPES, KeyRecord, KeySpec, Store, StoreUnavailable
+from .store import SCOPES, KeyRecord, KeySpec, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 ADMIN_SERVICE = "llmsvc.v1.AuthAdmin"
@@ -89,8 +89,8 @@ def key_spec(req: pb.CreateKeyRequest) -> KeySpec:
     """Validate a CreateKey request; raises ValueError with a message fit for the caller."""
     spec = KeySpec(name=_text(req.name, "name", required=True), owner=_text(req.owner, "owner"))
     scopes = list(dict.fromkeys(req.scopes)) or ["chat"]
-    if bad := [s for s in scopes if s not in ALL_SCOPES]:
-        raise ValueError(f"unknown scope {bad[0][:40]!r}; choose from {', '.join(ALL_SCOPES)}")
+    if bad := [s for s in scopes if s not in SCOPES]:
+        raise ValueError(f"unknown scope {bad[0][:40]!r}; choose from {', '.join(SCOPES)}")
     spec.scopes = scopes
     if len(req.allowed_models) > 100:
         raise ValueError("allowed_models holds at most 100 names")

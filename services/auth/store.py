@@ -30,7 +30,9 @@ from .limiter import Limits
 
 T = TypeVar("T")
 BOOTSTRAP_ID = "bootstrap"
-ALL_SCOPES = ("chat", "train", "eval", "admin")
+BOOTSTRAP_SCOPES = ("chat", "train", "eval", "admin")
+SCOPES = (*BOOTSTRAP_SCOPES, "batch")
+"""``batch`` marks a key whose generations always queue as batch work (see services/gateway/routing_hints.py)."""
 
 
 class StoreUnavailable(Exception):
@@ -203,7 +205,7 @@ class Store:
         """
         ins = self._insert()(ApiKey).values(
             id=BOOTSTRAP_ID, prefix=keys.prefix(secret), secret_hash=keys.digest(secret), name="bootstrap",
-            owner="system", scopes=list(ALL_SCOPES), allowed_models=[], rpm=limits.rpm, tpm=limits.tpm,
+            owner="system", scopes=list(BOOTSTRAP_SCOPES), allowed_models=[], rpm=limits.rpm, tpm=limits.tpm,
             created_at=utcnow())
         same_secret = ApiKey.secret_hash == ins.excluded.secret_hash
         stmt = ins.on_conflict_do_update(index_elements=[ApiKey.id], set_={

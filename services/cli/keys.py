@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     c = actions.add_parser("create", help="create a key; its secret is printed once")
     c.add_argument("--name", required=True)
     c.add_argument("--owner", default="", help="owner or team")
-    c.add_argument("--scope", action="append", choices=["chat", "train", "eval", "admin"],
+    c.add_argument("--scope", action="append", choices=["chat", "train", "eval", "admin", "batch"],
                    help="repeatable (default: chat)")
     c.add_argument("--model", action="append", help="allowed model, repeatable (default: every model)")
     c.add_argument("--rpm", type=int, help="requests per minute")

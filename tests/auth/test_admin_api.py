@@ -106,3 +106,9 @@ def test_cli_create_list_usage_revoke(pg_stack, http, admin_secret, model):
     revoked = llmsvc(pg_stack, admin_secret, "revoke", created["id"])
     assert revoked["revoked_at"]
     assert chat(http, created["key"], model).status_code == 401
+
+
+def test_a_batch_key_is_created_with_its_scope(http, admin_secret, model):
+    key = new_key(http, admin_secret, scopes=["chat", "batch"])
+    assert key["scopes"] == ["chat", "batch"]
+    assert chat(http, key["key"], model).status_code == 200

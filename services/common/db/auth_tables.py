@@ -34,7 +34,7 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(String(200), default="", index=True)
     """Owner or team, free text; keys can be listed by it."""
     scopes: Mapped[list] = mapped_column(JSONType, default=list)
-    """Subset of ``chat``, ``train``, ``eval``, ``admin``."""
+    """Subset of ``chat``, ``train``, ``eval``, ``admin``, and ``batch`` (its generations queue as batch work)."""
     allowed_models: Mapped[list] = mapped_column(JSONType, default=list)
     """Model names this key may use; empty means every model."""
     rpm: Mapped[int] = mapped_column(Integer)

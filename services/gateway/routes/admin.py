@@ -39,7 +39,9 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     owner: str = Field("", max_length=200)
     """Owner or team; keys can be listed by it."""
-    scopes: list[Literal["chat", "train", "eval", "admin"]] = Field(default_factory=lambda: ["chat"], min_length=1)
+    scopes: list[Literal["chat", "train", "eval", "admin", "batch"]] = Field(default_factory=lambda: ["chat"],
+                                                                             min_length=1)
+    """``batch``: the key's generations always queue as batch work."""
     allowed_models: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list,
                                                                                        max_length=100)
     """Empty: every model."""
