@@ -50,7 +50,10 @@ class BenchStack(Stack):
     def spawn(self, name: str, module: str, env: dict[str, str]):
         if name in ("eval", "trainer"):
             return None
-        module = {"auth": self.auth_module}.get(name, "services.router.standin" if name.startswith("worker") else module)
+        if name == "auth":
+            module = self.auth_module
+        elif name.startswith("worker"):
+            module = "services.router.standin"
         return super().spawn(name, module, env)
 
 

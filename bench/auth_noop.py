@@ -39,4 +39,5 @@ async def serve(host: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(os.environ.get("LLMSVC_AUTH_HOST", "127.0.0.1"), int(os.environ.get("LLMSVC_AUTH_PORT", "50051"))))
+    asyncio.run(serve(os.environ.get("LLMSVC_AUTH_HOST", "127.0.0.1"),
+                      int(os.environ.get("LLMSVC_AUTH_PORT", "50051"))))

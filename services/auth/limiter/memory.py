@@ -117,7 +117,8 @@ class MemoryLimiter(Limiter):
             w.token_sum += reserve_tokens
             w.inflight[rid] = now + self.cfg.lease_s
             w.days[day] = w.days.get(day, 0) + reserve_tokens
-            self._reservations[rid] = _Reservation(key_id, day, reserve_tokens, now + self.cfg.lease_s + self.cfg.window_s)
+            expires = now + self.cfg.lease_s + self.cfg.window_s
+            self._reservations[rid] = _Reservation(key_id, day, reserve_tokens, expires)
         return Decision(True, "", 0.0, self._state(w, limits, now), rid if reserve_tokens > 0 else "")
 
     async def settle(self, key_id: str, reservation_id: str, used_tokens: int) -> bool:
