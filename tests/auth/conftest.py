@@ -91,18 +91,21 @@ class AuthProcess:
     popen: subprocess.Popen
     address: str
     log_path: Path
+    metrics_url: str = ""
 
 
-def _spawn_auth(tmp: Path, i: int, env_extra: dict[str, str]) -> AuthProcess:
-    port = free_port()
+def _spawn_auth(tmp: Path, i: int, env_extra: dict[str, str], metrics: bool = False) -> AuthProcess:
+    port, metrics_port = free_port(), free_port() if metrics else 0
     env = {**os.environ, **PATIENT_ENV, "PYTHONUNBUFFERED": "1", "LLMSVC_AUTH_HOST": "127.0.0.1",
            "LLMSVC_AUTH_PORT": str(port),
-           "LLMSVC_AUTH_SPOOL_DIR": str(tmp / "spool"), "LLMSVC_AUTH_REPLICA_ID": f"r{i}", **env_extra}
+           "LLMSVC_AUTH_SPOOL_DIR": str(tmp / "spool"), "LLMSVC_AUTH_REPLICA_ID": f"r{i}",
+           "LLMSVC_AUTH_METRICS_PORT": str(metrics_port), **env_extra}
     log_path = tmp / f"auth{i}.log"
     with open(log_path, "ab") as log:
         popen = subprocess.Popen([sys.executable, "-m", "services.auth.main"], env=env, stdout=log,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
-    return AuthProcess(popen, f"127.0.0.1:{port}", log_path)
+    return AuthProcess(popen, f"127.0.0.1:{port}", log_path,
+                       f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")
 
 
 async def _wait_serving(p: AuthProcess, timeout_s: float = 60.0) -> None:
@@ -119,9 +122,9 @@ async def _wait_serving(p: AuthProcess, timeout_s: float = 60.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def auth_processes(tmp: Path, n: int, env_extra: dict[str, str]):
-    """``n`` auth replicas as separate processes on free ports; yields them once all serve."""
-    procs = [_spawn_auth(tmp, i, env_extra) for i in range(n)]
+async def auth_processes(tmp: Path, n: int, env_extra: dict[str, str], metrics: bool = False):
+    """``n`` auth replicas as separate processes on free ports (each with /metrics if ``metrics``)."""
+    procs = [_spawn_auth(tmp, i, env_extra, metrics) for i in range(n)]
     try:
         await asyncio.gather(*(_wait_serving(p) for p in procs))
         yield procs

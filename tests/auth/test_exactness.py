@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from services.common.grpcutil import insecure_channel
@@ -27,9 +28,9 @@ async def replicas(tmp_path_factory, auth_db, admin_secret):
     tmp = tmp_path_factory.mktemp("replicas")
     env = {"LLMSVC_DATABASE_URL": auth_db, "LLMSVC_REDIS_URL": REDIS_URL, "LLMSVC_AUTH_API_KEY": admin_secret,
            "LLMSVC_AUTH_REDIS_PREFIX": f"llmsvc-test:{tmp.name}:"}
-    async with auth_processes(tmp, 3, env) as procs:
+    async with auth_processes(tmp, 3, env, metrics=True) as procs:
         channels = [insecure_channel(p.address) for p in procs]
-        yield [auth_pb2_grpc.AuthStub(c) for c in channels], auth_pb2_grpc.AuthAdminStub(channels[0])
+        yield [auth_pb2_grpc.AuthStub(c) for c in channels], auth_pb2_grpc.AuthAdminStub(channels[0]), procs
         for c in channels:
             await c.close()
 
@@ -54,10 +55,22 @@ def split(responses):
     return allowed, limited
 
 
+def scrape(procs, name: str, outcome: str) -> float:
+    """Sum of one labelled counter over every replica's /metrics."""
+    total = 0.0
+    for p in procs:
+        for line in httpx.get(p.metrics_url, timeout=10).text.splitlines():
+            if line.startswith(f'{name}{{outcome="{outcome}"}} '):
+                total += float(line.split()[-1])
+    return total
+
+
 async def test_rpm_100_admits_exactly_100_across_three_replicas(replicas, admin_secret):
-    stubs, admin = replicas
+    stubs, admin, procs = replicas
     md = (("authorization", f"Bearer {admin_secret}"),)
     key = await create_key(admin, md, name="rpm-exact", rpm=100, tpm=10**9)
+    counted = {o: scrape(procs, "llmsvc_auth_decisions_total", o) for o in ("allowed", "rate_limited")}
+    limited_by_rpm = scrape(procs, "llmsvc_auth_rate_limited_total", "rate_limit_requests")
     responses, start, end = await burst(stubs, key.secret, per_client=4, reserve=1)
     allowed, limited = split(responses)
     assert len(allowed) == 100 and len(limited) == 100
@@ -72,10 +85,14 @@ async def test_rpm_100_admits_exactly_100_across_three_replicas(replicas, admin_
     # Nothing is left: another replica refuses too.
     again = await stubs[2].Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=1))
     assert again.decision == pb.DECISION_RATE_LIMITED
+    # The replicas' metrics add up to the same decisions.
+    assert scrape(procs, "llmsvc_auth_decisions_total", "allowed") - counted["allowed"] == 100
+    assert scrape(procs, "llmsvc_auth_decisions_total", "rate_limited") - counted["rate_limited"] == 101
+    assert scrape(procs, "llmsvc_auth_rate_limited_total", "rate_limit_requests") - limited_by_rpm == 101
 
 
 async def test_tpm_is_exact_and_reconciles_to_actual_usage(replicas, admin_secret):
-    stubs, admin = replicas
+    stubs, admin, _ = replicas
     md = (("authorization", f"Bearer {admin_secret}"),)
     key = await create_key(admin, md, name="tpm-exact", rpm=100_000, tpm=1000)
     responses, start, end = await burst(stubs, key.secret, per_client=2, reserve=30)
@@ -103,7 +120,7 @@ async def test_tpm_is_exact_and_reconciles_to_actual_usage(replicas, admin_secre
 
 
 async def test_max_concurrent_is_exact_across_replicas(replicas, admin_secret):
-    stubs, admin = replicas
+    stubs, admin, _ = replicas
     md = (("authorization", f"Bearer {admin_secret}"),)
     key = await create_key(admin, md, name="conc-exact", rpm=100_000, tpm=10**9, max_concurrent=5)
     responses, _, _ = await burst(stubs, key.secret, per_client=1, reserve=10)
