@@ -1,6 +1,6 @@
 """Routing policies on a shared-prefix workload: 2 workers behind one router, vLLM's benchmark client.
 
-    .venv/bin/python -m bench.serve_routing --rounds 2 --num-prompts 160 --concurrency 16
+    .venv/bin/python -m bench.serve_routing --rounds 2 --num-prompts 160 --concurrency 16 --kv-blocks 96
 
 The workload is vLLM's ``prefix_repetition`` dataset: a few long common prefixes (system prompts)
 shared by many requests with distinct suffixes. Each run restarts only the router with the next
@@ -12,6 +12,7 @@ and finds nothing useful cached from earlier runs. The prefix-cache hit rate is 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import tempfile
 from pathlib import Path
@@ -51,7 +52,11 @@ def run(a) -> None:
     model = default_model()
     home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
     key = "sk-bench-" + secrets.token_hex(8)
-    cfg = StackConfig.ephemeral(home, model, key, workers=2, served_model_name=MODEL_NAME, log_level="WARNING")
+    # A KV cache that holds about half the prefixes per worker (128-token blocks on CPU): a policy that
+    # spreads every prefix over every worker makes both caches evict; one that partitions them does not.
+    engine = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"num_gpu_blocks_override": a.kv_blocks})} if a.kv_blocks else {}
+    cfg = StackConfig.ephemeral(home, model, key, workers=2, served_model_name=MODEL_NAME, log_level="WARNING",
+                                extra_env=engine)
     cfg.metrics_ports = {"worker0": free_port(), "worker1": free_port()}
     stack = Stack(cfg)
     stack.start()
@@ -89,7 +94,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--prefix-len", type=int, default=512)
     p.add_argument("--suffix-len", type=int, default=64)
-    p.add_argument("--num-prefixes", type=int, default=8)
+    p.add_argument("--num-prefixes", type=int, default=20)
+    p.add_argument("--kv-blocks", type=int, default=96, help="KV-cache blocks per worker (0: vLLM's default)")
     p.add_argument("--output-len", type=int, default=32)
     run(p.parse_args())
 

@@ -53,7 +53,7 @@ class RouterSettings(ServiceSettings):
     """Characters (or token ids) per hashed chunk of the prompt in the prefix index."""
     prefix_max_chunks: int = 50_000
     """Chunk keys the prefix index keeps per model before evicting the least recently used (~150 B each)."""
-    prefix_balance_abs: float = 8.0
+    prefix_balance_abs: float = 4.0
     """Prefix routing yields to least-load when the chosen worker has this many more requests than the idlest …"""
     prefix_balance_rel: float = 1.5
     """… and more than this multiple of the idlest worker's load."""

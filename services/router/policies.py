@@ -105,7 +105,7 @@ class PrefixAwarePolicy:
 
     name = "prefix_aware"
 
-    def __init__(self, chunk: int = 128, max_chunks: int = 50_000, balance_abs: float = 8.0,
+    def __init__(self, chunk: int = 128, max_chunks: int = 50_000, balance_abs: float = 4.0,
                  balance_rel: float = 1.5) -> None:
         self.chunk = chunk
         self.index = PrefixIndex(max_chunks)

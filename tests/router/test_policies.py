@@ -25,16 +25,21 @@ def served_by(chunks) -> str:
 async def test_prefix_aware_keeps_shared_prefixes_together_and_load_balanced():
     opts = {"token_delay_s": 0.02}
     async with router_over(2, opts, policy="prefix_aware", prefix_chunk_chars=64) as (stub, _, standins):
+        # The first request of each prefix, one at a time: each is a miss and lands least-loaded (idle
+        # workers: the one with the emptier index), so the four prefixes split two and two.
+        reqs = [(g, chat(SYSTEM[g] + "question 0 from user 0", max_tokens=4)) for g in range(4)]
+        results = [await generate(stub, r) for _, r in reqs]
         hits_before = decisions("prefix_aware", "hit")
-        reqs = [(g, chat(SYSTEM[g] + f"question {i} from user {i}", max_tokens=4)) for i in range(8) for g in range(4)]
-        results = await asyncio.gather(*(generate(stub, r) for _, r in reqs))
+        burst = [(g, chat(SYSTEM[g] + f"question {i} from user {i}", max_tokens=4)) for i in range(1, 8) for g in range(4)]
+        results += await asyncio.gather(*(generate(stub, r) for _, r in burst))
+        reqs += burst
         workers_of_group = defaultdict(set)
         for (g, _), chunks in zip(reqs, results):
             workers_of_group[g].add(served_by(chunks))
         assert all(len(ws) == 1 for ws in workers_of_group.values()), workers_of_group
         per_worker = Counter(served_by(c) for c in results)
         assert sorted(per_worker.values()) == [16, 16], per_worker
-        assert decisions("prefix_aware", "hit") - hits_before == 28  # all but the first of each group
+        assert decisions("prefix_aware", "hit") - hits_before == 28  # the whole burst hit
 
 
 async def test_prefix_aware_yields_to_load_when_one_prefix_is_hot():
