@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.auth_latency import REDIS_URL, drop_database, pct, temp_database
+from bench.auth_latency import REDIS_URL, drop_database, pct, purge_redis, temp_database
 from services.cli.stack import Stack, StackConfig, free_port
 
 MODEL = "tiny-random"
@@ -57,10 +57,9 @@ class BenchStack(Stack):
         return super().spawn(name, module, env)
 
 
-def start_stack(home: Path, model: Path, key: str, auth_module: str, db_url: str) -> BenchStack:
+def start_stack(home: Path, model: Path, key: str, auth_module: str, db_url: str, prefix: str) -> BenchStack:
     cfg = StackConfig.ephemeral(home, model, key, served_model_name=MODEL, log_level="WARNING", database_url=db_url,
-                                redis_url=REDIS_URL,
-                                extra_env={"LLMSVC_AUTH_REDIS_PREFIX": f"llmsvc-bench:{home.name}:"})
+                                redis_url=REDIS_URL, extra_env={"LLMSVC_AUTH_REDIS_PREFIX": prefix})
     stack = BenchStack(cfg, auth_module)
     stack.start()
     stack.wait_ready(timeout_s=120)
@@ -130,12 +129,13 @@ def run(a) -> None:
     home = Path(tempfile.mkdtemp(prefix="llmsvc-authgw-"))
     key = "sk-bench-" + secrets.token_hex(16)
     db_name, db_url = asyncio.run(temp_database())
+    prefix = f"llmsvc-bench:{home.name}:"
     model = default_model()
     stacks, procs, sides = [], [], {}
     try:
         for side, module in (("llmsvc-noauth", "bench.auth_noop"), ("llmsvc-auth", "services.auth.main")):
             sub = home / side
-            stacks.append(start_stack(sub, model, key, module, db_url))
+            stacks.append(start_stack(sub, model, key, module, db_url, prefix))
             pids = [stacks[-1].procs[n].popen.pid for n in ("gateway", "auth", "router")]
             sides[side] = (stacks[-1].cfg.base_url, key, pids)
         if a.litellm:
@@ -152,6 +152,7 @@ def run(a) -> None:
             p.terminate()
             p.wait(30)
         asyncio.run(drop_database(db_name))
+        purge_redis(prefix)
 
 
 def cpu_seconds(pids: list[int]) -> float:

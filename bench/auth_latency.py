@@ -43,6 +43,12 @@ PG_ADMIN = os.environ.get("LLMSVC_TEST_PG", "postgresql://postgres@127.0.0.1:543
 REDIS_URL = os.environ.get("LLMSVC_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def purge_redis(prefix: str) -> None:
+    client = redis.from_url(REDIS_URL)
+    for k in client.scan_iter(f"{prefix}*", count=1000):
+        client.delete(k)
+
+
 def _cpu(p: psutil.Process) -> float:
     t = p.cpu_times()
     return t.user + t.system
@@ -158,9 +164,7 @@ async def bench_admit(a) -> None:
             proc.terminate()
             proc.wait(20)
         await drop_database(name)
-        client = redis.from_url(REDIS_URL)
-        for k in client.scan_iter(f"{prefix}*", count=1000):
-            client.delete(k)
+        purge_redis(prefix)
 
 
 def main() -> None:

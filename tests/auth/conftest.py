@@ -46,6 +46,24 @@ def auth_db(pg_url) -> str:
     return pg_url
 
 
+def purge_redis(prefix: str) -> None:
+    """Delete every key under ``prefix`` (the limiter's windows expire on their own; this keeps Redis tidy)."""
+    import redis
+
+    client = redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _tidy_redis(redis_prefix):
+    yield
+    purge_redis(redis_prefix)
+
+
 @pytest.fixture(scope="session")
 def admin_secret() -> str:
     return "sk-admin-" + secrets.token_urlsafe(24)
@@ -154,3 +172,4 @@ def pg_stack(tmp_path_factory, default_model, auth_db, admin_secret):
         yield stack
     finally:
         stack.stop()
+        purge_redis(prefix)

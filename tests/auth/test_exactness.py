@@ -16,7 +16,7 @@ from services.common.grpcutil import insecure_channel
 from services.common.pb import auth_pb2 as pb
 from services.common.pb import auth_pb2_grpc
 
-from .conftest import REDIS_URL, auth_processes, create_key
+from .conftest import REDIS_URL, auth_processes, create_key, purge_redis
 
 CLIENTS = 50
 # Redis answers retry-after in whole milliseconds, truncated: allow one.
@@ -26,13 +26,15 @@ MS = 0.001
 @pytest.fixture(scope="module")
 async def replicas(tmp_path_factory, auth_db, admin_secret):
     tmp = tmp_path_factory.mktemp("replicas")
+    prefix = f"llmsvc-test:{tmp.name}:"
     env = {"LLMSVC_DATABASE_URL": auth_db, "LLMSVC_REDIS_URL": REDIS_URL, "LLMSVC_AUTH_API_KEY": admin_secret,
-           "LLMSVC_AUTH_REDIS_PREFIX": f"llmsvc-test:{tmp.name}:"}
+           "LLMSVC_AUTH_REDIS_PREFIX": prefix}
     async with auth_processes(tmp, 3, env, metrics=True) as procs:
         channels = [insecure_channel(p.address) for p in procs]
         yield [auth_pb2_grpc.AuthStub(c) for c in channels], auth_pb2_grpc.AuthAdminStub(channels[0]), procs
         for c in channels:
             await c.close()
+    purge_redis(prefix)
 
 
 async def burst(stubs, secret: str, per_client: int, reserve: int) -> tuple[list[pb.AdmitResponse], float, float]:
