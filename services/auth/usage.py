@@ -73,9 +73,11 @@ class UsageRecorder:
                 batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
                 try:
                     outcomes = await self._write([row for row, _ in batch])
-                except BaseException as exc:  # e.g. the spool's disk is full: the callers see the error
+                except (Exception, asyncio.CancelledError) as exc:  # e.g. a full disk: the callers see the error
                     for _, fut in batch:
                         fut.done() or fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
                     continue
                 for (_, fut), outcome in zip(batch, outcomes):
                     fut.done() or fut.set_result(outcome)
