@@ -67,7 +67,8 @@ def run(a) -> None:
         restart_router(stack, POLICIES[0])
         vllm_bench(url, MODEL_NAME, model, bench_args(a, 1000), key)  # warm-up (compiles, allocates)
         for rnd in range(1, a.rounds + 1):
-            for j, policy in enumerate(POLICIES):
+            shift = (rnd - 1) % len(POLICIES)  # rotate the order so drift in a shared machine hits every policy
+            for j, policy in enumerate(POLICIES[shift:] + POLICIES[:shift]):
                 restart_router(stack, policy)
                 before = prefix_counters(stack)
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd * 10 + j), key)
