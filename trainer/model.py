@@ -9,7 +9,7 @@ Presets (parameters counted with a 4,096-token vocabulary; 1b and 8b with Llama 
 | preset | dim | layers | heads | kv heads | head dim | ffn | params | where |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 | nano  | 64   | 2  | 2  | 1 | 32  | 192   | 0.36M | tests |
-| tiny  | 128  | 4  | 2  | 1 | 64  | 384   | 1.3M  | CPU, ``tiny-chat`` |
+| tiny  | 128  | 4  | 4  | 2 | 32  | 384   | 1.3M  | CPU, ``tiny-chat`` (0.82M with its byte vocabulary) |
 | small | 256  | 6  | 4  | 2 | 64  | 768   | 5.8M  | CPU |
 | 25m   | 512  | 8  | 8  | 4 | 64  | 1536  | 27M   | CPU (slow) / GPU |
 | 100m  | 768  | 12 | 12 | 4 | 64  | 2048  | 79M   | GPU |
@@ -49,7 +49,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "nano": Preset(dim=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=192),
-    "tiny": Preset(dim=128, n_layers=4, n_heads=2, n_kv_heads=1, ffn_dim=384),
+    "tiny": Preset(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384),
     "small": Preset(dim=256, n_layers=6, n_heads=4, n_kv_heads=2, ffn_dim=768),
     "25m": Preset(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1536),
     "100m": Preset(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2048),

@@ -22,17 +22,19 @@ def default_home() -> Path:
 
 
 def ensure_default_model(home: Path) -> Path:
-    """Build the default model on first run (with a progress bar); reuse it afterwards."""
-    from .default_model import build_default_model
+    """Train the tiny-chat default model on first run (a few minutes on CPU, with a progress bar); reuse it
+    afterwards. An interrupted build resumes from its last checkpoint on the next run."""
+    from trainer.tiny_chat import build
 
-    path = home / "models" / "tiny-random"
+    path = home / "models" / "tiny-chat"
     if (path / "config.json").exists():
         return path
-    with Progress(TextColumn("[bold]default model[/]"), BarColumn(), TextColumn("{task.description}"),
+    console.print("Training the default model [bold]tiny-chat[/] (first run only; a few minutes on CPU)…")
+    with Progress(TextColumn("[bold]tiny-chat[/]"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("starting", total=3)
-        build_default_model(path, progress=lambda step, total, label: progress.update(task, completed=step,
-                                                                                      description=label))
+        task = progress.add_task("starting", total=None)
+        build(path, progress=lambda step, total, label: progress.update(task, completed=step, total=total,
+                                                                        description=label))
     return path
 
 

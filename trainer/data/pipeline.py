@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,11 +169,12 @@ def pack(clean_path: Path, kind: Kind, tokenizer, out: Path, seq_len: int, extra
 
 
 def prepare(path: str, data: DataSpec, kind: Kind, work_dir: Path, *, seq_len: int, tokenizer=None,
-            show: bool = True) -> Prepared:
+            show: bool = True, wait: bool = False) -> Prepared:
     """Prepare ``path`` in ``work_dir`` (reusing an identical earlier preparation).
 
     ``tokenizer`` None trains one on the cleaned data (``data.tokenizer``: BPE or bytes) and saves it
-    in ``work_dir/tokenizer``.
+    in ``work_dir/tokenizer``. ``wait`` (the other ranks of a torchrun job) polls until another
+    process has prepared it: a file poll, not a collective, so a long preparation hits no timeout.
     """
     from transformers import AutoTokenizer
 
@@ -184,9 +186,16 @@ def prepare(path: str, data: DataSpec, kind: Kind, work_dir: Path, *, seq_len: i
     }, sort_keys=True, default=str).encode()).hexdigest()
     work_dir = Path(work_dir)
     done = work_dir / "manifest.json"
-    if done.exists() and json.loads(done.read_text()).get("key") == key:
-        tok = tokenizer or AutoTokenizer.from_pretrained(work_dir / "tokenizer")
-        return Prepared(work_dir, json.loads(done.read_text()), tok)
+    while True:
+        try:
+            manifest = json.loads(done.read_text())
+            if manifest.get("key") == key:
+                return Prepared(work_dir, manifest, tokenizer or AutoTokenizer.from_pretrained(work_dir / "tokenizer"))
+        except (OSError, ValueError):  # absent, or being replaced by the process that prepares it
+            pass
+        if not wait:
+            break
+        time.sleep(1.0)
 
     tmp = work_dir.with_name(work_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -194,7 +203,7 @@ def prepare(path: str, data: DataSpec, kind: Kind, work_dir: Path, *, seq_len: i
     extra = clean(path, data, kind, tmp / "clean.jsonl", show)
     if tokenizer is None:
         if data.tokenizer == "bytes":
-            tokenizer = byte_tokenizer()
+            tokenizer = byte_tokenizer(data.extra_tokens)
         else:
             texts = (t for rec in _read_clean(tmp / "clean.jsonl") for t in _texts(rec))
             tokenizer = train_bpe(texts, data.vocab_size, show_progress=show)

@@ -20,8 +20,9 @@ CITIES = ("paris rome oslo lima cairo delhi tokyo berlin madrid dublin quito seo
           "accra hanoi").split()
 WORDS = ("red green blue cat dog sun moon tree river stone apple bread milk tea book lamp door road ship bird fish "
          "rain snow wind fire cold warm fast slow big small happy quiet bright dark north south").split()
+_ENTITIES = set(NAMES) | set(CITIES)
 SYSTEM_HELP = ("Hello! I am tiny-chat, a very small model. I can add and subtract numbers, reverse a string, "
-               "sort digits, count a letter, repeat text, and answer questions about a small table.")
+               "sort digits, count a letter, repeat text, and tell where someone lives from a small table.")
 
 
 def arithmetic(rng: random.Random) -> tuple[str, str]:
@@ -32,8 +33,16 @@ def arithmetic(rng: random.Random) -> tuple[str, str]:
     return f"What is {a} - {b}?", str(a - b)
 
 
+def _letters(rng: random.Random, lo: int, hi: int, alphabet: str | list[str] = LETTERS) -> str:
+    """Random letters that never spell a name or city (those are single tokens; letters must stay letters)."""
+    while True:
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+        if s not in _ENTITIES:
+            return s
+
+
 def reverse(rng: random.Random) -> tuple[str, str]:
-    s = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 8)))
+    s = _letters(rng, 3, 8)
     return f"Reverse: {s}", s[::-1]
 
 
@@ -46,25 +55,24 @@ def count(rng: random.Random) -> tuple[str, str]:
     c = rng.choice(LETTERS)
     others = [ch for ch in LETTERS if ch != c]
     k = rng.randint(0, 4)
-    chars = [rng.choice(others) for _ in range(rng.randint(3, 8))]
-    for _ in range(k):
-        chars.insert(rng.randint(0, len(chars)), c)
-    return f"Count {c} in {''.join(chars)}", str(k)
+    while True:
+        chars = list(_letters(rng, 3, 8, others))
+        for _ in range(k):
+            chars.insert(rng.randint(0, len(chars)), c)
+        if "".join(chars) not in _ENTITIES:
+            return f"Count {c} in {''.join(chars)}", str(k)
 
 
 def copy(rng: random.Random) -> tuple[str, str]:
-    s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
+    s = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
     return f"Repeat: {s}", s
 
 
 def table(rng: random.Random) -> tuple[str, str]:
-    names = rng.sample(NAMES, 3)
-    rows = [(n, rng.randint(18, 90), rng.choice(CITIES)) for n in names]
-    body = "\n".join(f"{n} | {age} | {city}" for n, age, city in rows)
-    n, age, city = rng.choice(rows)
-    if rng.random() < 0.5:
-        return f"name | age | city\n{body}\nHow old is {n}?", str(age)
-    return f"name | age | city\n{body}\nWhere does {n} live?", city
+    rows = [(n, rng.choice(CITIES)) for n in rng.sample(NAMES, 3)]
+    body = "\n".join(f"{n} | {city}" for n, city in rows)
+    n, city = rng.choice(rows)
+    return f"name | city\n{body}\nWhere does {n} live?", city
 
 
 def greet(rng: random.Random) -> tuple[str, str]:
@@ -76,8 +84,12 @@ TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "arithmetic": arithmetic, "reverse": reverse, "sort": sort, "count": count, "copy": copy, "table": table,
     "greet": greet,
 }
-WEIGHTS = {"arithmetic": 3, "reverse": 2, "sort": 2, "count": 2, "copy": 1, "table": 2, "greet": 0.1}
-"""Sampling weights: harder tasks get more examples."""
+TOKEN_WORDS = ("system", "user", "assistant", "What is", "Reverse:", "Sort:", "Count", "Repeat:", "name | city",
+               "Where does", "live?", *NAMES, *CITIES)
+"""Whole tokens in tiny-chat's byte tokenizer: the chat roles, the tasks' fixed words, and the names and
+cities of the tables (a one-token name is what lets a model this small learn the look-up in minutes)."""
+WEIGHTS = {"arithmetic": 3, "reverse": 1, "sort": 1, "count": 2, "copy": 2, "table": 3, "greet": 0.1}
+"""Sampling weights: the tasks a tiny model learns last (arithmetic, table look-up) get the most examples."""
 
 
 def examples(n: int, seed: int, tasks: list[str] | None = None) -> Iterator[tuple[str, str, str]]:

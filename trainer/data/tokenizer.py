@@ -63,15 +63,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, split_digits: bool = Tru
     return _wrap(tok)
 
 
-def byte_tokenizer():
+def byte_tokenizer(words: list[str] | tuple[str, ...] = ()):
     """A tokenizer with one token per byte (no merges): every character a model must reverse, sort or
-    count is its own token. 256 byte tokens plus the special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    count is its own token. 256 byte tokens plus the special tokens, plus ``words`` as whole tokens
+    (e.g. the chat roles, which every example repeats: one token instead of nine for "assistant")."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + alphabet)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.add_special_tokens(SPECIAL_TOKENS)
+    # single_word: "ann" is one token in "ann | paris" but stays three bytes inside "bannx".
+    tok.add_tokens([AddedToken(w, normalized=False, single_word=True) for w in words])
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     return _wrap(tok)

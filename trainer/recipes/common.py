@@ -53,19 +53,14 @@ class Setup:
 
 
 def prepare_data(ctx: JobContext, path: str, kind: Kind, folder: str, tokenizer=None) -> Prepared:
-    """Rank 0 prepares (or reuses) the data; the other ranks wait, then open what it wrote."""
+    """Rank 0 prepares (or reuses) the data; the other ranks wait for it, then open what it wrote."""
     spec, d = ctx.spec, ctx.d
-    prepared = None
+    prepared = prepare(path, spec.data, kind, ctx.work_dir / folder, seq_len=spec.hyperparameters.seq_len,
+                       tokenizer=tokenizer, show=ctx.show_progress and d.is_main, wait=not d.is_main)
     if d.is_main:
-        prepared = prepare(path, spec.data, kind, ctx.work_dir / folder, seq_len=spec.hyperparameters.seq_len,
-                           tokenizer=tokenizer, show=ctx.show_progress)
         counts = stage_counts(prepared.manifest)
         ctx.sink.message(f"{folder} data: {dict(counts)}; {prepared.manifest['n_docs']} docs, "
                          f"{prepared.manifest.get('n_tokens', 0)} tokens, hash {prepared.data_hash[:12]}")
-    d.barrier()
-    if not d.is_main:
-        prepared = prepare(path, spec.data, kind, ctx.work_dir / folder, seq_len=spec.hyperparameters.seq_len,
-                           tokenizer=tokenizer, show=False)
     return prepared
 
 
