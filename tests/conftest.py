@@ -111,6 +111,25 @@ def _drop_pg_database(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def pg_database():
+    """Factory of fresh PostgreSQL databases (``postgresql+asyncpg://`` URLs), all dropped at session end.
+
+    Each stack or service under test that runs background workers (the trainer's supervisor, the eval
+    service) gets its own database, so two of them never pick up each other's jobs.
+    """
+    names: list[str] = []
+
+    def make() -> str:
+        name, url = _make_pg_database()
+        names.append(name)
+        return url
+
+    yield make
+    for name in names:
+        _drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
 def pg_url():
     """A fresh PostgreSQL database for this session (``postgresql+asyncpg://`` URL); dropped afterwards."""
     name, url = _make_pg_database()

@@ -16,6 +16,9 @@ from services.common.pb import auth_pb2_grpc, inference_pb2 as pb, router_pb2_gr
 from .errors import APIError, from_grpc
 
 
+_LIMITS_TTL_S = 5.0
+
+
 @dataclass
 class Upstreams:
     """Channels and stubs, built at start-up and closed at shutdown."""
@@ -25,6 +28,9 @@ class Upstreams:
     router: router_pb2_grpc.RouterStub
     auth: auth_pb2_grpc.AuthStub
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
+    _limits: dict[str, int] = field(default_factory=dict)
+    _limits_at: float = -1e9
 
     @classmethod
     def connect(cls, router_addr: str, auth_addr: str) -> "Upstreams":
@@ -41,6 +47,17 @@ class Upstreams:
 
         router, auth = await asyncio.gather(check(self.router_channel), check(self.auth_channel))
         return {"router": router, "auth": auth}
+
+    async def context_window(self, model: str) -> int | None:
+        """The model's max_model_len as the workers report it (None if unknown or the router is down)."""
+        if model not in self._limits and time.monotonic() - self._limits_at > _LIMITS_TTL_S:
+            self._limits_at = time.monotonic()
+            try:
+                resp = await self.router.ListModels(pb.ListModelsRequest(), timeout=2.0, metadata=request_metadata())
+                self._limits = {m.id: m.max_model_len for m in resp.models if m.max_model_len}
+            except grpc.aio.AioRpcError:
+                pass
+        return self._limits.get(model)
 
     async def close(self) -> None:
         for ch in (self.router_channel, self.auth_channel, *self.extra.values()):

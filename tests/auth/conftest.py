@@ -40,10 +40,11 @@ PATIENT_ENV = {"LLMSVC_AUTH_REDIS_TIMEOUT_S": "5", "LLMSVC_AUTH_DB_TIMEOUT_S": "
 
 
 @pytest.fixture(scope="session")
-def auth_db(pg_url) -> str:
-    """The session's PostgreSQL database, migrated to head."""
-    upgrade(pg_url)
-    return pg_url
+def auth_db(pg_database) -> str:
+    """A PostgreSQL database of the auth tests' own, migrated to head."""
+    url = pg_database()
+    upgrade(url)
+    return url
 
 
 def purge_redis(prefix: str) -> None:

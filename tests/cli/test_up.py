@@ -39,13 +39,20 @@ def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_mod
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        banner = _read_until(proc, r"Press Ctrl-C to stop", 300)
+        try:
+            banner = _read_until(proc, r"Press Ctrl-C to stop", 600)
+        except AssertionError:
+            logs = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                             for p in sorted((tmp_path / "logs").glob("*.log")))
+            raise AssertionError(f"llmsvc up did not come up; service logs:\n{logs}") from None
         assert f"http://127.0.0.1:{port}/v1" in banner
         assert "sk-up-test-key" in banner
         assert "curl " in banner and "my-model" in banner
         children = psutil.Process(proc.pid).children(recursive=True)
         names = {p.name() for p in children}
-        assert len([c for c in children if c.ppid() == proc.pid]) == 4  # gateway, auth, router, worker
+        direct = [c for c in children if c.ppid() == proc.pid]
+        services = {" ".join(c.cmdline()).split("services.")[-1].split(".main")[0] for c in direct}
+        assert services == {"gateway", "auth", "router", "worker", "trainer", "eval"}, services
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
                        headers={"Authorization": "Bearer sk-up-test-key"},
                        json={"model": "my-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})

@@ -61,13 +61,19 @@ async def _register(url: str, name: str, paths: list[Path], alias: str) -> list[
 
 
 @pytest.fixture(scope="session")
-def lifecycle(eval_models, pg_url) -> dict:
+def eval_pg_url(pg_database) -> str:
+    """The eval tests' own PostgreSQL database (their stack runs an eval and a trainer service on it)."""
+    return pg_database()
+
+
+@pytest.fixture(scope="session")
+def lifecycle(eval_models, eval_pg_url) -> dict:
     """Registry rows: ``{"alias", "v1", "v2", "v3", "garbage"}`` → ids."""
     from services.common.db.migrate import upgrade
 
-    upgrade(pg_url)
+    upgrade(eval_pg_url)
     name, alias = f"tc{uuid.uuid4().hex[:6]}", f"chat{uuid.uuid4().hex[:6]}"
-    ids = asyncio.run(_register(pg_url, name, [eval_models[k] for k in ("v1", "v2", "v3")], alias))
+    ids = asyncio.run(_register(eval_pg_url, name, [eval_models[k] for k in ("v1", "v2", "v3")], alias))
     return {"alias": alias, "v1": ids[0], "v2": ids[1], "v3": ids[2], "garbage": ids[3], "name": name}
 
 
@@ -75,12 +81,12 @@ GATE_DATASET = "sampled.txt"
 
 
 @pytest.fixture(scope="session")
-def eval_stack(tmp_path_factory, eval_models, lifecycle, pg_url, api_key, eval_data):
+def eval_stack(tmp_path_factory, eval_models, lifecycle, eval_pg_url, api_key, eval_data):
     gate = [{"suite": "perplexity", "metric": "perplexity", "params": {"dataset": GATE_DATASET},
              "threshold": 1e6, "tolerance": 0.02}]
     cfg = StackConfig.ephemeral(
         tmp_path_factory.mktemp("eval-stack"), eval_models["v1"], api_key, served_model_name=lifecycle["v1"],
-        model_aliases=[lifecycle["alias"]], spare_worker_ports=[free_port(), free_port()], database_url=pg_url,
+        model_aliases=[lifecycle["alias"]], spare_worker_ports=[free_port(), free_port()], database_url=eval_pg_url,
         extra_env={"LLMSVC_EVAL_DATA_DIRS": json.dumps([str(eval_data)]), "LLMSVC_EVAL_GATE": json.dumps(gate),
                    "LLMSVC_WORKER_DTYPE": "float32", "LLMSVC_WORKER_GRACE_S": "60"})
     s = Stack(cfg)

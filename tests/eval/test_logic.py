@@ -123,7 +123,7 @@ def test_kubernetes_rollout_patch():
     assert patch["spec"]["template"]["metadata"]["annotations"]["llmsvc.io/model-version"] == "tiny-chat-v7"
 
 
-def test_rollback_and_unknown_version_on_postgres(pg_url):
+def test_rollback_and_unknown_version_on_postgres(eval_pg_url):
     """The registry side of the lifecycle on real PostgreSQL (no workers: a registry-only rollout)."""
     from services.common.db import registry
     from services.common.db.engine import make_engine, session_factory
@@ -131,10 +131,10 @@ def test_rollback_and_unknown_version_on_postgres(pg_url):
     from services.lifecycle.promotion import Promoter, PromotionError
     from services.lifecycle.rollout import RegistryOnlyRollout
 
-    upgrade(pg_url)
+    upgrade(eval_pg_url)
 
     async def go():
-        engine = make_engine(pg_url)
+        engine = make_engine(eval_pg_url)
         sessions = session_factory(engine)
         try:
             async with sessions() as s:

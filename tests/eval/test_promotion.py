@@ -23,9 +23,9 @@ from services.common.db.registry import AuditEvent, ModelAlias
 from .conftest import GATE_DATASET, run_eval
 
 
-def _db(pg_url: str, fn):
+def _db(eval_pg_url: str, fn):
     async def go():
-        engine = make_engine(pg_url)
+        engine = make_engine(eval_pg_url)
         try:
             async with session_factory(engine)() as s:
                 return await fn(s)
@@ -35,18 +35,18 @@ def _db(pg_url: str, fn):
     return asyncio.run(go())
 
 
-def _alias(pg_url, alias) -> str:
-    return _db(pg_url, lambda s: s.get(ModelAlias, alias)).version_id
+def _alias(eval_pg_url, alias) -> str:
+    return _db(eval_pg_url, lambda s: s.get(ModelAlias, alias)).version_id
 
 
-def _audit(pg_url, alias) -> list[AuditEvent]:
+def _audit(eval_pg_url, alias) -> list[AuditEvent]:
     async def q(s):
         return list(await s.scalars(select(AuditEvent).where(AuditEvent.target == alias).order_by(AuditEvent.id)))
 
-    return _db(pg_url, q)
+    return _db(eval_pg_url, q)
 
 
-def test_worse_version_is_refused(gw, lifecycle, pg_url):
+def test_worse_version_is_refused(gw, lifecycle, eval_pg_url):
     alias = lifecycle["alias"]
     r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v2"]})
     assert r.status_code == 409, r.text
@@ -54,8 +54,8 @@ def test_worse_version_is_refused(gw, lifecycle, pg_url):
     check = doc["checks"][0]
     assert not doc["promoted"] and not check["passed"] and check["candidate"] > check["current"]
     assert "regresses" in check["reason"]
-    assert _alias(pg_url, alias) == lifecycle["v1"]
-    assert _audit(pg_url, alias)[-1].action == "promote_refused"
+    assert _alias(eval_pg_url, alias) == lifecycle["v1"]
+    assert _audit(eval_pg_url, alias)[-1].action == "promote_refused"
 
 
 def _stream(base_url: str, key: str, model: str, prompt: str, out: dict) -> None:
@@ -85,7 +85,7 @@ def _long_prompt(gw, alias: str) -> str:
     raise AssertionError("every prompt ended early; add prompts")
 
 
-def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, pg_url, api_key):
+def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, eval_pg_url, api_key):
     alias = lifecycle["alias"]
     # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
     for v in ("v1", "v3"):
@@ -107,7 +107,7 @@ def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycl
     assert not any("error" in c for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # all 900 tokens arrived
     assert {c["model"] for c in chunks[1:]} == {lifecycle["v1"]}  # served to the end by the old worker
-    assert _alias(pg_url, alias) == lifecycle["v3"]
+    assert _alias(eval_pg_url, alias) == lifecycle["v3"]
     # New requests for the alias reach the new version; /v1/models lists the alias under it.
     reply = gw.post("/v1/chat/completions", json={"model": alias, "max_tokens": 2,
                                                   "messages": [{"role": "user", "content": "hi"}]}).json()
@@ -116,12 +116,12 @@ def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycl
     assert listed[alias]["parent"] == lifecycle["v3"] and lifecycle["v3"] in listed
 
 
-def test_force_needs_no_gate_and_is_audited(gw, lifecycle, pg_url):
+def test_force_needs_no_gate_and_is_audited(gw, lifecycle, eval_pg_url):
     alias = lifecycle["alias"]
     r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v2"], "force": True})
     assert r.status_code == 200, r.text
     assert r.json()["forced"] and not r.json()["checks"][0]["passed"]
-    last = _audit(pg_url, alias)[-1]
+    last = _audit(eval_pg_url, alias)[-1]
     assert last.action == "force_promote" and last.details["version_id"] == lifecycle["v2"]
     assert last.actor  # the key id that forced it
-    assert _alias(pg_url, alias) == lifecycle["v2"]
+    assert _alias(eval_pg_url, alias) == lifecycle["v2"]

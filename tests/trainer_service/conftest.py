@@ -35,7 +35,8 @@ def data_dir(tmp_path_factory) -> Path:
 def db_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'llmsvc.db'}"
-    return request.getfixturevalue("pg_url")
+    # A database per module: other stacks in the session run trainer supervisors of their own.
+    return request.getfixturevalue("pg_database")()
 
 
 def settings_for(db_url: str, store: Path, data_dir: Path) -> TrainerSettings:

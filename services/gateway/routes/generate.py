@@ -29,10 +29,15 @@ def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
     return p
 
 
-def _reserve(prompt_bytes: int, max_tokens: int | None, n: int, settings) -> int:
+async def _reserve(upstreams, model: str, prompt_bytes: int, max_tokens: int | None, n: int, settings) -> int:
     # Byte-level BPE never yields more tokens than bytes, so bytes bound the prompt from above;
-    # the reservation is reconciled to the real counts when the request ends.
-    return prompt_bytes + n * (max_tokens or settings.default_reserve_tokens)
+    # the reservation is reconciled to the real counts when the request ends. Nothing can exceed the
+    # model's context window, so neither does the reservation: a max_tokens past it is the worker's 400
+    # to give, not a rate-limit refusal.
+    completion = max_tokens or settings.default_reserve_tokens
+    if window := await upstreams.context_window(model):
+        prompt_bytes, completion = min(prompt_bytes, window), min(completion, window)
+    return prompt_bytes + n * completion
 
 
 @router.post("/chat/completions")
@@ -51,7 +56,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=True)
-    return await flow.run([gen], _reserve(prompt_bytes, body.token_limit, body.n, settings))
+    return await flow.run([gen], await _reserve(upstreams, body.model, prompt_bytes, body.token_limit, body.n, settings))
 
 
 @router.post("/completions")
@@ -77,4 +82,5 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     fmt = CompletionFormatter(body.model, body.include_usage, body.logprobs is not None, body.echo, prompt_only)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=False)
-    return await flow.run(gens, _reserve(prompt_bytes, body.max_tokens, body.n * len(gens), settings))
+    reserve = await _reserve(upstreams, body.model, prompt_bytes, body.max_tokens, body.n * len(gens), settings)
+    return await flow.run(gens, reserve)
