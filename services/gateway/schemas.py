@@ -46,11 +46,11 @@ class _SamplingBody(_Body):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, lt=2**31)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     user: Annotated[str, Field(max_length=256)] | None = None
@@ -79,8 +79,8 @@ class _SamplingBody(_Body):
 
 class ChatCompletionRequest(_SamplingBody):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, lt=2**31)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
@@ -89,14 +89,14 @@ class ChatCompletionRequest(_SamplingBody):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-# Token ids travel as int32 (the proto's type): a larger id is the client's error, not a 500.
+# Integers travel as int32/int64 in the protos: a larger value is the client's error (400), not a 500.
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
 
 
 class CompletionRequest(_SamplingBody):
     prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     # 0 is allowed with echo, to score the prompt only (lm-evaluation-harness does this).
-    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    max_tokens: Annotated[int, Field(ge=0, lt=2**31)] | None = 16
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
