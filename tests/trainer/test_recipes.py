@@ -35,10 +35,13 @@ def _logits(model, tok, text: str = "Repeat: red cat") -> torch.Tensor:
         return model(input_ids=ids).logits[0, -1]
 
 
-def test_sft_model_records_its_parent_data_and_chat_template(sft_model):
+def test_sft_model_records_its_parent_data_and_chat_template(sft_model, chat_jsonl):
     meta = json.loads((sft_model / "llmsvc.json").read_text())
     assert meta["recipe"] == "sft" and meta["parent"] is None
-    assert meta["data"]["n_docs"] == 600 and meta["data"]["n_target_tokens"] < meta["data"]["n_tokens"]
+    distinct = len(set(chat_jsonl.read_text().splitlines()))  # short synthetic tasks repeat: dedup drops repeats
+    assert meta["data"]["n_docs"] == distinct < 600
+    assert meta["data"]["cleaning"]["exact_duplicates"] == 600 - distinct
+    assert meta["data"]["n_target_tokens"] < meta["data"]["n_tokens"]
     assert "<|im_start|>" in (sft_model / "chat_template.jinja").read_text()
 
 
