@@ -19,6 +19,7 @@ from services.common.db.engine import default_database_url, make_engine
 from services.common.grpcutil import build_server
 from services.common.pb import auth_pb2_grpc
 
+from . import keys
 from .admin import ADMIN_SERVICE, AdminAuthInterceptor, AdminServicer
 from .cache import KeyCache
 from .config import AuthSettings
@@ -73,6 +74,10 @@ class AuthRuntime:
     async def _bootstrap(self, attempts: int = 30) -> None:
         """Fail fast without tables; wait out a database that is still starting."""
         secret = self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+        if secret and not keys.well_formed(secret):
+            # It could never authenticate: say so now rather than refuse every request later.
+            raise SystemExit(f"auth: the bootstrap API key must be {keys.MIN_LEN}-{keys.MAX_LEN} printable "
+                             "ASCII characters without spaces")
         limits = Limits(self.settings.bootstrap_rpm, self.settings.bootstrap_tpm)
         for attempt in range(attempts):
             try:

@@ -64,6 +64,12 @@ def run_up(args) -> int:
     else:
         model = ensure_default_model(home)
     key = load_or_create_key(home, args.api_key or os.environ.get("LLMSVC_API_KEY"))
+    from services.auth import keys
+
+    if not keys.well_formed(key):
+        console.print(f"[red]The API key must be {keys.MIN_LEN}-{keys.MAX_LEN} printable ASCII characters without "
+                      "spaces.[/] Pass a longer --api-key (or unset LLMSVC_API_KEY to get a generated one).")
+        return 2
     cfg = StackConfig(home=home, model=model, api_key=key, host=args.host, gateway_port=args.port,
                       worker_ports=[50060 + i for i in range(args.workers)],
                       served_model_name=args.served_model_name or "",

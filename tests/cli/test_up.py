@@ -32,7 +32,7 @@ def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> str:
 
 def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_model):
     port = free_port()
-    env = {**os.environ, "LLMSVC_API_KEY": "sk-up-test-key", "COLUMNS": "200", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "LLMSVC_API_KEY": "sk-up-test-key-0123456789", "COLUMNS": "200", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "up", "--home", str(tmp_path), "--port", str(port),
          "--model", str(default_model), "--served-model-name", "my-model"],
@@ -46,7 +46,7 @@ def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_mod
                              for p in sorted((tmp_path / "logs").glob("*.log")))
             raise AssertionError(f"llmsvc up did not come up; service logs:\n{logs}") from None
         assert f"http://127.0.0.1:{port}/v1" in banner
-        assert "sk-up-test-key" in banner
+        assert "sk-up-test-key-0123456789" in banner
         assert "curl " in banner and "my-model" in banner
         children = psutil.Process(proc.pid).children(recursive=True)
         names = {p.name() for p in children}
@@ -54,7 +54,7 @@ def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_mod
         services = {" ".join(c.cmdline()).split("services.")[-1].split(".main")[0] for c in direct}
         assert services == {"gateway", "auth", "router", "worker", "trainer", "eval"}, services
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
-                       headers={"Authorization": "Bearer sk-up-test-key"},
+                       headers={"Authorization": "Bearer sk-up-test-key-0123456789"},
                        json={"model": "my-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 3
@@ -87,3 +87,11 @@ def test_up_refuses_a_busy_port(tmp_path):
                               str(port)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert f"Port {port} is already in use" in res.stderr
+
+
+def test_up_rejects_a_key_auth_could_never_accept(tmp_path, default_model):
+    res = subprocess.run([sys.executable, "-m", "services.cli.main", "up", "--home", str(tmp_path), "--port",
+                          str(free_port()), "--model", str(default_model), "--api-key", "short"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "API key must be" in res.stderr
