@@ -39,13 +39,8 @@ def stack(tmp_path_factory, default_model, api_key):
     """gateway → auth → router → one vLLM worker, as separate processes; shared by the session."""
     home = tmp_path_factory.mktemp("stack")
     cfg = StackConfig.ephemeral(home, default_model, api_key)
-    s = Stack(cfg)
-    s.start()
-    try:
-        s.wait_ready(timeout_s=300)
+    with Stack(cfg).running() as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")

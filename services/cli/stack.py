@@ -6,6 +6,7 @@ exercise is exactly what a user runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +202,16 @@ class Stack:
         self.spawn("eval", "services.eval.main", self.env_for("eval"))
         self.spawn("trainer", "services.trainer.main", self.env_for("trainer"))
         self.spawn("gateway", "services.gateway.main", self.env_for("gateway"))
+
+    @contextlib.contextmanager
+    def running(self, ready_timeout_s: float = 300.0, stop_timeout_s: float = 20.0) -> Iterator["Stack"]:
+        """Start every service, wait until ready, and stop them all on exit (also when start-up fails)."""
+        self.start()
+        try:
+            self.wait_ready(timeout_s=ready_timeout_s)
+            yield self
+        finally:
+            self.stop(timeout_s=stop_timeout_s)
 
     def dead(self) -> list[Proc]:
         return [p for p in self.procs.values() if p.popen.poll() is not None]

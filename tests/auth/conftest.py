@@ -166,11 +166,8 @@ def pg_stack(tmp_path_factory, default_model, auth_db, admin_secret):
     prefix = f"llmsvc-test:{uuid.uuid4().hex[:8]}:"
     cfg = StackConfig.ephemeral(home, default_model, admin_secret, database_url=auth_db, redis_url=REDIS_URL,
                                 extra_env={"LLMSVC_AUTH_REDIS_PREFIX": prefix, **PATIENT_ENV})
-    stack = Stack(cfg)
-    stack.start()
     try:
-        stack.wait_ready(timeout_s=300)
-        yield stack
+        with Stack(cfg).running() as stack:
+            yield stack
     finally:
-        stack.stop()
         purge_redis(prefix)

@@ -30,14 +30,9 @@ def observed_stack(tmp_path_factory, default_model, api_key):
     # One request per worker at a time: concurrent requests queue in the router (its queue panels).
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports=metrics,
                                 extra_env={"LLMSVC_ROUTER_MAX_IN_FLIGHT_PER_WORKER": "1"})
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=300)
+    with Stack(cfg).running() as stack:
         _wait_for_trainer(stack)
         yield stack
-    finally:
-        stack.stop()
 
 
 def _wait_for_trainer(stack: Stack, timeout_s: float = 120) -> None:

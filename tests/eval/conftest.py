@@ -89,13 +89,8 @@ def eval_stack(tmp_path_factory, eval_models, lifecycle, eval_pg_url, api_key, e
         model_aliases=[lifecycle["alias"]], spare_worker_ports=[free_port(), free_port()], database_url=eval_pg_url,
         extra_env={"LLMSVC_EVAL_DATA_DIRS": json.dumps([str(eval_data)]), "LLMSVC_EVAL_GATE": json.dumps(gate),
                    "LLMSVC_WORKER_DTYPE": "float32", "LLMSVC_WORKER_GRACE_S": "60"})
-    s = Stack(cfg)
-    s.start()
-    try:
-        s.wait_ready(timeout_s=300)
+    with Stack(cfg).running(stop_timeout_s=60) as s:
         yield s
-    finally:
-        s.stop(timeout_s=60)
 
 
 @pytest.fixture(scope="session")

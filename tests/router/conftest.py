@@ -84,13 +84,8 @@ def stack2(tmp_path_factory, default_model, api_key):
 
     cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("stack2"), default_model, api_key, workers=2,
                                 extra_env=E2E_ROUTER_ENV)
-    s = Stack(cfg)
-    s.start()
-    try:
-        s.wait_ready(timeout_s=300)
+    with Stack(cfg).running() as s:
         yield s
-    finally:
-        s.stop()
 
 
 async def router_workers(stack) -> list:

@@ -31,12 +31,8 @@ def standin_stack(tmp_path_factory, default_model, api_key):
     cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("edge"), default_model, api_key)
     stack = Stack(cfg)
     stack.start_worker = lambda i: stack.spawn(f"worker{i}", "services.router.standin", stack.env_for("worker", i))
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=120)
+    with stack.running(ready_timeout_s=120):
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
