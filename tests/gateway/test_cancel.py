@@ -23,7 +23,8 @@ def test_closing_stream_aborts_worker_request(stack, openai_client, model_name):
     rid = f"cancel-{time.time_ns()}"
     stream = openai_client.chat.completions.create(
         model=model_name, messages=[{"role": "user", "content": "go on forever"}], max_tokens=900,
-        stream=True, extra_headers={"x-request-id": rid},
+        # The random model emits EOS about once in a thousand tokens; ignore it so the stream is surely mid-way.
+        stream=True, extra_headers={"x-request-id": rid}, extra_body={"ignore_eos": True},
     )
     received = 0
     for chunk in stream:
