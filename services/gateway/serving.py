@@ -120,6 +120,9 @@ class GenerationFlow:
         status = "cancelled"
         try:
             if self.role_chunks:
+                # Every chunk names the model that serves the request (an alias resolves to a version),
+                # the role chunks too: they go out before the rest but after the first upstream chunk.
+                self.fmt.model = self.generations[0].model or self.fmt.model
                 n = max(1, self.generations[0].request.params.n)
                 for i in range(len(self.generations)):
                     for doc in self.fmt.role_chunks(i * n):

@@ -95,6 +95,11 @@ class Generation:
         self.first_token_at = time.perf_counter()
         self._note(self._first)
 
+    @property
+    def model(self) -> str:
+        """The model the worker reports serving this request ("" before the first chunk)."""
+        return self._first.model if self._first is not None else ""
+
     def _note(self, chunk: pb.GenerateChunk) -> None:
         if chunk.finished:
             self.finished = True

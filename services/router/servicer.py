@@ -24,7 +24,9 @@ RETRIES = Counter("llmsvc_router_retries_total", "Requests retried on another wo
 
 # Codes that mean "this worker could not serve it", as opposed to "the request is bad".
 # CANCELLED here comes from the worker (a stop past its grace); our own caller's cancellation is a CancelledError.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+# UNKNOWN is left out on purpose: it is an exception raised while serving this one request, so the same
+# request would fail the same way elsewhere; ejecting and retrying would let one bad request empty the pool.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 # How long a request waits for a worker to become routable before it is refused.
 _NO_WORKER_WAIT_S = 5.0

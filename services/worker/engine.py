@@ -159,6 +159,7 @@ class EngineHost:
     # -- generation ----------------------------------------------------------------
     def sampling_params(self, p: pb.SamplingParams, prompt_len: int):
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
         limit = self.card.max_model_len
@@ -194,8 +195,8 @@ class EngineHost:
                 ignore_eos=p.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except ValueError as exc:  # vLLM's own range checks
-            raise InvalidRequest(str(exc)) from exc
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
+            raise InvalidRequest(str(exc), getattr(exc, "parameter", None)) from exc
 
     async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
         ids = self.prompt_ids(req)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import httpx
 from sqlalchemy import select
@@ -58,31 +59,32 @@ def test_worse_version_is_refused(gw, lifecycle, eval_pg_url):
     assert _audit(eval_pg_url, alias)[-1].action == "promote_refused"
 
 
-def _stream(base_url: str, key: str, model: str, prompt: str, out: dict) -> None:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
-            "max_tokens": 900, "temperature": 0}
+STREAM_N, STREAM_TOKENS = 8, 900
+
+
+def _stream(base_url: str, key: str, model: str, out: dict) -> None:
+    # Eight choices of 900 tokens each (EOS ignored): long enough on an idle CPU that the promotion,
+    # which only moves the alias and drains the old worker, lands while tokens are still arriving.
+    body = {"model": model, "messages": [{"role": "user", "content": "Tell me about the river."}], "stream": True,
+            "max_tokens": STREAM_TOKENS, "n": STREAM_N, "seed": 7, "ignore_eos": True}
     events = []
+    try:
+        _read(base_url, key, body, events, out)
+    finally:  # also on an error, so the test fails on what happened rather than waiting out a timeout
+        out["events"] = events
+        out["started"].set()
+        out["ended"].set()
+
+
+def _read(base_url, key, body, events, out) -> None:
     with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=300,
                       headers={"Authorization": f"Bearer {key}"}) as r:
         out["status"] = r.status_code
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
-                if len(events) == 2:
+                if len(events) == 2 * STREAM_N:
                     out["started"].set()
-    out["events"] = events
-    out["ended"].set()
-
-
-def _long_prompt(gw, alias: str) -> str:
-    """A prompt whose greedy answer on the alias's current worker runs all 900 tokens (asked of the
-    service itself: transformers' greedy path can differ from vLLM's by a near-tie and hit an end token)."""
-    for prompt in ("Count the stones.", "Sort these numbers: 4 1 3", "Tell me about the river.", "hello",
-                   "Copy exactly: abc", "What is 2 + 2?", "Reverse the words: red cat"):
-        body = {"model": alias, "messages": [{"role": "user", "content": prompt}], "max_tokens": 900, "temperature": 0}
-        if gw.post("/v1/chat/completions", json=body).json()["choices"][0]["finish_reason"] == "length":
-            return prompt
-    raise AssertionError("every prompt ended early; add prompts")
 
 
 def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, eval_pg_url, api_key):
@@ -90,23 +92,27 @@ def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycl
     # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
     for v in ("v1", "v3"):
         assert run_eval(gw, lifecycle[v], "perplexity", dataset=GATE_DATASET)["status"] == "succeeded"
-    prompt = _long_prompt(gw, alias)
     out = {"started": threading.Event(), "ended": threading.Event()}
-    t = threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, prompt, out))
+    t = threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, out))
     t.start()
     assert out["started"].wait(120)
+    assert out.get("status") == 200 and not out["ended"].is_set(), out.get("events")
+    t0 = time.monotonic()
     r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v3"]})
     promoted_while_streaming = not out["ended"].is_set()
+    promote_s = time.monotonic() - t0
     t.join(300)
     assert r.status_code == 200, r.text
     assert r.json()["promoted"] and r.json()["checks"][0]["passed"]
-    assert promoted_while_streaming, "the stream ended before the switch; it proves nothing"
+    assert promoted_while_streaming, f"the stream ended before the switch ({promote_s:.1f} s); it proves nothing"
     events = out["events"]
     assert out["status"] == 200 and events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert not any("error" in c for c in chunks)
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # all 900 tokens arrived
-    assert {c["model"] for c in chunks[1:]} == {lifecycle["v1"]}  # served to the end by the old worker
+    finished = {c["choices"][0]["index"]: c["choices"][0]["finish_reason"] for c in chunks
+                if c["choices"] and c["choices"][0]["finish_reason"]}
+    assert finished == {i: "length" for i in range(STREAM_N)}  # every choice got all its tokens
+    assert {c["model"] for c in chunks} == {lifecycle["v1"]}  # every chunk, the role chunks too: the old worker
     assert _alias(eval_pg_url, alias) == lifecycle["v3"]
     # New requests for the alias reach the new version; /v1/models lists the alias under it.
     reply = gw.post("/v1/chat/completions", json={"model": alias, "max_tokens": 2,

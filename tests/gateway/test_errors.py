@@ -92,6 +92,17 @@ def test_huge_max_tokens_is_400(base_url, api_key, model_name):
     assert "maximum context length" in err["message"]
 
 
+def test_n_above_one_with_greedy_sampling_is_400_and_keeps_the_worker(base_url, api_key, model_name):
+    """vLLM refuses n > 1 at temperature 0 (every choice would be the same). That is the request's fault:
+    a 400 naming it, and the worker stays in the pool (the next request is served, not a 503)."""
+    for stream in (False, True):
+        err = _assert_error(_post(base_url, "/chat/completions", api_key,
+                                  json=_chat(model_name, n=2, temperature=0, stream=stream)), 400)
+        assert "greedy" in err["message"]
+    ok = _post(base_url, "/chat/completions", api_key, json=_chat(model_name))
+    assert ok.status_code == 200, ok.text
+
+
 def test_prompt_longer_than_context_is_400(base_url, api_key, model_name):
     long = "one two three four five six seven " * 400  # well past the 1024-token window
     body = {"model": model_name, "messages": [{"role": "user", "content": long}]}
