@@ -58,7 +58,7 @@ class EventSink:
 
     # -- Prometheus --------------------------------------------------------------------
     def serve_metrics(self, port: int) -> None:
-        """Expose ``llmsvc_train_*`` gauges on ``port`` (label ``job``)."""
+        """Expose ``llmsvc_train_*`` gauges on ``port`` (label ``job_id``)."""
         if not self.enabled or not port:
             return
         from prometheus_client import Gauge, start_http_server
@@ -70,7 +70,7 @@ class EventSink:
             "grad_norm": ("llmsvc_train_grad_norm", "Global gradient norm before clipping"),
             "lr": ("llmsvc_train_learning_rate", "Learning rate of the last optimizer step"),
         }
-        self._gauges = {key: Gauge(name, doc, ["job"]).labels(job=self.job) for key, (name, doc) in names.items()}
+        self._gauges = {key: Gauge(name, doc, ["job_id"]).labels(job_id=self.job) for key, (name, doc) in names.items()}
         start_http_server(port)
 
     def _set_gauges(self, step: int, values: dict[str, Any]) -> None:

@@ -7,10 +7,10 @@ from prometheus_client import Gauge
 from services.common.db.job_tables import JOB_STATUSES
 
 JOBS = Gauge("llmsvc_trainer_jobs", "Fine-tuning jobs by status (from the database).", ["status"])
-TRAIN_LOSS = Gauge("llmsvc_train_loss", "Latest training loss reported by a running job.", ["job"])
-TRAIN_STEP = Gauge("llmsvc_train_step", "Latest optimizer step reported by a running job.", ["job"])
+TRAIN_LOSS = Gauge("llmsvc_train_loss", "Latest training loss reported by a running job.", ["job_id"])
+TRAIN_STEP = Gauge("llmsvc_train_step", "Latest optimizer step reported by a running job.", ["job_id"])
 TRAIN_TOKENS_PER_S = Gauge("llmsvc_train_tokens_per_second", "Training throughput of a running job (tokens/s).",
-                           ["job"])
+                           ["job_id"])
 _PER_JOB = (TRAIN_LOSS, TRAIN_STEP, TRAIN_TOKENS_PER_S)
 
 

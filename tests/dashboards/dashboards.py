@@ -21,6 +21,7 @@ DASHBOARDS = ROOT / "charts" / "llmsvc" / "dashboards"
 # that spans all of the tests' traffic (Prometheus scrapes every second there).
 SUBSTITUTIONS = {"$__rate_interval": "5m", "$namespace": ".*", "$model": ".*"}
 METRIC = re.compile(r"\b(llmsvc_[A-Za-z0-9_]+|vllm:[A-Za-z0-9_:]+)")
+LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 SERVICE_MATCHER = re.compile(r'\bservice="([a-z]+)"')
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
             "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
@@ -32,6 +33,7 @@ class Query:
     panel: str
     ref: str
     expr: str
+    legend: str = ""
 
     @property
     def id(self) -> str:
@@ -47,6 +49,11 @@ class Query:
     @property
     def metrics(self) -> set[str]:
         return set(METRIC.findall(self.expr))
+
+    @property
+    def legend_labels(self) -> set[str]:
+        """Labels the legend names (``{{job_id}}``): every series the query returns must carry them."""
+        return set(LEGEND_LABEL.findall(self.legend))
 
 
 def load() -> dict[str, dict]:
@@ -65,7 +72,7 @@ def panels(dashboard: dict) -> list[dict]:
 
 
 def queries() -> list[Query]:
-    return [Query(name, p["title"], t["refId"], t["expr"])
+    return [Query(name, p["title"], t["refId"], t["expr"], t.get("legendFormat", ""))
             for name, d in load().items() for p in panels(d) for t in p["targets"]]
 
 

@@ -148,6 +148,9 @@ def test_panel_returns_data(q, results, running):
         pytest.skip(f"needs {', '.join(sorted(needed - running))}, which the test stack does not run "
                     f"(metric names checked in test_static)")
     assert _finite(results[q.id]), f"no data for {q.id}: {q.concrete}"
+    # A legend label missing from the series (say one Prometheus renamed to exported_*) shows blank.
+    for r in results[q.id]:
+        assert q.legend_labels <= r["metric"].keys(), f"{q.id}: legend {q.legend!r} but series {r['metric']}"
 
 
 @pytest.mark.parametrize("dashboard,variable,expr", variable_queries())

@@ -120,7 +120,7 @@ def test_sigterm_saves_a_checkpoint_reports_cancelled_and_exports_metrics(tmp_pa
         _wait_for(events_path, lambda e: e["type"] == "metrics" and e["step"] >= 2, proc)
         body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         for gauge in ("loss", "step", "tokens_per_second", "grad_norm", "learning_rate"):
-            assert f'llmsvc_train_{gauge}{{job="job-42"}}' in body
+            assert f'llmsvc_train_{gauge}{{job_id="job-42"}}' in body
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 143
     finally:

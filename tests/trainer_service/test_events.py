@@ -33,8 +33,8 @@ async def test_events_are_ingested_once_and_metrics_relayed(tmp_path):
         await session.commit()
         first = await ingest(session, job, events)
         assert first.count == 2 and first.status == "running" and job.trained_tokens == 64
-        assert REGISTRY.get_sample_value("llmsvc_train_loss", {"job": "ftjob-x"}) == 2.5
-        assert REGISTRY.get_sample_value("llmsvc_train_tokens_per_second", {"job": "ftjob-x"}) == 900.0
+        assert REGISTRY.get_sample_value("llmsvc_train_loss", {"job_id": "ftjob-x"}) == 2.5
+        assert REGISTRY.get_sample_value("llmsvc_train_tokens_per_second", {"job_id": "ftjob-x"}) == 900.0
         assert (await ingest(session, job, events)).count == 0  # nothing new: the half line waits
 
         with events.open("a") as f:
@@ -42,7 +42,7 @@ async def test_events_are_ingested_once_and_metrics_relayed(tmp_path):
                     line(type="message", level="error", message="disk full") + "not json\n")
         second = await ingest(session, job, events)
         assert second.count == 3 and second.errors == ["disk full"] and job.trainer_message == "disk full"
-        assert REGISTRY.get_sample_value("llmsvc_train_step", {"job": "ftjob-x"}) == 2
+        assert REGISTRY.get_sample_value("llmsvc_train_step", {"job_id": "ftjob-x"}) == 2
         rows = list(await session.scalars(select(JobEvent).order_by(JobEvent.id)))
         assert [r.type for r in rows] == ["message", "metrics", "metrics", "message", "message"]
         assert rows[2].data["train_loss"] == 1.5 and rows[2].message == "Step 2/10: training loss=1.5000"
@@ -51,5 +51,5 @@ async def test_events_are_ingested_once_and_metrics_relayed(tmp_path):
         assert (ckpt.step, ckpt.path, ckpt.metrics) == (2, "/ckpt/step_2", {"step": 2, "train_loss": 1.5})
         assert job.events_offset == events.stat().st_size
     metrics.forget("ftjob-x")
-    assert REGISTRY.get_sample_value("llmsvc_train_loss", {"job": "ftjob-x"}) is None
+    assert REGISTRY.get_sample_value("llmsvc_train_loss", {"job_id": "ftjob-x"}) is None
     await engine.dispose()
