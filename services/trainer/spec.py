@@ -14,9 +14,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.spec import TINY_CHAT_HYPERPARAMETERS
+
 RECIPES = ("pretrain", "sft", "lora", "dpo", "tiny-chat")
-BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat": 1e-3}
-"""Learning rate that ``learning_rate_multiplier`` scales, per recipe."""
+BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat": TINY_CHAT_HYPERPARAMETERS["lr"]}
+"""Learning rate that ``learning_rate_multiplier`` scales, per recipe (tiny-chat's is the recipe's own tuned one)."""
 OPENAI_HPARAMS = {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
 OUR_HPARAMS = {"steps", "lr", "seq_len", "warmup_steps", "grad_accum"}
 EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources"}

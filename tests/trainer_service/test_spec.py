@@ -49,6 +49,15 @@ def test_openai_hyperparameters_become_steps_and_lr():
     assert (h["steps"], h["lr"], h["seq_len"]) == (3, 1e-3, 64)
 
 
+def test_tiny_chat_defaults_to_the_recipes_tuned_learning_rate():
+    from trainer.spec import TINY_CHAT_HYPERPARAMETERS
+
+    h = resolve_hyperparameters({}, {}, "tiny-chat", examples=None, seed=0)
+    assert h["lr"] == TINY_CHAT_HYPERPARAMETERS["lr"]
+    h = resolve_hyperparameters({"learning_rate_multiplier": 0.5}, {}, "tiny-chat", examples=None, seed=0)
+    assert h["lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["lr"])
+
+
 def test_steps_wait_for_the_example_count_when_unknown():
     h = resolve_hyperparameters({}, {}, "sft", examples=None, seed=0)
     assert h["steps"] is None and h["warmup_steps"] is None
