@@ -17,7 +17,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from prometheus_client import Counter, Gauge
@@ -52,6 +52,9 @@ class ModelQueue:
         self._seq = itertools.count()
         # Mean seconds a request holds its slot (EWMA), for the retry-after estimate.
         self.mean_hold_s = 1.0
+        # Series exist (at 0) from the moment the model is known, not from its first queued request.
+        QUEUED.labels(model).set(0)
+        ADMITTED.labels(model).set(0)
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained enough to take one more, at least 1."""
@@ -130,6 +133,11 @@ class AdmissionControl:
             q = self.queues[model] = ModelQueue(model, lambda: self.capacity_of(model), self.queue_size,
                                                 self.batch_share)
         return q
+
+    def know(self, models: Iterable[str]) -> None:
+        """Models a worker serves: give each its queue (and its gauges, at 0) before any request."""
+        for model in models:
+            self.queue(model)
 
     def wake(self) -> None:
         """Capacity may have grown (a worker was admitted): let waiters in."""

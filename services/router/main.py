@@ -50,6 +50,7 @@ async def start_router(settings: RouterSettings) -> Router:
     admission = AdmissionControl(lambda model: settings.max_in_flight_per_worker * len(pool.routable(model)),
                                  settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
     pool.on_admit += [policies.forget, lambda _address: admission.wake()]
+    pool.on_models.append(admission.know)
     servicer = RouterServicer(pool, policies, admission, settings.max_attempts)
     server, health_servicer = build_server("router", [(add_router_servicer, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

@@ -69,6 +69,8 @@ class WorkerPool:
         self.readmit_checks = max(1, readmit_checks)
         # Called with the address whenever a worker becomes routable (policies forget it, queues wake).
         self.on_admit: list[Callable[[str], None]] = []
+        # Called with a worker's models whenever a poll finds its model list changed (first poll included).
+        self.on_models: list[Callable[[tuple[str, ...]], None]] = []
         self._retiring: list[Worker] = []
         self._task: asyncio.Task | None = None
         self._changed = asyncio.Event()
@@ -132,10 +134,14 @@ class WorkerPool:
         if status.status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError("health is NOT_SERVING")
         load = await worker.stub.GetLoad(pb.GetLoadRequest(), timeout=self.poll_timeout_s)
-        if tuple(load.models) != worker.models:
+        changed = tuple(load.models) != worker.models
+        if changed:
             listed = await worker.stub.ListModels(pb.ListModelsRequest(), timeout=self.poll_timeout_s)
             worker.model_infos = tuple(listed.models)
         worker.load, worker.models, worker.last_ok = load, tuple(load.models), time.monotonic()
+        if changed:
+            for callback in self.on_models:
+                callback(worker.models)
 
     async def poll_once(self, worker: Worker) -> None:
         try:

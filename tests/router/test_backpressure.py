@@ -4,9 +4,10 @@ stand-in workers (no engine: the stand-ins' per-token delay stands in for genera
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 
 from .conftest import chat, generate, router_over, until as _until
 
@@ -71,3 +72,15 @@ async def test_batch_requests_may_fill_only_their_share_of_the_queue():
         assert sum(r != "ok" for r, _ in batch) == 1
         assert (await _outcome(stub, chat("i"), []))[0] == "ok"
         await busy
+
+
+async def test_queue_depth_reads_zero_for_a_known_model_before_any_request():
+    # A model name no other test routes to, so the process-wide registry holds no series of it yet.
+    model = f"idle-{uuid.uuid4().hex[:8]}"
+    assert REGISTRY.get_sample_value("llmsvc_router_queue_depth", {"model": model}) is None
+    async with router_over(1, {"models": ["standin", model]}) as (_, router, standins):
+        assert standins[0].servicer.seen == []  # no load at all
+        assert REGISTRY.get_sample_value("llmsvc_router_queue_depth", {"model": model}) == 0
+        assert REGISTRY.get_sample_value("llmsvc_router_in_flight", {"model": model}) == 0
+        exposed = generate_latest(REGISTRY).decode()
+        assert f'llmsvc_router_queue_depth{{model="{model}"}} 0.0' in exposed
