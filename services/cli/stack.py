@@ -86,6 +86,24 @@ class Proc:
     log_path: Path
 
 
+def worker_cpus(index: int, workers: int, available: list[int] | None = None) -> str:
+    """The CPUs worker ``index`` of ``workers`` on this machine binds its vLLM-CPU model runner to.
+
+    vLLM-CPU's automatic binding knows nothing of other engines on the machine: every worker would pin
+    its model runner to the same first cores. With more than one worker each gets its own equal, disjoint
+    slice of the CPUs this process may use (a single core each, shared round-robin, when there are more
+    workers than CPUs). One worker keeps vLLM's automatic binding, which leaves a core for its front end.
+    GPU engines ignore the variable. Returns "" where vLLM's default should stand.
+    """
+    if workers <= 1:
+        return ""
+    cpus = sorted(available if available is not None else os.sched_getaffinity(0))
+    if len(cpus) < workers:
+        return str(cpus[index % len(cpus)])
+    per = len(cpus) // workers
+    return ",".join(str(c) for c in cpus[index * per:(index + 1) * per])
+
+
 class Stack:
     def __init__(self, cfg: StackConfig) -> None:
         self.cfg = cfg
@@ -123,6 +141,10 @@ class Stack:
             mport = c.metrics_ports.get(f"worker{index}")
             if mport:
                 env["LLMSVC_WORKER_METRICS_PORT"] = str(mport)
+            if "VLLM_CPU_OMP_THREADS_BIND" not in env:  # the user's own binding wins
+                cpus = worker_cpus(index, len(c.worker_ports))
+                if cpus:
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = cpus
         elif service == "router":
             env = self._common_env("router")
             env |= {
