@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from bench.serve_lib import default_model, median, start_vllm_server, stop, tabl
 from services.cli.stack import Stack, StackConfig, free_port
 
 MODEL_NAME = "tiny-random"
+PROXIES = ("gateway", "auth", "router")
 
 
 def bench_args(a, seed: int, num_prompts: int) -> list[str]:
@@ -50,6 +52,11 @@ def run(a) -> None:
     # Processes whose CPU time is counted per side (with children: the vLLM engine core).
     pids = {"vllm": {"vllm serve": vllm_proc.pid},
             "llmsvc": {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router", "worker0")}}
+    # The same stack again with the proxies (gateway, auth, router) at a lower CPU priority than the engine,
+    # and kept off the cores vLLM bound its model-runner process to.
+    nice_side = f"llmsvc nice {a.proxy_nice} + off engine cores"
+    if a.proxy_nice:
+        sides[nice_side], pids[nice_side] = sides["llmsvc"], pids["llmsvc"]
     try:
         wait_models(sides["vllm"][0], proc=vllm_proc)
         stack.wait_ready(timeout_s=300)
@@ -60,6 +67,14 @@ def run(a) -> None:
             order = list(sides) if rnd % 2 else list(sides)[::-1]
             for side in order:
                 url, k = sides[side]
+                if side.startswith("llmsvc"):
+                    tuned = side == nice_side
+                    engine_cpus = model_runner_cpus(stack.procs["worker0"].popen.pid)
+                    spare = set(range(os.cpu_count() or 1)) - engine_cpus
+                    for n in PROXIES:
+                        pid = stack.procs[n].popen.pid
+                        os.setpriority(os.PRIO_PROCESS, pid, a.proxy_nice if tuned else 0)
+                        os.sched_setaffinity(pid, spare if tuned and spare else range(os.cpu_count() or 1))
                 before = {n: cpu_seconds([pid]) for n, pid in pids[side].items()}
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd, a.num_prompts), k)
                 r["cpu"] = {n: cpu_seconds([pid]) - before[n] for n, pid in pids[side].items()}
@@ -76,13 +91,27 @@ def run(a) -> None:
         stop(vllm_proc)
 
 
+def model_runner_cpus(worker_pid: int) -> set[int]:
+    """CPUs that vLLM bound its model-runner process (``VLLM::Worker``, a grandchild of ours) to."""
+    import psutil
+
+    for child in psutil.Process(worker_pid).children(recursive=True):
+        if "Worker" in " ".join(child.cmdline()) or child.name().startswith("VLLM::Worker"):
+            return set(child.cpu_affinity())
+    return set()
+
+
 def summary(results: dict[str, list[dict]]) -> str:
-    pairs = list(zip(results["vllm"], results["llmsvc"]))
+    return "\n\n".join(summary_of(results, side) for side in results if side != "vllm")
+
+
+def summary_of(results: dict[str, list[dict]], side: str) -> str:
+    pairs = list(zip(results["vllm"], results[side]))
     ratio = [b["output_throughput"] / v["output_throughput"] for v, b in pairs]
     d_ttft50 = [b["p50_ttft_ms"] - v["p50_ttft_ms"] for v, b in pairs]
     d_ttft99 = [b["p99_ttft_ms"] - v["p99_ttft_ms"] for v, b in pairs]
     d_itl50 = [b["p50_itl_ms"] - v["p50_itl_ms"] for v, b in pairs]
-    return table(["llmsvc vs vllm (per round, then median)", "throughput ×", "Δ TTFT p50 ms", "Δ TTFT p99 ms",
+    return table([f"{side} vs vllm (per round, then median)", "throughput ×", "Δ TTFT p50 ms", "Δ TTFT p99 ms",
                   "Δ ITL p50 ms"],
                  [[f"round {i + 1}", ratio[i], d_ttft50[i], d_ttft99[i], d_itl50[i]] for i in range(len(pairs))]
                  + [["median", median(ratio), median(d_ttft50), median(d_ttft99), median(d_itl50)]])
@@ -107,6 +136,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--stream-interval", type=int, default=1,
                    help="vLLM's stream_interval on both sides: tokens per streamed message after the first")
+    p.add_argument("--proxy-nice", type=int, default=0,
+                   help="also run the stack with gateway, auth and router at this nice value (a third side)")
     run(p.parse_args())
 
 

@@ -41,6 +41,16 @@ def prefix_counters(stack: Stack) -> tuple[float, float]:
     return queried, hit
 
 
+def decisions(stack: Stack) -> str:
+    """The router's decision outcomes since it started (one router per run), e.g. "hit 290, miss 30"."""
+    url = f"http://127.0.0.1:{stack.cfg.metrics_ports['router']}/metrics"
+    by_outcome: dict[str, float] = {}
+    for labels, v in scrape(url, "llmsvc_router_decisions_total").items():
+        outcome = labels.split('outcome="')[1].split('"')[0]
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + v
+    return ", ".join(f"{k} {int(v)}" for k, v in sorted(by_outcome.items(), key=lambda kv: -kv[1]))
+
+
 def restart_router(stack: Stack, policy: str) -> None:
     stack.stop_proc("router")
     stack.cfg.extra_env["LLMSVC_ROUTER_POLICY"] = policy
@@ -57,7 +67,7 @@ def run(a) -> None:
     engine = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"num_gpu_blocks_override": a.kv_blocks})} if a.kv_blocks else {}
     cfg = StackConfig.ephemeral(home, model, key, workers=2, served_model_name=MODEL_NAME, log_level="WARNING",
                                 extra_env=engine)
-    cfg.metrics_ports = {"worker0": free_port(), "worker1": free_port()}
+    cfg.metrics_ports = {"worker0": free_port(), "worker1": free_port(), "router": free_port()}
     stack = Stack(cfg)
     stack.start()
     url = cfg.base_url.removesuffix("/v1")
@@ -76,9 +86,9 @@ def run(a) -> None:
                 hit_rate = (after[1] - before[1]) / max(1.0, after[0] - before[0])
                 by_policy[policy].append((r, hit_rate))
                 rows.append([rnd, policy, r["completed"], r["failed"], r["output_throughput"], r["p50_ttft_ms"],
-                             r["p99_ttft_ms"], hit_rate])
+                             r["p99_ttft_ms"], hit_rate, decisions(stack)])
         print(table(["round", "policy", "ok", "failed", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
-                     "prefix hit rate"], rows))
+                     "prefix hit rate", "router decisions"], rows))
         print()
         print(table(["policy (median of rounds)", "output tok/s", "TTFT p50 ms", "TTFT p99 ms", "prefix hit rate"],
                     [[p, median([r["output_throughput"] for r, _ in v]), median([r["p50_ttft_ms"] for r, _ in v]),
