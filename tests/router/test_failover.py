@@ -13,7 +13,9 @@ from .conftest import chat, generate, router_over, until as _until
 
 
 async def test_failure_before_first_token_is_retried_once_on_another_worker():
-    async with router_over(2, policy="round_robin") as (stub, router, standins):
+    # The stand-in's health stays SERVING, so polls would re-admit it after readmit_checks passes (50 ms each);
+    # a bound no test run reaches keeps "ejected at once" the only thing measured here.
+    async with router_over(2, policy="round_robin", readmit_checks=10_000) as (stub, router, standins):
         bad, good = standins
         bad.servicer.fail_before_first = grpc.StatusCode.UNAVAILABLE
         retries = REGISTRY.get_sample_value("llmsvc_router_retries_total", {"model": "standin"}) or 0
