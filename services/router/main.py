@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health
 
-from services.common.grpcutil import build_server, serve_until_signalled, set_serving
+from services.common.grpcutil import build_server, run_service, serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 
@@ -75,13 +75,7 @@ def main() -> None:
     settings = RouterSettings()
     setup_logging("router", settings.log_level, settings.log_format)
     start_metrics_server(settings.metrics_port)
-    # uvloop when present (it is, with uvicorn[standard]): about 15 % less CPU per streamed gRPC message.
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(settings))
-    else:
-        uvloop.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

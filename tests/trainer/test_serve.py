@@ -55,10 +55,7 @@ def test_sft_model_is_served_by_the_vllm_worker_and_answers_held_out_tasks(tmp_p
 
     key = "sk-test-" + secrets.token_hex(8)
     cfg = StackConfig.ephemeral(tmp_path / "home", sft_dir, key)
-    stack = Stack(cfg)
-    stack.start()
-    try:
-        stack.wait_ready(timeout_s=400)
+    with Stack(cfg).running(ready_timeout_s=400):
         client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=120)
         items = _held_out(15)
         replies = []
@@ -67,8 +64,6 @@ def test_sft_model_is_served_by_the_vllm_worker_and_answers_held_out_tasks(tmp_p
                                                messages=[{"role": "user", "content": item["prompt"]}])
             assert r.choices[0].finish_reason == "stop"  # it ends its turn with <|im_end|>
             replies.append(r.choices[0].message.content)
-    finally:
-        stack.stop()
     scores = synthetic.grade(items, replies)
     print("held-out accuracy through the served model:", scores)
     assert scores["accuracy"] >= 0.6 > 10 * CHANCE, list(zip([i["prompt"] for i in items], replies))
