@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
+
+KV_AWARE_SCORERS = ("prefix", "queue", "kv")
+# A full prefix match outweighs a queue difference until the holder's queue + 1 is 3× the idlest's
+# (queue weight / (queue weight - prefix weight)); a fuller KV cache on the holder tips it sooner.
+KV_AWARE_WEIGHTS = {"prefix": 2.0, "queue": 3.0, "kv": 1.0}
+
+
+def check_kv_aware_weights(weights: dict[str, float]) -> dict[str, float]:
+    """``weights`` if every name is a scorer and every weight finite and >= 0 (and one > 0), else ValueError."""
+    unknown = sorted(set(weights) - set(KV_AWARE_SCORERS))
+    if unknown:
+        raise ValueError(f"unknown kv_aware scorer(s) {unknown}; choose from {list(KV_AWARE_SCORERS)}")
+    bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise ValueError(f"kv_aware weights must be finite and >= 0; got {bad}")
+    if not any(weights.values()):
+        raise ValueError("kv_aware needs at least one scorer with a weight above 0")
+    return weights
 
 
 class RouterSettings(ServiceSettings):
@@ -43,20 +62,24 @@ class RouterSettings(ServiceSettings):
     """Consecutive passing polls an ejected worker needs before it is routable again."""
 
     # -- routing -----------------------------------------------------------------
-    policy: Literal["round_robin", "least_load", "session", "prefix_aware"] = "prefix_aware"
-    """Default routing policy for every model."""
+    policy: Literal["round_robin", "least_load", "session", "prefix_aware", "kv_aware"] = "prefix_aware"
+    """Default routing policy for every model (``kv_aware``: weighted prefix, queue and KV-cache scores)."""
     model_policies: dict[str, str] = Field(default_factory=dict)
     """Per-model overrides of ``policy`` as a JSON map, e.g. ``{"tiny-chat": "session"}``."""
     max_attempts: int = 2
     """Tries per request when a worker fails before its first token (1 = no retry)."""
     prefix_chunk_chars: int = 128
-    """Characters (or token ids) per hashed chunk of the prompt in the prefix index."""
+    """Characters (or token ids) per hashed chunk of the prompt in the prefix index (``prefix_aware``, ``kv_aware``)."""
     prefix_max_chunks: int = 50_000
     """Chunk keys the prefix index keeps per model before evicting the least recently used (~150 B each)."""
     prefix_balance_abs: float = 4.0
     """Prefix routing yields to least-load when the chosen worker has this many more requests than the idlest …"""
     prefix_balance_rel: float = 1.5
     """… and more than this multiple of the idlest worker's load."""
+    kv_aware_weights: dict[str, float] = Field(default_factory=lambda: dict(KV_AWARE_WEIGHTS))
+    """``kv_aware`` scorer weights as a JSON map (``prefix``, ``queue``, ``kv``); a scorer left out is unused."""
+    kv_aware_saturation: float = Field(0.95, ge=0.0, le=1.0)
+    """KV-cache usage (0..1) above which ``kv_aware`` avoids a worker, unless every candidate is above it."""
 
     # -- backpressure ------------------------------------------------------------
     max_in_flight_per_worker: int = 64
@@ -67,3 +90,8 @@ class RouterSettings(ServiceSettings):
     """Longest wait in the queue before a request is refused (never longer than its own deadline)."""
     batch_queue_share: float = 0.5
     """Fraction of ``queue_size`` batch-priority requests may fill, so interactive ones keep headroom."""
+
+    @field_validator("kv_aware_weights")
+    @classmethod
+    def _known_scorers(cls, weights: dict[str, float]) -> dict[str, float]:
+        return check_kv_aware_weights(weights)

@@ -3,8 +3,8 @@
 Each policy is a small strategy behind :class:`RoutingPolicy`; the router
 keeps one instance per model (:class:`PolicyTable`), chosen in config. A
 decision carries an outcome label for the ``llmsvc_router_decisions_total``
-metric (``hit``/``miss``/``imbalance`` for prefix routing, ``sticky``/``no_key``
-for sessions, ``routed`` otherwise).
+metric (``hit``/``miss``/``imbalance`` for prefix routing, ``hit``/``miss``/``load``
+for kv-aware routing, ``sticky``/``no_key`` for sessions, ``routed`` otherwise).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 
 from services.common.pb import inference_pb2 as pb
 
-from .config import RouterSettings
+from .config import KV_AWARE_WEIGHTS, RouterSettings, check_kv_aware_weights
 from .pool import Worker
 from .prefix import PrefixIndex, chunk_keys
 
@@ -93,7 +93,23 @@ class SessionPolicy:
         pass
 
 
-class PrefixAwarePolicy:
+class _PrefixPolicy:
+    """What the prefix-routing policies share: an index of which worker saw which prompt prefix."""
+
+    def __init__(self, chunk: int, max_chunks: int) -> None:
+        self.chunk = chunk
+        self.index = PrefixIndex(max_chunks)
+
+    def _match(self, workers: list[Worker], request: pb.GenerateRequest) -> tuple[list[bytes], dict[str, int]]:
+        """The request's chunk keys, and how many leading chunks each of ``workers`` holds (absent: none)."""
+        keys = chunk_keys(request, self.chunk)
+        return keys, self.index.match(keys, {w.address for w in workers})
+
+    def forget(self, address: str) -> None:
+        self.index.forget(address)
+
+
+class PrefixAwarePolicy(_PrefixPolicy):
     """The worker that most likely holds the prompt's prefix in vLLM's prefix cache.
 
     The longest indexed prefix wins (ties: less load). With no match the
@@ -107,8 +123,7 @@ class PrefixAwarePolicy:
 
     def __init__(self, chunk: int = 128, max_chunks: int = 50_000, balance_abs: float = 4.0,
                  balance_rel: float = 1.5) -> None:
-        self.chunk = chunk
-        self.index = PrefixIndex(max_chunks)
+        super().__init__(chunk, max_chunks)
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
 
@@ -117,8 +132,7 @@ class PrefixAwarePolicy:
                 and chosen.score > self.balance_rel * idlest.score)
 
     def choose(self, workers: list[Worker], request: pb.GenerateRequest) -> Choice:
-        keys = chunk_keys(request, self.chunk)
-        depth = self.index.match(keys, {w.address for w in workers})
+        keys, depth = self._match(workers, request)
         idlest = least_loaded(workers)
         if depth:
             deepest = max(depth.values())
@@ -130,8 +144,54 @@ class PrefixAwarePolicy:
         self.index.insert(keys, choice.worker.address)
         return choice
 
-    def forget(self, address: str) -> None:
-        self.index.forget(address)
+
+class KvAwarePolicy(_PrefixPolicy):
+    """The highest weighted sum of three scores in [0, 1] per worker, as llm-d's scheduler combines scorers.
+
+    - ``prefix``: the share of the prompt's chunks the worker holds (the index of ``prefix_aware``);
+    - ``queue``: (idlest queue + 1) / (own queue + 1), each worker against the best alternative, so one
+      very busy worker does not squeeze the others' differences (as normalising by the busiest would);
+    - ``kv``: 1 - KV-cache usage at the last poll.
+
+    Workers above ``saturation`` KV-cache usage are left out unless all are. Ties go to the shorter
+    queue, then the emptier index (distinct prefixes spread out), then the address.
+    """
+
+    name = "kv_aware"
+
+    def __init__(self, weights: dict[str, float] | None = None, saturation: float = 0.95, chunk: int = 128,
+                 max_chunks: int = 50_000) -> None:
+        super().__init__(chunk, max_chunks)
+        self.weights = check_kv_aware_weights(dict(KV_AWARE_WEIGHTS if weights is None else weights))
+        self.saturation = saturation
+
+    def scores(self, worker: Worker, idlest_queue: int, depth: dict[str, int], n_chunks: int) -> dict[str, float]:
+        """Each scorer's value in [0, 1] for ``worker`` (higher is better), before weighting."""
+        return {"prefix": depth.get(worker.address, 0) / n_chunks if n_chunks else 0.0,
+                "queue": (idlest_queue + 1) / (worker.queue + 1),
+                "kv": 1.0 - min(max(worker.load.kv_cache_usage, 0.0), 1.0)}
+
+    def choose(self, workers: list[Worker], request: pb.GenerateRequest) -> Choice:
+        keys, depth = self._match(workers, request)
+        unsaturated = [w for w in workers if w.load.kv_cache_usage <= self.saturation] or workers
+        idlest_queue = min(w.queue for w in unsaturated)
+
+        def rank(w: Worker) -> tuple:
+            scores = self.scores(w, idlest_queue, depth, len(keys))
+            total = sum(self.weights.get(name, 0.0) * score for name, score in scores.items())
+            # Rounded so that float noise does not decide a tie the tie-breakers should.
+            return -round(total, 9), w.queue, self.index.owned(w.address), w.address
+
+        best = min(unsaturated, key=rank)
+        self.index.insert(keys, best.address)
+        return Choice(best, _prefix_outcome(best, depth))
+
+
+def _prefix_outcome(chosen: Worker, depth: dict[str, int]) -> str:
+    """``miss``: no worker held a prefix; ``load``: one held more than ``chosen`` but lost; else ``hit``."""
+    if not depth:
+        return "miss"
+    return "load" if max(depth.values()) > depth.get(chosen.address, 0) else "hit"
 
 
 def make_policy(name: str, settings: RouterSettings | None = None) -> RoutingPolicy:
@@ -142,6 +202,8 @@ def make_policy(name: str, settings: RouterSettings | None = None) -> RoutingPol
         "session": SessionPolicy,
         "prefix_aware": lambda: PrefixAwarePolicy(s.prefix_chunk_chars, s.prefix_max_chunks,
                                                   s.prefix_balance_abs, s.prefix_balance_rel),
+        "kv_aware": lambda: KvAwarePolicy(s.kv_aware_weights, s.kv_aware_saturation, s.prefix_chunk_chars,
+                                          s.prefix_max_chunks),
     }
     try:
         return factories[name]()

@@ -55,9 +55,14 @@ class Worker:
     seen_healthy: bool = False
 
     @property
+    def queue(self) -> int:
+        """Requests on the worker: the larger of what the engine reported and what we sent since."""
+        return max(self.load.running + self.load.waiting, self.in_flight)
+
+    @property
     def score(self) -> float:
-        """Load used by least-load decisions: the larger of what the engine reported and what we sent."""
-        return max(self.load.running + self.load.waiting, self.in_flight) + self.load.kv_cache_usage
+        """Load used by least-load decisions: ``queue``, ties broken by KV-cache usage (0..1)."""
+        return self.queue + self.load.kv_cache_usage
 
 
 class WorkerPool:

@@ -43,6 +43,7 @@ class StandinInference(pb_grpc.InferenceServicer):
     # Reported load; None reports the number of streams open right now as running.
     running: int | None = None
     waiting: int = 0
+    kv_cache_usage: float = 0.0
     draining: bool = False
     fail_before_first: grpc.StatusCode | None = None
     break_after_tokens: int | None = None
@@ -78,7 +79,8 @@ class StandinInference(pb_grpc.InferenceServicer):
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.Load:
         running = self.active if self.running is None else self.running
-        return pb.Load(running=running, waiting=self.waiting, models=self.models, draining=self.draining)
+        return pb.Load(running=running, waiting=self.waiting, kv_cache_usage=self.kv_cache_usage, models=self.models,
+                       draining=self.draining)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         return pb.ListModelsResponse(models=[pb.ModelInfo(id=m, root=m, max_model_len=MAX_MODEL_LEN, owned_by="llmsvc")

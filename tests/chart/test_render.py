@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .helpers import CHART, EVERYTHING, K8S_VERSION, PROFILES, by_kind, component, deep_merge, manifests, render
+from .helpers import (CHART, EVERYTHING, K8S_VERSION, PROFILES, by_kind, component, deep_merge, env_of, manifests,
+                      render)
 
 # Custom resources kubernetes-validate has no schema for; checked structurally below instead.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject"),
@@ -146,6 +147,19 @@ BAD_VALUES = {
 def test_values_schema_rejects(case):
     with pytest.raises(helm_python.HelmValuesError):
         render(BAD_VALUES[case])
+
+
+def test_schema_offers_exactly_the_routers_policies():
+    from typing import get_args
+
+    from services.router.config import RouterSettings
+
+    router = json.loads((CHART / "values.schema.json").read_text())["properties"]["router"]["properties"]
+    policies = set(get_args(RouterSettings.model_fields["policy"].annotation))
+    assert set(router["policy"]["enum"]) == set(router["modelPolicies"]["additionalProperties"]["enum"]) == policies
+    router_deploy = next(d for d in by_kind(manifests({"router": {"policy": "kv_aware"}}), "Deployment")
+                         if component(d) == "router")
+    assert env_of(router_deploy["spec"]["template"]["spec"]["containers"][0])["LLMSVC_ROUTER_POLICY"] == "kv_aware"
 
 
 def test_template_refuses_a_trainer_without_a_shared_filesystem():
