@@ -52,9 +52,10 @@ def start_litellm(binary: str, upstream: str, port: int, home: Path, key: str) -
                  home / "litellm.log")
 
 
-def standin_stack(home: Path, model: Path, key: str) -> Stack:
+def standin_stack(home: Path, model: Path, key: str, token_delay_ms: float = 0.0) -> Stack:
     stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING"))
-    stack.start_worker = lambda i: stack.spawn(f"worker{i}", "services.router.standin", stack.env_for("worker", i))
+    env = lambda i: {**stack.env_for("worker", i), "LLMSVC_STANDIN_TOKEN_DELAY_MS": str(token_delay_ms)}  # noqa: E731
+    stack.start_worker = lambda i: stack.spawn(f"worker{i}", "services.router.standin", env(i))
     stack.start()
     stack.wait_ready(timeout_s=120)
     return stack
@@ -78,7 +79,7 @@ def run(a) -> None:
     upstream = spawn([sys.executable, "-m", "bench.serve_standin_http", "--port", str(http_port), "--model", MODEL_NAME],
                      home / "standin_http.log")
     procs = [upstream]
-    stack = standin_stack(home, model, key)
+    stack = standin_stack(home, model, key, a.token_delay_ms)
     sides = {"direct": (f"http://127.0.0.1:{http_port}", "", {}),
              "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key,
                         {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router")})}
@@ -92,7 +93,7 @@ def run(a) -> None:
         for name, (url, k, pids) in sides.items():
             measure(url, k, pids, model, argparse.Namespace(num_prompts=a.concurrency * 2, concurrency=a.concurrency,
                                                             output_len=a.output_len), 0)
-        report(rounds(sides, model, a))
+        report(rounds(sides, model, a), a)
     finally:
         stack.stop()
         for p in procs:
@@ -110,7 +111,7 @@ def rounds(sides: dict, model: Path, a) -> list[tuple[int, str, dict]]:
     return out
 
 
-def report(results: list[tuple[int, str, dict]]) -> None:
+def report(results: list[tuple[int, str, dict]], a) -> None:
     direct = {rnd: r for rnd, name, r in results if name == "direct"}
     rows, agg = [], {}
     for rnd, name, r in results:
@@ -131,7 +132,8 @@ def report(results: list[tuple[int, str, dict]]) -> None:
     for _, _, r in results:
         for proc, secs in r["cpu_by_process"].items():
             cpu.setdefault(proc, []).append(1000 * secs / max(1, r["completed"]))
-    print(table(["process", "CPU ms per request (median of rounds)"], [[p, median(v)] for p, v in cpu.items()]))
+    print(table(["process", "CPU ms per request (median of rounds)", "CPU µs per token"],
+                [[p, median(v), 1000 * median(v) / a.output_len] for p, v in cpu.items()]))
 
 
 def main() -> None:
@@ -140,6 +142,9 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=600)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--output-len", type=int, default=8, help="tokens per streamed reply")
+    p.add_argument("--token-delay-ms", type=float, default=0.0,
+                   help="the llmsvc stand-in worker pauses this long before each token, like an engine step "
+                        "(the HTTP stand-in of the direct side answers at once)")
     p.add_argument("--litellm", help="path of the litellm executable (in its own venv)")
     run(p.parse_args())
 
