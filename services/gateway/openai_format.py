@@ -29,6 +29,32 @@ def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
 
 
 @dataclass
+class _Delta:
+    """What one choice gained in one upstream chunk (several deltas of a merged chunk, joined)."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    finish_reason: str = ""
+
+
+def deltas_by_choice(chunk: pb.GenerateChunk, offset: int = 0) -> dict[int, _Delta]:
+    """The chunk's deltas grouped by choice index (plus ``offset``), in order of first appearance.
+
+    A chunk merged from several (see ``services.common.relay``) holds several deltas per choice;
+    streaming sends each choice's group as one event, as vLLM's server does for a consumer that lags."""
+    out: dict[int, _Delta] = {}
+    for d in chunk.choices:
+        g = out.get(offset + d.index)
+        if g is None:
+            g = out[offset + d.index] = _Delta()
+        g.text.append(d.text)
+        g.logprobs.extend(d.logprobs)
+        if d.finish_reason:
+            g.finish_reason = d.finish_reason
+    return out
+
+
+@dataclass
 class _Choice:
     text: list[str] = field(default_factory=list)
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)
@@ -97,11 +123,11 @@ class ChatFormatter(_Base):
         if chunk.model:
             self.model = chunk.model
         out = []
-        for d in chunk.choices:
-            idx = offset + d.index
-            if d.text or d.logprobs:
+        for idx, d in deltas_by_choice(chunk, offset).items():
+            text = "".join(d.text)
+            if text or d.logprobs:
                 lp = {"content": [self._logprob_entry(x) for x in d.logprobs]} if self.want_logprobs else None
-                out.append(self._envelope([{"index": idx, "delta": {"content": d.text}, "logprobs": lp,
+                out.append(self._envelope([{"index": idx, "delta": {"content": text}, "logprobs": lp,
                                             "finish_reason": None}], obj=self.object_stream))
             if d.finish_reason:
                 out.append(self._envelope([{"index": idx, "delta": {}, "logprobs": None,
@@ -166,8 +192,8 @@ class CompletionFormatter(_Base):
         if offset not in self._prompts and (chunk.prompt_text or chunk.prompt_logprobs):
             self._prompts[offset] = (chunk.prompt_text, list(chunk.prompt_logprobs))
 
-    def _delta(self, d: pb.ChoiceDelta, idx: int, offset: int) -> tuple[str, list[pb.TokenLogprob]]:
-        text, lps = ("", []) if self.prompt_only else (d.text, list(d.logprobs))
+    def _delta(self, d: _Delta, idx: int, offset: int) -> tuple[str, list[pb.TokenLogprob]]:
+        text, lps = ("", []) if self.prompt_only else ("".join(d.text), list(d.logprobs))
         if self.echo and idx not in self._echoed:
             self._echoed.add(idx)
             prompt_text, prompt_lps = self._prompts.get(offset, ("", []))
@@ -185,8 +211,7 @@ class CompletionFormatter(_Base):
             self.model = chunk.model
         self._remember_prompt(chunk, offset)
         out = []
-        for d in chunk.choices:
-            idx = offset + d.index
+        for idx, d in deltas_by_choice(chunk, offset).items():
             text, lps = self._delta(d, idx, offset)
             finish = d.finish_reason or None
             if text or lps or finish:
@@ -200,8 +225,7 @@ class CompletionFormatter(_Base):
         if chunk.model:
             self.model = chunk.model
         self._remember_prompt(chunk, offset)
-        for d in chunk.choices:
-            idx = offset + d.index
+        for idx, d in deltas_by_choice(chunk, offset).items():
             c = self.choices.setdefault(idx, _Choice())
             text, lps = self._delta(d, idx, offset)
             c.text.append(text)

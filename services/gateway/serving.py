@@ -128,8 +128,9 @@ class GenerationFlow:
                     for doc in self.fmt.role_chunks(i * n):
                         yield sse(doc)
             async for offset, chunk in self._merged():
-                for doc in self.fmt.stream_chunks(chunk, offset):
-                    yield sse(doc)
+                # One write per upstream chunk: a merged chunk's events go out together.
+                if docs := self.fmt.stream_chunks(chunk, offset):
+                    yield b"".join(sse(doc) for doc in docs)
             if self.fmt.include_usage:
                 yield sse(self.fmt.usage_chunk())
             status = "ok"

@@ -11,11 +11,11 @@ from services.common.grpcutil import request_metadata
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2
 from services.common.pb import router_pb2_grpc
+from services.common.relay import Relay
 
 from .admission import AdmissionControl, Rejected
 from .policies import PolicyTable, RoutingPolicy
 from .pool import Worker, WorkerPool
-from .wire import Relay
 
 log = logging.getLogger(__name__)
 

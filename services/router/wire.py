@@ -10,8 +10,6 @@ never sets it). This skips a parse and a serialize per token.
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from services.common.pb import inference_pb2 as pb
@@ -65,49 +63,3 @@ def add_router_servicer(servicer, server: grpc.aio.Server) -> None:
         servicer.Generate, request_deserializer=generate.request_deserializer, response_serializer=None)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("llmsvc.v1.Router", handlers),))
     server.add_registered_method_handlers("llmsvc.v1.Router", handlers)
-
-
-class Relay:
-    """Reads a worker's stream in its own task and hands over everything that has arrived as one message.
-
-    While the next hop keeps up, that is one chunk per read, as before. When it falls behind (the
-    engine is faster than the consumer, or the CPU is contended) the chunks that piled up go out
-    as one message: their concatenated bytes, which protobuf decodes as the merge of the chunks
-    (repeated ``choices`` appended in order, the last ``finished``/``usage`` kept). Fewer messages
-    per token then cost less on every later hop, which is when it matters.
-    """
-
-    def __init__(self, call) -> None:
-        self._call = call
-        self._buf: list[bytes] = []
-        self._ready = asyncio.Event()
-        self._error: grpc.aio.AioRpcError | None = None
-        self._done = False
-        self._task = asyncio.get_running_loop().create_task(self._pump())
-
-    async def _pump(self) -> None:
-        try:
-            while (raw := await self._call.read()) is not grpc.aio.EOF:
-                self._buf.append(raw)
-                self._ready.set()
-        except grpc.aio.AioRpcError as exc:
-            self._error = exc
-        finally:
-            self._done = True
-            self._ready.set()
-
-    async def next(self) -> bytes | None:
-        """What arrived since the last call, as one message; None at the end; raises the stream's error."""
-        while not self._buf:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
-        return data
-
-    def close(self) -> None:
-        self._task.cancel()
