@@ -44,13 +44,13 @@ def ensure_cpu_version() -> str:
     return version
 
 
-def default_model() -> Path:
-    """The tiny model ``llmsvc up`` serves by default, built once into the test cache."""
+def default_model(size: str = "tiny") -> Path:
+    """A random Llama of ``size`` (``tiny``: the one ``llmsvc up`` serves by default), built once into the test cache."""
     from services.cli.default_model import build_default_model
 
-    path = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test")) / "tiny-random"
+    path = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test")) / f"{size}-random"
     if not (path / "config.json").exists():
-        build_default_model(path)
+        build_default_model(path, size=size)
     return path
 
 

@@ -21,7 +21,7 @@ from bench.serve_lib import default_model, median, scrape, table, vllm_bench
 from services.cli.stack import Stack, StackConfig, free_port
 
 MODEL_NAME = "tiny-random"
-POLICIES = ["prefix_aware", "round_robin", "least_load"]
+POLICIES = ["kv_aware", "prefix_aware", "round_robin", "least_load"]
 
 
 def bench_args(a, seed: int) -> list[str]:
@@ -59,7 +59,7 @@ def restart_router(stack: Stack, policy: str) -> None:
 
 
 def run(a) -> None:
-    model = default_model()
+    model = default_model(a.model_size)
     home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
     key = "sk-bench-" + secrets.token_hex(8)
     # A KV cache that holds about half the prefixes per worker (128-token blocks on CPU): a policy that
@@ -71,14 +71,15 @@ def run(a) -> None:
     stack = Stack(cfg)
     stack.start()
     url = cfg.base_url.removesuffix("/v1")
-    rows, by_policy = [], {p: [] for p in POLICIES}
+    policies = a.policies
+    rows, by_policy = [], {p: [] for p in policies}
     try:
         stack.wait_ready(timeout_s=300)
-        restart_router(stack, POLICIES[0])
+        restart_router(stack, policies[0])
         vllm_bench(url, MODEL_NAME, model, bench_args(a, 1000), key)  # warm-up (compiles, allocates)
         for rnd in range(1, a.rounds + 1):
-            shift = (rnd - 1) % len(POLICIES)  # rotate the order so drift in a shared machine hits every policy
-            for j, policy in enumerate(POLICIES[shift:] + POLICIES[:shift]):
+            shift = (rnd - 1) % len(policies)  # rotate the order so drift in a shared machine hits every policy
+            for j, policy in enumerate(policies[shift:] + policies[:shift]):
                 restart_router(stack, policy)
                 before = prefix_counters(stack)
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd * 10 + j), key)
@@ -101,6 +102,10 @@ def run(a) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--model-size", choices=["tiny", "small"], default="tiny",
+                   help="random Llama served: tiny (3.5M, the default model) or small (10M, prefill costs more)")
+    p.add_argument("--policies", type=lambda v: v.split(","), default=POLICIES,
+                   help=f"comma-separated, from {','.join(POLICIES)} (default: all)")
     p.add_argument("--num-prompts", type=int, default=160)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--prefix-len", type=int, default=512)

@@ -66,8 +66,18 @@ def train_tokenizer(vocab_size: int = 2048, seed: int = 0):
     return fast
 
 
-def build_default_model(out_dir: Path, seed: int = 0, progress=None) -> Path:
-    """Write the random tiny Llama and its tokenizer to ``out_dir`` atomically.
+# Shapes of the random Llamas: "tiny" is what ``llmsvc up`` and the tests serve (3.5M parameters);
+# "small" (10M) is for benchmarks where prefill must cost enough for prefix caching to show.
+SIZES = {
+    "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+    "small": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6,
+              "num_key_value_heads": 2},
+}
+
+
+def build_default_model(out_dir: Path, seed: int = 0, progress=None, size: str = "tiny") -> Path:
+    """Write the random Llama of ``size`` (see :data:`SIZES`) and its tokenizer to ``out_dir`` atomically.
 
     ``progress`` is an optional callable ``(step, total, label)`` for a progress bar.
     """
@@ -89,11 +99,7 @@ def build_default_model(out_dir: Path, seed: int = 0, progress=None) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,  # head_dim 64: a size vLLM's CPU attention supports
-        num_key_value_heads=2,
+        **SIZES[size],  # head_dim 64 in every size: one vLLM's CPU attention supports
         max_position_embeddings=1024,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
@@ -110,7 +116,7 @@ def build_default_model(out_dir: Path, seed: int = 0, progress=None) -> Path:
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     ).save_pretrained(tmp)
-    (tmp / "llmsvc.json").write_text(json.dumps({"name": "tiny-random", "recipe": "random-init", "seed": seed}))
+    (tmp / "llmsvc.json").write_text(json.dumps({"name": f"{size}-random", "recipe": "random-init", "seed": seed}))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     report(3, steps, "done")
