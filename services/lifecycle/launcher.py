@@ -35,8 +35,11 @@ def _listening(address: str) -> bool:
 
 
 class WorkerLauncher:
-    def __init__(self, slots: list[str], served_models, logs: Path, timeout_s: float = 300.0) -> None:
+    def __init__(self, slots: list[str], served_models, logs: Path, timeout_s: float = 300.0,
+                 slot_cpus: list[str] | None = None) -> None:
         self.slots = slots
+        self.slot_cpus = dict(zip(slots, slot_cpus or ()))
+        """vLLM-CPU binding per slot address (see ``services.cli.stack.slot_cpus``)."""
         self.served_models = served_models
         """Async callable returning the names the router serves (``ModelClient.served_models``)."""
         self.logs = logs
@@ -60,6 +63,8 @@ class WorkerLauncher:
                 "LLMSVC_WORKER_SERVED_MODEL_NAME": version, "LLMSVC_WORKER_MODEL_ALIASES": "[]",
                 "PYTHONUNBUFFERED": "1"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if self.slot_cpus.get(address) and "VLLM_CPU_OMP_THREADS_BIND" not in env:  # the user's own binding wins
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.slot_cpus[address]
         return env
 
     async def ensure_served(self, version: str, path: str) -> None:

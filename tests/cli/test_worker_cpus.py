@@ -28,3 +28,33 @@ def test_the_users_binding_wins(tmp_path, monkeypatch):
     assert Stack(cfg).env_for("worker", 1)["VLLM_CPU_OMP_THREADS_BIND"] == worker_cpus(1, 2)
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     assert Stack(cfg).env_for("worker", 1)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
+def test_worker_slots_keep_the_workers_cpus_and_spares_get_their_own():
+    from services.cli.stack import slot_cpus
+
+    # One worker (vLLM's automatic binding: model runner on core 0) and one spare slot on two cores.
+    assert slot_cpus(1, 2, [0, 1]) == ["", "1"]
+    assert slot_cpus(2, 4, list(range(8))) == ["0,1,2,3", "4,5,6,7", "4,5", "6,7"]
+
+
+def test_the_eval_service_starts_a_version_on_its_slots_cpus(tmp_path, monkeypatch):
+    """The environment the eval service's launcher gives a worker it starts for a new version."""
+    import json
+
+    from services.cli.stack import Stack, StackConfig, free_port, slot_cpus
+    from services.lifecycle.launcher import WorkerLauncher
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    cfg = StackConfig.ephemeral(tmp_path, tmp_path / "model", "sk-" + "x" * 64, workers=1,
+                                spare_worker_ports=[free_port()])
+    env = Stack(cfg)._eval_env()
+    slots, cpus = json.loads(env["LLMSVC_EVAL_WORKER_SLOTS"]), json.loads(env["LLMSVC_EVAL_WORKER_SLOT_CPUS"])
+    assert len(slots) == 2 and cpus == slot_cpus(1, 2)
+    launcher = WorkerLauncher(slots, None, tmp_path, slot_cpus=cpus)
+    if cpus[1]:  # a machine with one CPU has nothing to spare
+        assert launcher._env(slots[1], "v2", "/m")["VLLM_CPU_OMP_THREADS_BIND"] == cpus[1]
+        assert cpus[1] != cpus[0]
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in launcher._env(slots[0], "v2", "/m")  # vLLM's automatic binding
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    assert launcher._env(slots[-1], "v2", "/m")["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
