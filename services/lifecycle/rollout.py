@@ -64,15 +64,18 @@ class EmbeddedRollout:
         for w in old:
             log.info("draining %s (%s) after moving %s to %s", w.address, w.load.models[0], alias, version)
             await self._call(w.address, "Drain", pb.DrainRequest())
+        # Done means new requests reach the new version only: wait until the router routes none to the old ones.
+        drained = {w.address for w in old}
+        await self._wait(lambda ws: not any(w.address in drained for w in ws), "stop routing to the drained workers")
         return {"serving": [w.address for w in new], "drained": [w.address for w in old]}
 
-    async def _wait(self, ready) -> None:
+    async def _wait(self, ready, what: str = "see the alias on the new worker") -> None:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if ready(await self._workers()):
                 return
             await asyncio.sleep(0.25)
-        raise RolloutError("the router did not see the alias on the new worker in time")
+        raise RolloutError(f"the router did not {what} in time")
 
 
 class RegistryOnlyRollout:

@@ -127,10 +127,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         seen: dict[str, pb.ModelInfo] = {}
-        for worker in self.pool.workers.values():
-            if worker.healthy:
-                for info in worker.model_infos:
-                    seen.setdefault(info.id, info)
+        # Serving workers first: a draining worker's names (an alias just moved away from it) show only
+        # when no serving worker has them.
+        healthy = [w for w in self.pool.workers.values() if w.healthy]
+        for worker in sorted(healthy, key=lambda w: w.load.draining):
+            for info in worker.model_infos:
+                seen.setdefault(info.id, info)
         return pb.ListModelsResponse(models=sorted(seen.values(), key=lambda m: m.id))
 
     async def _unary(self, method: str, request, context: grpc.aio.ServicerContext):

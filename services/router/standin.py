@@ -83,8 +83,10 @@ class StandinInference(pb_grpc.InferenceServicer):
                        draining=self.draining)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
-        return pb.ListModelsResponse(models=[pb.ModelInfo(id=m, root=m, max_model_len=MAX_MODEL_LEN, owned_by="llmsvc")
-                                             for m in self.models])
+        # As a worker lists them: its version first, then its aliases with the version as their parent.
+        return pb.ListModelsResponse(models=[pb.ModelInfo(id=m, root=m, max_model_len=MAX_MODEL_LEN, owned_by="llmsvc",
+                                                          parent=self.models[0] if i else "")
+                                             for i, m in enumerate(self.models)])
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext):
         ids = list(request.prompt.encode())
