@@ -23,6 +23,7 @@ from services.cli.stack import Stack, StackConfig, free_port, model_runner_cpus
 
 MODEL_NAME = "tiny-random"
 PROXIES = ("gateway", "auth", "router")
+PER_REQUEST = "llmsvc per-request streams"
 
 
 def bench_args(a, seed: int, num_prompts: int) -> list[str]:
@@ -49,18 +50,36 @@ def run(a) -> None:
     stack.start()
     sides = {"vllm": (f"http://127.0.0.1:{vllm_port}", ""),
              "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key)}
-    # Processes whose CPU time is counted per side (with children: the vLLM engine core).
-    pids = {"vllm": {"vllm serve": vllm_proc.pid},
-            "llmsvc": {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router", "worker0")}}
     # The same stack again with the proxies (gateway, auth, router) at a lower CPU priority than the engine,
     # and kept off the cores vLLM bound its model-runner process to.
     nice_side = f"llmsvc nice {a.proxy_nice} + off engine cores"
     if a.proxy_nice:
-        sides[nice_side], pids[nice_side] = sides["llmsvc"], pids["llmsvc"]
+        sides[nice_side] = sides["llmsvc"]
+    # The same stack with gateway and router restarted on one Generate call per request on each hop
+    # (LLMSVC_GATEWAY_MULTIPLEX=false, LLMSVC_ROUTER_MULTIPLEX=false): the transport before GenerateMany.
+    if a.per_request_side:
+        sides[PER_REQUEST] = sides["llmsvc"]
+    multiplexing = [True]
+
+    def router_multiplex(on: bool) -> None:
+        if multiplexing[0] != on:
+            for name in ("gateway", "router"):
+                stack.stop_proc(name)
+                stack.cfg.extra_env[f"LLMSVC_{name.upper()}_MULTIPLEX"] = str(on).lower()
+                stack.spawn(name, f"services.{name}.main", stack.env_for(name))
+            stack.wait_ready(timeout_s=120)
+            multiplexing[0] = on
+
+    def pids(side: str) -> dict[str, int]:
+        """Processes whose CPU time is counted for ``side`` (with children: the vLLM engine core)."""
+        if side == "vllm":
+            return {"vllm serve": vllm_proc.pid}
+        return {n: stack.procs[n].popen.pid for n in ("gateway", "auth", "router", "worker0")}
     try:
         wait_models(sides["vllm"][0], proc=vllm_proc)
         stack.wait_ready(timeout_s=300)
         for side, (url, k) in sides.items():  # warm-up: first requests compile and allocate
+            router_multiplex(side != PER_REQUEST)
             vllm_bench(url, MODEL_NAME, model, bench_args(a, 0, 2 * a.concurrency), k)
         rows, results = [], {s: [] for s in sides}
         for rnd in range(1, a.rounds + 1):
@@ -68,6 +87,7 @@ def run(a) -> None:
             for side in order:
                 url, k = sides[side]
                 if side.startswith("llmsvc"):
+                    router_multiplex(side != PER_REQUEST)
                     tuned = side == nice_side
                     engine_cpus = model_runner_cpus(stack.procs["worker0"].popen.pid)
                     spare = set(range(os.cpu_count() or 1)) - engine_cpus
@@ -75,9 +95,10 @@ def run(a) -> None:
                         pid = stack.procs[n].popen.pid
                         os.setpriority(os.PRIO_PROCESS, pid, a.proxy_nice if tuned else 0)
                         os.sched_setaffinity(pid, spare if tuned and spare else range(os.cpu_count() or 1))
-                before = {n: cpu_seconds([pid]) for n, pid in pids[side].items()}
+                counted = pids(side)
+                before = {n: cpu_seconds([pid]) for n, pid in counted.items()}
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd, a.num_prompts), k)
-                r["cpu"] = {n: cpu_seconds([pid]) - before[n] for n, pid in pids[side].items()}
+                r["cpu"] = {n: cpu_seconds([pid]) - before[n] for n, pid in counted.items()}
                 results[side].append(r)
                 rows.append(row(side, rnd, r))
         print(table(["round", "side", "ok", "failed", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
@@ -126,6 +147,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--stream-interval", type=int, default=1,
                    help="vLLM's stream_interval on both sides: tokens per streamed message after the first")
+    p.add_argument("--per-request-side", action="store_true",
+                   help="also run the stack with one Generate call per request on every hop (no GenerateMany)")
     p.add_argument("--proxy-nice", type=int, default=0,
                    help="also run the stack with gateway, auth and router at this nice value (a third side)")
     run(p.parse_args())

@@ -22,6 +22,9 @@ class GatewaySettings(ServiceSettings):
     """gRPC address of the trainer service."""
     eval_addr: str = "127.0.0.1:50054"
     """gRPC address of the eval service."""
+    multiplex: bool = True
+    """Send all generations to the router over one ``GenerateMany`` call (one message per batch of tokens of
+    all requests, not one per token per request); false: one Generate call per generation."""
     request_timeout_s: float = 600.0
     """Deadline for one generation, propagated to the router and worker over gRPC."""
     auth_timeout_s: float = 5.0

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpcutil import insecure_channel, request_metadata
 from services.common.pb import auth_pb2_grpc, inference_pb2 as pb, router_pb2_grpc
+from services.common.mux import MuxChannel, MuxStream
 from services.common.relay import Relay
 
 from .errors import APIError, from_grpc
@@ -19,6 +20,7 @@ from .errors import APIError, from_grpc
 
 _LIMITS_TTL_S = 5.0
 _ROUTER_GENERATE = "/llmsvc.v1.Router/Generate"
+_ROUTER_GENERATE_MANY = "/llmsvc.v1.Router/GenerateMany"
 
 
 @dataclass
@@ -31,17 +33,26 @@ class Upstreams:
     auth: auth_pb2_grpc.AuthStub
     # Router.Generate whose stream yields undecoded chunk bytes, for :class:`Relay`.
     generate_raw: object = None
+    # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
+    mux: MuxChannel | None = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)
     _limits_at: float = -1e9
 
     @classmethod
-    def connect(cls, router_addr: str, auth_addr: str) -> "Upstreams":
+    def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True) -> "Upstreams":
         rc, ac = insecure_channel(router_addr), insecure_channel(auth_addr)
         raw = rc.unary_stream(_ROUTER_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
                               response_deserializer=None)
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth_pb2_grpc.AuthStub(ac), generate_raw=raw)
+        mux = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else None
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth_pb2_grpc.AuthStub(ac), generate_raw=raw, mux=mux)
+
+    def open_stream(self, request: pb.GenerateRequest, timeout_s: float):
+        """Start a generation at the router: a stream of the multiplexed call, or a Generate call of its own."""
+        if self.mux is not None:
+            return self.mux.open(request, timeout_s)
+        return self.generate_raw(request, timeout=timeout_s, metadata=request_metadata(request.request_id))
 
     async def healthy(self, timeout: float = 1.0) -> dict[str, bool]:
         async def check(channel: grpc.aio.Channel) -> bool:
@@ -66,6 +77,8 @@ class Upstreams:
         return self._limits.get(model)
 
     async def close(self) -> None:
+        if self.mux is not None:
+            self.mux.close()
         for ch in (self.router_channel, self.auth_channel, *self.extra.values()):
             await ch.close()
 
@@ -88,8 +101,9 @@ class Generation:
         self.request = request
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
-        self._call = upstreams.generate_raw(request, timeout=timeout_s, metadata=request_metadata(request.request_id))
-        self._relay: Relay | None = None
+        self._call = upstreams.open_stream(request, timeout_s)
+        # A multiplexed stream hands over what piled up by itself; a plain call reads through a Relay.
+        self._relay: Relay | MuxStream | None = self._call if isinstance(self._call, MuxStream) else None
         self._first: pb.GenerateChunk | None = None
         self.usage = pb.Usage()
         self.finished = False

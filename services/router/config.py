@@ -67,6 +67,9 @@ class RouterSettings(ServiceSettings):
     the best prefix hit rate and TTFT p50 of the policies on the prefill-heavy runs in docs/benchmarks.md)."""
     model_policies: dict[str, str] = Field(default_factory=dict)
     """Per-model overrides of ``policy`` as a JSON map, e.g. ``{"tiny-chat": "session"}``."""
+    multiplex: bool = True
+    """Send a worker's streams over one ``GenerateMany`` call when it offers one (one message per engine step
+    for all its requests, not one per request); false: one Generate call per request, as older workers need."""
     max_attempts: int = 2
     """Tries per request when a worker fails before its first token (1 = no retry)."""
     prefix_chunk_chars: int = 128

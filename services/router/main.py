@@ -45,7 +45,7 @@ class Router:
 async def start_router(settings: RouterSettings) -> Router:
     """Build the pool, policies and queues, bind the port (0 = any) and start serving."""
     pool = WorkerPool(settings.workers if settings.discovery == "static" else [], settings.poll_interval_s,
-                      settings.poll_timeout_s, settings.readmit_checks)
+                      settings.poll_timeout_s, settings.readmit_checks, settings.multiplex)
     policies = PolicyTable(settings)
     admission = AdmissionControl(lambda model: settings.max_in_flight_per_worker * len(pool.routable(model)),
                                  settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
@@ -66,7 +66,10 @@ async def start_router(settings: RouterSettings) -> Router:
 async def serve(settings: RouterSettings) -> None:
     router = await start_router(settings)
     try:
-        await serve_until_signalled(router.server, router.health, [SERVICE], settings.grace_s)
+        async def drain() -> None:  # multiplexed calls end once their streams have; new streams go elsewhere
+            router.servicer.draining = True
+
+        await serve_until_signalled(router.server, router.health, [SERVICE], settings.grace_s, on_drain=drain)
     finally:
         await router.close()
 

@@ -21,7 +21,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Gauge
 
-from services.common.grpcutil import insecure_channel
+from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.mux import MuxChannel
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
@@ -42,6 +43,8 @@ class Worker:
     # Generate with undecoded chunks, and the bytes that mark a chunk as served here (see wire.py).
     generate: object = None
     tag: bytes = b""
+    # Streams multiplexed over one GenerateMany call, used when the worker says it serves it (mux.py).
+    mux: MuxChannel | None = None
     healthy: bool = False
     load: pb.Load = field(default_factory=pb.Load)
     models: tuple[str, ...] = ()
@@ -59,6 +62,16 @@ class Worker:
         """Requests on the worker: the larger of what the engine reported and what we sent since."""
         return max(self.load.running + self.load.waiting, self.in_flight)
 
+    def open_stream(self, request: pb.GenerateRequest, timeout_s: float | None):
+        """Start a Generate stream here: over the multiplexed call when the worker offers it, else its own call."""
+        if self.mux is not None and self.load.multiplex:
+            return self.mux.open(request, timeout_s)
+        return self.generate(request, timeout=timeout_s, metadata=request_metadata(request.request_id))
+
+    def close_streams(self) -> None:
+        if self.mux is not None:
+            self.mux.close()
+
     @property
     def score(self) -> float:
         """Load used by least-load decisions: ``queue``, ties broken by KV-cache usage (0..1)."""
@@ -67,8 +80,9 @@ class Worker:
 
 class WorkerPool:
     def __init__(self, addresses: list[str], poll_interval_s: float = 0.5, poll_timeout_s: float = 2.0,
-                 readmit_checks: int = 2) -> None:
+                 readmit_checks: int = 2, multiplex: bool = True) -> None:
         self.workers: dict[str, Worker] = {}
+        self.multiplex = multiplex
         self.poll_interval_s = poll_interval_s
         self.poll_timeout_s = poll_timeout_s
         self.readmit_checks = max(1, readmit_checks)
@@ -88,6 +102,7 @@ class WorkerPool:
             self.workers[address] = Worker(
                 address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel),
                 generate=raw_generate(channel), tag=worker_tag(address),
+                mux=MuxChannel(channel, "/llmsvc.v1.Inference/GenerateMany") if self.multiplex else None,
             )
             log.info("discovered worker %s", address)
         return self.workers[address]
@@ -117,6 +132,7 @@ class WorkerPool:
         done = [w for w in self._retiring if w.in_flight <= 0]
         self._retiring = [w for w in self._retiring if w.in_flight > 0]
         for worker in done:
+            worker.close_streams()
             await worker.channel.close()
 
     def routable(self, model: str) -> list[Worker]:
@@ -193,4 +209,5 @@ class WorkerPool:
         if self._task:
             self._task.cancel()
         for worker in [*self.workers.values(), *self._retiring]:
+            worker.close_streams()
             await worker.channel.close()

@@ -8,6 +8,7 @@ import grpc
 from prometheus_client import Counter
 
 from services.common.grpcutil import request_metadata
+from services.common.mux import MuxSession, MuxStream, StreamContext, stream_timeout
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2
 from services.common.pb import router_pb2_grpc
@@ -39,6 +40,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.policies = policies
         self.admission = admission
         self.max_attempts = max(1, max_attempts)
+        # Set on SIGTERM: multiplexed calls refuse new streams and end once theirs have finished.
+        self.draining = False
 
     async def _candidates(self, model: str, policy: str, context: grpc.aio.ServicerContext) -> list[Worker]:
         workers = self.pool.routable(model)
@@ -60,7 +63,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             async with self.admission.slot(request.model, request.priority, context.time_remaining()):
                 worker, call, first = await self._open(request, policy, context)
-                relay = Relay(call) if first is not grpc.aio.EOF else None
+                # A multiplexed stream already hands over what piled up as one message; a plain call needs a Relay.
+                relay = None if first is grpc.aio.EOF else call if isinstance(call, MuxStream) else Relay(call)
                 try:
                     if relay is None:
                         return
@@ -81,6 +85,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
                                 trailing_metadata=(("retry-after", str(exc.retry_after_s)),))
 
+    async def GenerateMany(self, request_iterator, context: grpc.aio.ServicerContext):
+        """Many Generate streams over one call (the gateway's transport; see :mod:`services.common.mux`):
+        each runs :meth:`Generate` with its own deadline, and what all of them produced since the previous
+        message goes as one message."""
+
+        def one(request: pb.GenerateRequest):
+            return self.Generate(request, StreamContext(stream_timeout.get()))
+
+        async for batch in MuxSession(one, lambda: self.draining, "router").run(request_iterator):
+            yield batch
+
     async def _open(self, request: pb.GenerateRequest, policy: RoutingPolicy, context: grpc.aio.ServicerContext):
         """Start the stream on a worker and read its first chunk, retrying on another worker before it.
 
@@ -94,8 +109,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             tried.add(worker.address)
             ROUTED.labels(policy.name, request.model, "retry" if attempt else outcome).inc()
             worker.in_flight += 1
-            call = worker.generate(request, timeout=context.time_remaining(),
-                                   metadata=request_metadata(request.request_id))
+            call = worker.open_stream(request, context.time_remaining())
             try:
                 return worker, call, await call.read()
             except grpc.aio.AioRpcError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from services.common.grpcutil import build_server, set_serving
+from services.common.mux import MuxSession, StreamAbort, single_stream, stream_timeout
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
@@ -50,21 +51,25 @@ class StandinInference(pb_grpc.InferenceServicer):
     seen: list[Seen] = field(default_factory=list)
     active: int = 0
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        self.seen.append(Seen(request, context.time_remaining(), dict(context.invocation_metadata() or ())))
+    # Serve GenerateMany and say so in GetLoad (the router then multiplexes its streams to this stand-in).
+    multiplex: bool = True
+    mux_calls: int = 0
+
+    async def _chunks(self, request: pb.GenerateRequest):
+        """The reply's chunks, for Generate and for each stream of GenerateMany; raises StreamAbort."""
         if request.model not in self.models:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' does not exist on this worker.")
+            raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' does not exist on this worker.")
         if self.fail_before_first is not None:
-            await context.abort(self.fail_before_first, "stand-in told to fail before the first token")
+            raise StreamAbort(self.fail_before_first, "stand-in told to fail before the first token")
         n = request.params.max_tokens or self.default_tokens
         if n + 4 > MAX_MODEL_LEN:  # as a real worker does: the prompt (4 "tokens" here) plus the completion
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"This model's maximum context length is "
-                                f"{MAX_MODEL_LEN} tokens; {n + 4} were requested.", trailing_metadata=(("param", "max_tokens"),))
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, f"This model's maximum context length is "
+                              f"{MAX_MODEL_LEN} tokens; {n + 4} were requested.", {"param": "max_tokens"})
         self.active += 1
         try:
             for i in range(n):
                 if self.break_after_tokens is not None and i >= self.break_after_tokens:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in told to break mid-stream")
+                    raise StreamAbort(grpc.StatusCode.UNAVAILABLE, "stand-in told to break mid-stream")
                 if self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 chunk = pb.GenerateChunk(request_id=request.request_id, model=self.models[0])
@@ -77,10 +82,28 @@ class StandinInference(pb_grpc.InferenceServicer):
         finally:
             self.active -= 1
 
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        self.seen.append(Seen(request, context.time_remaining(), dict(context.invocation_metadata() or ())))
+        async for chunk in single_stream(self._chunks(request), context):
+            yield chunk
+
+    async def GenerateMany(self, request_iterator, context: grpc.aio.ServicerContext):
+        if not self.multiplex:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this stand-in serves Generate only")
+        self.mux_calls += 1
+
+        async def chunks(request: pb.GenerateRequest):
+            self.seen.append(Seen(request, stream_timeout.get(), {"x-request-id": request.request_id}))
+            async for chunk in self._chunks(request):
+                yield chunk
+
+        async for batch in MuxSession(chunks, lambda: self.draining, "standin").run(request_iterator):
+            yield batch
+
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.Load:
         running = self.active if self.running is None else self.running
         return pb.Load(running=running, waiting=self.waiting, kv_cache_usage=self.kv_cache_usage, models=self.models,
-                       draining=self.draining)
+                       draining=self.draining, multiplex=self.multiplex)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         # As a worker lists them: its version first, then its aliases with the version as their parent.

@@ -10,6 +10,7 @@ import signal
 
 import grpc
 
+from services.common.mux import MuxSession, StreamAbort, single_stream
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
@@ -29,20 +30,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if model and not self.host.serves(model):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist on this worker.")
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        await self._check_model(request.model, context)
+    async def _chunks(self, request: pb.GenerateRequest):
+        """One request's chunks, for Generate and for each stream of GenerateMany; raises StreamAbort."""
+        if request.model and not self.host.serves(request.model):
+            raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' does not exist on this worker.")
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
+            raise StreamAbort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
         log.info("generate model=%s n=%d", request.model, request.params.n or 1)
         self.active += 1
         try:
             async for chunk in self.host.generate(request):
                 yield chunk
         except InvalidRequest as exc:
-            context.set_trailing_metadata((("param", exc.param or ""),))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), {"param": exc.param or ""}) from None
         finally:
             self.active -= 1
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        async for chunk in single_stream(self._chunks(request), context):
+            yield chunk
+
+    async def GenerateMany(self, request_iterator, context: grpc.aio.ServicerContext):
+        """Many Generate streams over one call (see :mod:`services.common.mux`); the router's transport."""
+        async for batch in MuxSession(self._chunks, lambda: self.draining, "worker").run(request_iterator):
+            yield batch
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.Load:
         snap = self.host.load_snapshot()
@@ -54,6 +65,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             prefix_cache_hit_rate=snap.prefix_cache_hit_rate,
             models=[card.name, *card.aliases] if card else [],
             draining=self.draining,
+            multiplex=True,
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):

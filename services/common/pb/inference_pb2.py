@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmsvc/v1/inference.proto\x12\tllmsvc.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"W\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.llmsvc.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x94\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\x05\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x15\n\x08logprobs\x18\x0b \x01(\x05H\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\x05H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\x05\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x9f\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x17.llmsvc.v1.ChatMessagesH\x00\x12/\n\x10prompt_token_ids\x18\x05 \x01(\x0b\x32\x13.llmsvc.v1.TokenIdsH\x00\x12)\n\x06params\x18\x06 \x01(\x0b\x32\x19.llmsvc.v1.SamplingParams\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x15\n\rreturn_prompt\x18\t \x01(\x08\x12\x12\n\nsession_id\x18\n \x01(\tB\x07\n\x05input\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"\x8e\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0bhas_logprob\x18\x04 \x01(\x08\x12\"\n\x03top\x18\x05 \x03(\x0b\x32\x15.llmsvc.v1.TopLogprob\x12\x13\n\x0btoken_bytes\x18\x06 \x01(\x0c\"\x94\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.llmsvc.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"\xff\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x16.llmsvc.v1.ChoiceDelta\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.llmsvc.v1.Usage\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\x05 \x03(\x05\x12\x30\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x17.llmsvc.v1.TokenLogprob\x12\x13\n\x0bprompt_text\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0e\n\x06worker\x18\t \x01(\t\"\x10\n\x0eGetLoadRequest\"\x81\x01\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\"\x13\n\x11ListModelsRequest\"o\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\x10\n\x08owned_by\x18\x05 \x01(\t\x12\x0e\n\x06parent\x18\x06 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.llmsvc.v1.ModelInfo\"\x80\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.llmsvc.v1.ChatMessagesH\x00\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x42\x07\n\x05input\"\\\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\ntoken_strs\x18\x04 \x03(\t\"2\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"$\n\x12\x44\x65tokenizeResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"%\n\x14TokenizerInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"R\n\x15TokenizerInfoResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12\x15\n\rchat_template\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"$\n\x11SetAliasesRequest\x12\x0f\n\x07\x61liases\x18\x01 \x03(\t\"$\n\x12SetAliasesResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"\x0e\n\x0c\x44rainRequest\"\x0f\n\rDrainResponse2\xbc\x04\n\tInference\x12\x42\n\x08Generate\x12\x1a.llmsvc.v1.GenerateRequest\x1a\x18.llmsvc.v1.GenerateChunk0\x01\x12\x35\n\x07GetLoad\x12\x19.llmsvc.v1.GetLoadRequest\x1a\x0f.llmsvc.v1.Load\x12I\n\nListModels\x12\x1c.llmsvc.v1.ListModelsRequest\x1a\x1d.llmsvc.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.llmsvc.v1.TokenizeRequest\x1a\x1b.llmsvc.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.llmsvc.v1.DetokenizeRequest\x1a\x1d.llmsvc.v1.DetokenizeResponse\x12R\n\rTokenizerInfo\x12\x1f.llmsvc.v1.TokenizerInfoRequest\x1a .llmsvc.v1.TokenizerInfoResponse\x12I\n\nSetAliases\x12\x1c.llmsvc.v1.SetAliasesRequest\x1a\x1d.llmsvc.v1.SetAliasesResponse\x12:\n\x05\x44rain\x12\x17.llmsvc.v1.DrainRequest\x1a\x18.llmsvc.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmsvc/v1/inference.proto\x12\tllmsvc.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"W\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.llmsvc.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x94\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\x05\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x02\x12\x15\n\x08logprobs\x18\x0b \x01(\x05H\x05\x88\x01\x01\x12\x1c\n\x0fprompt_logprobs\x18\x0c \x01(\x05H\x06\x88\x01\x01\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\x05\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x9f\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x17.llmsvc.v1.ChatMessagesH\x00\x12/\n\x10prompt_token_ids\x18\x05 \x01(\x0b\x32\x13.llmsvc.v1.TokenIdsH\x00\x12)\n\x06params\x18\x06 \x01(\x0b\x32\x19.llmsvc.v1.SamplingParams\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x15\n\rreturn_prompt\x18\t \x01(\x08\x12\x12\n\nsession_id\x18\n \x01(\tB\x07\n\x05input\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"\x8e\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0bhas_logprob\x18\x04 \x01(\x08\x12\"\n\x03top\x18\x05 \x03(\x0b\x32\x15.llmsvc.v1.TopLogprob\x12\x13\n\x0btoken_bytes\x18\x06 \x01(\x0c\"\x94\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.llmsvc.v1.TokenLogprob\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rcached_tokens\x18\x03 \x01(\x05\"\xff\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x16.llmsvc.v1.ChoiceDelta\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.llmsvc.v1.Usage\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\x05 \x03(\x05\x12\x30\n\x0fprompt_logprobs\x18\x06 \x03(\x0b\x32\x17.llmsvc.v1.TokenLogprob\x12\x13\n\x0bprompt_text\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x0e\n\x06worker\x18\t \x01(\t\"\x10\n\x0eGetLoadRequest\"\x94\x01\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x02\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x11\n\tmultiplex\x18\x07 \x01(\x08\"\x13\n\x11ListModelsRequest\"o\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\x10\n\x08owned_by\x18\x05 \x01(\t\x12\x0e\n\x06parent\x18\x06 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.llmsvc.v1.ModelInfo\"\x80\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.llmsvc.v1.ChatMessagesH\x00\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08\x42\x07\n\x05input\"\\\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\ntoken_strs\x18\x04 \x03(\t\"2\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"$\n\x12\x44\x65tokenizeResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"%\n\x14TokenizerInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"R\n\x15TokenizerInfoResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\x12\x15\n\rchat_template\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"$\n\x11SetAliasesRequest\x12\x0f\n\x07\x61liases\x18\x01 \x03(\t\"$\n\x12SetAliasesResponse\x12\x0e\n\x06models\x18\x01 \x03(\t\"\x0e\n\x0c\x44rainRequest\"\x0f\n\rDrainResponse\"_\n\nStreamOpen\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x1a.llmsvc.v1.GenerateRequest\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"M\n\nMuxRequest\x12%\n\x04open\x18\x01 \x01(\x0b\x32\x15.llmsvc.v1.StreamOpenH\x00\x12\x10\n\x06\x63\x61ncel\x18\x02 \x01(\rH\x00\x42\x06\n\x04kind\"\xc5\x01\n\x0bStreamFrame\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\t\x12\x36\n\x08trailing\x18\x06 \x03(\x0b\x32$.llmsvc.v1.StreamFrame.TrailingEntry\x1a/\n\rTrailingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0bMuxResponse\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.llmsvc.v1.StreamFrame2\xff\x04\n\tInference\x12\x42\n\x08Generate\x12\x1a.llmsvc.v1.GenerateRequest\x1a\x18.llmsvc.v1.GenerateChunk0\x01\x12\x41\n\x0cGenerateMany\x12\x15.llmsvc.v1.MuxRequest\x1a\x16.llmsvc.v1.MuxResponse(\x01\x30\x01\x12\x35\n\x07GetLoad\x12\x19.llmsvc.v1.GetLoadRequest\x1a\x0f.llmsvc.v1.Load\x12I\n\nListModels\x12\x1c.llmsvc.v1.ListModelsRequest\x1a\x1d.llmsvc.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.llmsvc.v1.TokenizeRequest\x1a\x1b.llmsvc.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.llmsvc.v1.DetokenizeRequest\x1a\x1d.llmsvc.v1.DetokenizeResponse\x12R\n\rTokenizerInfo\x12\x1f.llmsvc.v1.TokenizerInfoRequest\x1a .llmsvc.v1.TokenizerInfoResponse\x12I\n\nSetAliases\x12\x1c.llmsvc.v1.SetAliasesRequest\x1a\x1d.llmsvc.v1.SetAliasesResponse\x12:\n\x05\x44rain\x12\x17.llmsvc.v1.DrainRequest\x1a\x18.llmsvc.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmsvc.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STREAMFRAME_TRAILINGENTRY']._loaded_options = None
+  _globals['_STREAMFRAME_TRAILINGENTRY']._serialized_options = b'8\001'
   _globals['_CHATMESSAGE']._serialized_start=40
   _globals['_CHATMESSAGE']._serialized_end=98
   _globals['_CHATMESSAGES']._serialized_start=100
@@ -54,33 +56,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLOADREQUEST']._serialized_start=1632
   _globals['_GETLOADREQUEST']._serialized_end=1648
   _globals['_LOAD']._serialized_start=1651
-  _globals['_LOAD']._serialized_end=1780
-  _globals['_LISTMODELSREQUEST']._serialized_start=1782
-  _globals['_LISTMODELSREQUEST']._serialized_end=1801
-  _globals['_MODELINFO']._serialized_start=1803
-  _globals['_MODELINFO']._serialized_end=1914
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1916
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1974
-  _globals['_TOKENIZEREQUEST']._serialized_start=1977
-  _globals['_TOKENIZEREQUEST']._serialized_end=2105
-  _globals['_TOKENIZERESPONSE']._serialized_start=2107
-  _globals['_TOKENIZERESPONSE']._serialized_end=2199
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2201
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2251
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2253
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2289
-  _globals['_TOKENIZERINFOREQUEST']._serialized_start=2291
-  _globals['_TOKENIZERINFOREQUEST']._serialized_end=2328
-  _globals['_TOKENIZERINFORESPONSE']._serialized_start=2330
-  _globals['_TOKENIZERINFORESPONSE']._serialized_end=2412
-  _globals['_SETALIASESREQUEST']._serialized_start=2414
-  _globals['_SETALIASESREQUEST']._serialized_end=2450
-  _globals['_SETALIASESRESPONSE']._serialized_start=2452
-  _globals['_SETALIASESRESPONSE']._serialized_end=2488
-  _globals['_DRAINREQUEST']._serialized_start=2490
-  _globals['_DRAINREQUEST']._serialized_end=2504
-  _globals['_DRAINRESPONSE']._serialized_start=2506
-  _globals['_DRAINRESPONSE']._serialized_end=2521
-  _globals['_INFERENCE']._serialized_start=2524
-  _globals['_INFERENCE']._serialized_end=3096
+  _globals['_LOAD']._serialized_end=1799
+  _globals['_LISTMODELSREQUEST']._serialized_start=1801
+  _globals['_LISTMODELSREQUEST']._serialized_end=1820
+  _globals['_MODELINFO']._serialized_start=1822
+  _globals['_MODELINFO']._serialized_end=1933
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1935
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1993
+  _globals['_TOKENIZEREQUEST']._serialized_start=1996
+  _globals['_TOKENIZEREQUEST']._serialized_end=2124
+  _globals['_TOKENIZERESPONSE']._serialized_start=2126
+  _globals['_TOKENIZERESPONSE']._serialized_end=2218
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2220
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2270
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2272
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2308
+  _globals['_TOKENIZERINFOREQUEST']._serialized_start=2310
+  _globals['_TOKENIZERINFOREQUEST']._serialized_end=2347
+  _globals['_TOKENIZERINFORESPONSE']._serialized_start=2349
+  _globals['_TOKENIZERINFORESPONSE']._serialized_end=2431
+  _globals['_SETALIASESREQUEST']._serialized_start=2433
+  _globals['_SETALIASESREQUEST']._serialized_end=2469
+  _globals['_SETALIASESRESPONSE']._serialized_start=2471
+  _globals['_SETALIASESRESPONSE']._serialized_end=2507
+  _globals['_DRAINREQUEST']._serialized_start=2509
+  _globals['_DRAINREQUEST']._serialized_end=2523
+  _globals['_DRAINRESPONSE']._serialized_start=2525
+  _globals['_DRAINRESPONSE']._serialized_end=2540
+  _globals['_STREAMOPEN']._serialized_start=2542
+  _globals['_STREAMOPEN']._serialized_end=2637
+  _globals['_MUXREQUEST']._serialized_start=2639
+  _globals['_MUXREQUEST']._serialized_end=2716
+  _globals['_STREAMFRAME']._serialized_start=2719
+  _globals['_STREAMFRAME']._serialized_end=2916
+  _globals['_STREAMFRAME_TRAILINGENTRY']._serialized_start=2869
+  _globals['_STREAMFRAME_TRAILINGENTRY']._serialized_end=2916
+  _globals['_MUXRESPONSE']._serialized_start=2918
+  _globals['_MUXRESPONSE']._serialized_end=2971
+  _globals['_INFERENCE']._serialized_start=2974
+  _globals['_INFERENCE']._serialized_end=3613
 # @@protoc_insertion_point(module_scope)

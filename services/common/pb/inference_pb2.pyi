@@ -167,20 +167,22 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Load(_message.Message):
-    __slots__ = ("running", "waiting", "kv_cache_usage", "models", "prefix_cache_hit_rate", "draining")
+    __slots__ = ("running", "waiting", "kv_cache_usage", "models", "prefix_cache_hit_rate", "draining", "multiplex")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLEX_FIELD_NUMBER: _ClassVar[int]
     running: int
     waiting: int
     kv_cache_usage: float
     models: _containers.RepeatedScalarFieldContainer[str]
     prefix_cache_hit_rate: float
     draining: bool
-    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ..., prefix_cache_hit_rate: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    multiplex: bool
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., models: _Optional[_Iterable[str]] = ..., prefix_cache_hit_rate: _Optional[float] = ..., draining: _Optional[bool] = ..., multiplex: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -281,3 +283,50 @@ class DrainRequest(_message.Message):
 class DrainResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StreamOpen(_message.Message):
+    __slots__ = ("stream_id", "request", "timeout_s")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    request: GenerateRequest
+    timeout_s: float
+    def __init__(self, stream_id: _Optional[int] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class MuxRequest(_message.Message):
+    __slots__ = ("open", "cancel")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    open: StreamOpen
+    cancel: int
+    def __init__(self, open: _Optional[_Union[StreamOpen, _Mapping]] = ..., cancel: _Optional[int] = ...) -> None: ...
+
+class StreamFrame(_message.Message):
+    __slots__ = ("stream_id", "chunks", "end", "code", "details", "trailing")
+    class TrailingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    chunks: bytes
+    end: bool
+    code: int
+    details: str
+    trailing: _containers.ScalarMap[str, str]
+    def __init__(self, stream_id: _Optional[int] = ..., chunks: _Optional[bytes] = ..., end: _Optional[bool] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., trailing: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class MuxResponse(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[StreamFrame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[StreamFrame, _Mapping]]] = ...) -> None: ...

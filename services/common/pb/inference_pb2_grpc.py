@@ -40,6 +40,11 @@ class InferenceStub:
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GenerateMany = channel.stream_stream(
+                '/llmsvc.v1.Inference/GenerateMany',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.MuxRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.MuxResponse.FromString,
+                _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/llmsvc.v1.Inference/GetLoad',
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
@@ -82,6 +87,12 @@ class InferenceServicer:
     """
 
     def Generate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMany(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +147,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GenerateMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateMany,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.MuxRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.MuxResponse.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
@@ -201,6 +217,33 @@ class Inference:
             '/llmsvc.v1.Inference/Generate',
             llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmsvc.v1.Inference/GenerateMany',
+            llmsvc_dot_v1_dot_inference__pb2.MuxRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.MuxResponse.FromString,
             options,
             channel_credentials,
             insecure,

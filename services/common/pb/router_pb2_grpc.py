@@ -40,6 +40,11 @@ class RouterStub:
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GenerateMany = channel.stream_stream(
+                '/llmsvc.v1.Router/GenerateMany',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.MuxRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.MuxResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/llmsvc.v1.Router/ListModels',
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
@@ -72,6 +77,13 @@ class RouterServicer:
 
     def Generate(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMany(self, request_iterator, context):
+        """Many Generate streams over one call (the gateway's transport), as Inference.GenerateMany.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -113,6 +125,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GenerateMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateMany,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.MuxRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.MuxResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -167,6 +184,33 @@ class Router:
             '/llmsvc.v1.Router/Generate',
             llmsvc_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             llmsvc_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmsvc.v1.Router/GenerateMany',
+            llmsvc_dot_v1_dot_inference__pb2.MuxRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.MuxResponse.FromString,
             options,
             channel_credentials,
             insecure,
