@@ -34,6 +34,20 @@ def sse(doc: dict | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
+class _SSEResponse(StreamingResponse):
+    """A streamed response that closes its body generator as soon as it ends, however it ends.
+
+    When the client goes away while the response is sending, Starlette cancels the sender between two
+    events and leaves the generator suspended at a ``yield``; its ``finally`` (cancel the upstream streams,
+    so that vLLM aborts the requests, and report the usage) would then wait for garbage collection."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 class GenerationFlow:
     """Runs one API call that fans out into one or more upstream generations."""
 
@@ -69,8 +83,8 @@ class GenerationFlow:
         metrics.TTFT.labels(self.model).observe(self.generations[0].first_token_at - self.started)
         headers = {"x-request-id": self.request_id, **self.admission.headers}
         if self.stream:
-            return StreamingResponse(self._sse(), media_type="text/event-stream",
-                                     headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+            return _SSEResponse(self._sse(), media_type="text/event-stream",
+                                headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
             async for offset, chunk in self._merged():
                 self.fmt.fold(chunk, offset)

@@ -86,7 +86,10 @@ def eval_stack(tmp_path_factory, eval_models, lifecycle, eval_pg_url, api_key, e
              "threshold": 1e6, "tolerance": 0.02}]
     cfg = StackConfig.ephemeral(
         tmp_path_factory.mktemp("eval-stack"), eval_models["v1"], api_key, served_model_name=lifecycle["v1"],
-        model_aliases=[lifecycle["alias"]], spare_worker_ports=[free_port(), free_port()], database_url=eval_pg_url,
+        model_aliases=[lifecycle["alias"]], database_url=eval_pg_url,
+        # A slot per version besides v1's (garbage, v2, v3): no test depends on a drained worker's port
+        # being free again (another test's stack may have taken it by then).
+        spare_worker_ports=[free_port(), free_port(), free_port()],
         extra_env={"LLMSVC_EVAL_DATA_DIRS": json.dumps([str(eval_data)]), "LLMSVC_EVAL_GATE": json.dumps(gate),
                    "LLMSVC_WORKER_DTYPE": "float32", "LLMSVC_WORKER_GRACE_S": "60"})
     with Stack(cfg).running(stop_timeout_s=60) as s:
