@@ -59,12 +59,14 @@ def test_worse_version_is_refused(gw, lifecycle, eval_pg_url):
     assert _audit(eval_pg_url, alias)[-1].action == "promote_refused"
 
 
-STREAM_N, STREAM_TOKENS = 8, 900
+STREAM_N, STREAM_TOKENS = 16, 900  # 16: the API's most choices per request
+BALLAST = 3  # more requests like it alongside, so the old worker's batch is 64 sequences
 
 
 def _stream(base_url: str, key: str, model: str, out: dict) -> None:
-    # Eight choices of 900 tokens each (EOS ignored): long enough on an idle CPU that the promotion,
-    # which only moves the alias and drains the old worker, lands while tokens are still arriving.
+    # 16 choices of 900 tokens each, EOS ignored, beside BALLAST more such requests (64 sequences, the
+    # worker's batch): several times as long as the promotion, which moves the alias, drains the old worker
+    # and waits for the router to stop routing to it, even with multiplexed hops that no longer slow the engine.
     body = {"model": model, "messages": [{"role": "user", "content": "Tell me about the river."}], "stream": True,
             "max_tokens": STREAM_TOKENS, "n": STREAM_N, "seed": 7, "ignore_eos": True}
     events = []
@@ -92,6 +94,10 @@ def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycl
     # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
     for v in ("v1", "v3"):
         assert run_eval(gw, lifecycle[v], "perplexity", dataset=GATE_DATASET)["status"] == "succeeded"
+    ballast_out = [{"started": threading.Event(), "ended": threading.Event()} for _ in range(BALLAST)]
+    ballast = [threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, o)) for o in ballast_out]
+    for b in ballast:
+        b.start()
     out = {"started": threading.Event(), "ended": threading.Event()}
     t = threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, out))
     t.start()
@@ -102,6 +108,12 @@ def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycl
     promoted_while_streaming = not out["ended"].is_set()
     promote_s = time.monotonic() - t0
     t.join(300)
+    for b in ballast:
+        b.join(300)
+    # The drain let every request on the old worker finish: all of them completed, every choice to its length.
+    for o in ballast_out:
+        assert o.get("status") == 200 and o["events"][-1] == "[DONE]"
+        assert not any("error" in json.loads(e) for e in o["events"][:-1])
     assert r.status_code == 200, r.text
     assert r.json()["promoted"] and r.json()["checks"][0]["passed"]
     assert promoted_while_streaming, f"the stream ended before the switch ({promote_s:.1f} s); it proves nothing"
