@@ -61,7 +61,7 @@ def run(a) -> None:
         sides[PER_REQUEST] = sides["llmsvc"]
     multiplexing = [True]
 
-    def router_multiplex(on: bool) -> None:
+    def multiplex_hops(on: bool) -> None:
         if multiplexing[0] != on:
             for name in ("gateway", "router"):
                 stack.stop_proc(name)
@@ -79,7 +79,7 @@ def run(a) -> None:
         wait_models(sides["vllm"][0], proc=vllm_proc)
         stack.wait_ready(timeout_s=300)
         for side, (url, k) in sides.items():  # warm-up: first requests compile and allocate
-            router_multiplex(side != PER_REQUEST)
+            multiplex_hops(side != PER_REQUEST)
             vllm_bench(url, MODEL_NAME, model, bench_args(a, 0, 2 * a.concurrency), k)
         rows, results = [], {s: [] for s in sides}
         for rnd in range(1, a.rounds + 1):
@@ -87,7 +87,7 @@ def run(a) -> None:
             for side in order:
                 url, k = sides[side]
                 if side.startswith("llmsvc"):
-                    router_multiplex(side != PER_REQUEST)
+                    multiplex_hops(side != PER_REQUEST)
                     tuned = side == nice_side
                     engine_cpus = model_runner_cpus(stack.procs["worker0"].popen.pid)
                     spare = set(range(os.cpu_count() or 1)) - engine_cpus

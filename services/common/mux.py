@@ -26,6 +26,7 @@ import grpc
 from .grpcutil import GRPC_LATENCY, GRPC_REQUESTS, request_metadata
 from .logging import request_id_var
 from .pb import inference_pb2 as pb
+from .relay import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,13 @@ class MuxSession:
                     pending, self._pending = self._pending, {}
                     yield pb.MuxResponse(frames=[_frame(sid, parts, end) for sid, (parts, end) in pending.items()])
                     continue
-                if not self._tasks and (self._closed or self._draining()):
-                    return
                 self._wake.clear()
-                try:  # the timeout only re-checks draining, which nothing signals
+                if self._tasks:  # every push and every stream's end wakes us
+                    await self._wake.wait()
+                    continue
+                if self._closed or self._draining():
+                    return
+                try:  # idle: the timeout only re-checks draining, which nothing signals
                     await asyncio.wait_for(self._wake.wait(), 0.5)
                 except TimeoutError:
                     pass
@@ -192,48 +196,23 @@ def rpc_error(code: grpc.StatusCode, details: str, trailing: dict[str, str] | No
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*(trailing or {}).items()), details)
 
 
-class MuxStream:
+class MuxStream(Inbox):
     """One request's stream over a GenerateMany call: what the callers use of a plain Generate call
     (``read``, ``cancel``, ``done``), ending the same way, with EOF or the stream's own status as a
     ``grpc.aio.AioRpcError``, or the whole call's error when the call breaks (a killed server fails every
     stream on it, as it would fail every separate call)."""
 
     def __init__(self, call: "_MuxCall", sid: int) -> None:
+        super().__init__()
         self._call = call
         self.sid = sid
-        self._parts: list[bytes] = []
-        self._ended = False
-        self._error: grpc.aio.AioRpcError | None = None
-        self._ready = asyncio.Event()
 
     def _deliver(self, frame: pb.StreamFrame) -> None:
         if frame.chunks:
-            self._parts.append(frame.chunks)
+            self._put(frame.chunks)
         if frame.end:
-            self._ended = True
-            if frame.code:
-                self._error = rpc_error(_CODES.get(frame.code, grpc.StatusCode.UNKNOWN), frame.details,
-                                        dict(frame.trailing))
-        self._ready.set()
-
-    def _fail(self, error: grpc.aio.AioRpcError) -> None:
-        if not self._ended:
-            self._ended, self._error = True, error
-            self._ready.set()
-
-    async def next(self) -> bytes | None:
-        """Everything that arrived since the last call, as one message (their merge); None at the end;
-        raises the stream's error once what came before it has been read."""
-        while not self._parts:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts.clear()
-        return data
+            self._finish(rpc_error(_CODES.get(frame.code, grpc.StatusCode.UNKNOWN), frame.details,
+                                   dict(frame.trailing)) if frame.code else None)
 
     async def read(self):
         """As ``grpc.aio`` calls read: the next message, or ``grpc.aio.EOF``."""
@@ -243,7 +222,7 @@ class MuxStream:
     def cancel(self) -> bool:
         if self._ended:
             return False
-        self._fail(rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
+        self._finish(rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
         self._call.cancel(self.sid)
         return True
 
@@ -296,7 +275,7 @@ class _MuxCall:
         finally:
             self.closed = True
             for stream in self._streams.values():
-                stream._fail(error)
+                stream._finish(error)
             self._streams.clear()
             self._queue.put_nowait(None)
 

@@ -13,7 +13,43 @@ import asyncio
 import grpc
 
 
-class Relay:
+class Inbox:
+    """Messages that arrived and not yet taken, handed over together as one; then the end, or an error.
+
+    The receiving half of both a :class:`Relay` and a multiplexed stream (``services.common.mux``)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._error: grpc.aio.AioRpcError | None = None
+
+    def _put(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._ready.set()
+
+    def _finish(self, error: grpc.aio.AioRpcError | None = None) -> None:
+        """No more messages: the end, or ``error`` after what came before it (the first end wins)."""
+        if not self._ended:
+            self._ended, self._error = True, error
+            self._ready.set()
+
+    async def next(self) -> bytes | None:
+        """What arrived since the last call, as one message (their merge); None at the end; raises the
+        stream's error once what came before it has been taken."""
+        while not self._parts:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class Relay(Inbox):
     """Reads a stream in its own task and hands over everything that has arrived as one message.
 
     While the next hop keeps up, that is one chunk per read, as before. When it falls behind (the
@@ -24,36 +60,25 @@ class Relay:
     """
 
     def __init__(self, call) -> None:
+        super().__init__()
         self._call = call
-        self._buf: list[bytes] = []
-        self._ready = asyncio.Event()
-        self._error: grpc.aio.AioRpcError | None = None
-        self._done = False
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
+        error = None
         try:
             while (raw := await self._call.read()) is not grpc.aio.EOF:
-                self._buf.append(raw)
-                self._ready.set()
+                self._put(raw)
         except grpc.aio.AioRpcError as exc:
-            self._error = exc
+            error = exc
         finally:
-            self._done = True
-            self._ready.set()
-
-    async def next(self) -> bytes | None:
-        """What arrived since the last call, as one message; None at the end; raises the stream's error."""
-        while not self._buf:
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
-        return data
+            self._finish(error)
 
     def close(self) -> None:
         self._task.cancel()
+
+
+def merged(call) -> Inbox:
+    """``call``'s messages, handed over merged when they pile up: the call itself when it already does
+    that (a multiplexed stream), else a :class:`Relay` over it."""
+    return call if isinstance(call, Inbox) else Relay(call)

@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpcutil import insecure_channel, request_metadata
 from services.common.pb import auth_pb2_grpc, inference_pb2 as pb, router_pb2_grpc
-from services.common.mux import MuxChannel, MuxStream
-from services.common.relay import Relay
+from services.common.mux import MuxChannel
+from services.common.relay import Inbox, merged
 
 from .errors import APIError, from_grpc
 
@@ -102,15 +102,14 @@ class Generation:
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
         self._call = upstreams.open_stream(request, timeout_s)
-        # A multiplexed stream hands over what piled up by itself; a plain call reads through a Relay.
-        self._relay: Relay | MuxStream | None = self._call if isinstance(self._call, MuxStream) else None
+        self._relay: Inbox | None = None
         self._first: pb.GenerateChunk | None = None
         self.usage = pb.Usage()
         self.finished = False
 
     async def _next(self) -> pb.GenerateChunk | None:
         if self._relay is None:
-            self._relay = Relay(self._call)
+            self._relay = merged(self._call)
         try:
             raw = await self._relay.next()
         except grpc.aio.AioRpcError as exc:

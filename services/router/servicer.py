@@ -8,11 +8,11 @@ import grpc
 from prometheus_client import Counter
 
 from services.common.grpcutil import request_metadata
-from services.common.mux import MuxSession, MuxStream, StreamContext, stream_timeout
+from services.common.mux import MuxSession, StreamContext, stream_timeout
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2
 from services.common.pb import router_pb2_grpc
-from services.common.relay import Relay
+from services.common.relay import merged
 
 from .admission import AdmissionControl, Rejected
 from .policies import PolicyTable, RoutingPolicy
@@ -63,8 +63,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             async with self.admission.slot(request.model, request.priority, context.time_remaining()):
                 worker, call, first = await self._open(request, policy, context)
-                # A multiplexed stream already hands over what piled up as one message; a plain call needs a Relay.
-                relay = None if first is grpc.aio.EOF else call if isinstance(call, MuxStream) else Relay(call)
+                relay = None if first is grpc.aio.EOF else merged(call)
                 try:
                     if relay is None:
                         return

@@ -75,6 +75,12 @@ async def test_a_failing_stream_ends_alone_and_its_status_reaches_the_caller():
         # The four streams started before were past token 3 or stop there too; none hangs.
         results = await asyncio.gather(*ok, return_exceptions=True)
         assert all(isinstance(r, (list, grpc.aio.AioRpcError)) for r in results)
+        # Each ended as its own call would: broken mid-stream, or complete with all its tokens.
+        for r in results:
+            if isinstance(r, grpc.aio.AioRpcError):
+                assert r.code() == grpc.StatusCode.UNAVAILABLE and "failed after it had started" in r.details()
+            else:
+                assert r[-1].finished and r[-1].usage.completion_tokens == 10
 
 
 async def test_bad_input_on_a_multiplexed_stream_is_the_same_status_and_trailer():
