@@ -17,6 +17,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from bench.serve_gateway import cpu_seconds
 from bench.serve_lib import default_model, median, start_vllm_server, stop, table, vllm_bench, wait_models
 from services.cli.stack import Stack, StackConfig, free_port, model_runner_cpus
@@ -97,8 +99,11 @@ def run(a) -> None:
                         os.sched_setaffinity(pid, spare if tuned and spare else range(os.cpu_count() or 1))
                 counted = pids(side)
                 before = {n: cpu_seconds([pid]) for n, pid in counted.items()}
+                tree_before = cpu_by_process(counted) if a.tree else {}
                 r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd, a.num_prompts), k)
                 r["cpu"] = {n: cpu_seconds([pid]) - before[n] for n, pid in counted.items()}
+                if a.tree:
+                    r["cpu"] |= {n: t - tree_before.get(n, 0.0) for n, t in cpu_by_process(counted).items()}
                 results[side].append(r)
                 rows.append(row(side, rnd, r))
         print(table(["round", "side", "ok", "failed", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
@@ -110,6 +115,24 @@ def run(a) -> None:
     finally:
         stack.stop()
         stop(vllm_proc)
+
+
+def cpu_by_process(counted: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each process of each counted tree, as ``name / process title`` (``--tree``)."""
+    out: dict[str, float] = {}
+    for n, pid in counted.items():
+        root = psutil.Process(pid)
+        for p in root.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                title = p.name()
+            except psutil.Error:
+                continue
+            key = f"{n} / {title}"
+            out[key] = out.get(key, 0.0) + t.user + t.system
+        t = root.cpu_times()
+        out[f"{n} / (itself)"] = t.user + t.system
+    return out
 
 
 def summary(results: dict[str, list[dict]]) -> str:
@@ -133,7 +156,7 @@ def cpu_table(results: dict[str, list[dict]]) -> str:
     rows = []
     for side, runs in results.items():
         for proc in runs[0]["cpu"]:
-            per_tok = [1000 * r["cpu"][proc] / max(1, r["total_output_tokens"]) for r in runs]
+            per_tok = [1000 * r["cpu"].get(proc, 0.0) / max(1, r["total_output_tokens"]) for r in runs]
             rows.append([side, proc, median(per_tok)])
     return table(["side", "process (with children)", "CPU ms per output token"], rows)
 
@@ -149,6 +172,8 @@ def main() -> None:
                    help="vLLM's stream_interval on both sides: tokens per streamed message after the first")
     p.add_argument("--per-request-side", action="store_true",
                    help="also run the stack with one Generate call per request on every hop (no GenerateMany)")
+    p.add_argument("--tree", action="store_true",
+                   help="also break each side's CPU down by process (front end, engine core, model runner …)")
     p.add_argument("--proxy-nice", type=int, default=0,
                    help="also run the stack with gateway, auth and router at this nice value (a third side)")
     run(p.parse_args())

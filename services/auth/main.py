@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from services.common.grpcutil import serve_until_signalled, set_serving
+from services.common.grpcutil import run_service, serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 
@@ -32,7 +31,7 @@ def main() -> None:
     settings = AuthSettings()
     setup_logging("auth", settings.log_level, settings.log_format)
     start_metrics_server(settings.metrics_port)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

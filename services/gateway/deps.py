@@ -10,11 +10,12 @@ from .config import GatewaySettings
 from .upstream import Upstreams
 
 
-def _settings(request: Request) -> GatewaySettings:
+# ``async``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hand-off per request each.
+async def _settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def _upstreams(request: Request) -> Upstreams:
+async def _upstreams(request: Request) -> Upstreams:
     return request.app.state.upstreams
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from services.common.pb import inference_pb2 as pb
 
@@ -34,18 +34,51 @@ def sse(doc: dict | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-class _SSEResponse(StreamingResponse):
-    """A streamed response that closes its body generator as soon as it ends, however it ends.
+class _SSEResponse(Response):
+    """A server-sent event stream, sent as it is produced; it stops as soon as the client goes away.
 
-    When the client goes away while the response is sending, Starlette cancels the sender between two
-    events and leaves the generator suspended at a ``yield``; its ``finally`` (cancel the upstream streams,
-    so that vLLM aborts the requests, and report the usage) would then wait for garbage collection."""
+    Starlette's ``StreamingResponse`` runs the body and a disconnect listener in an anyio task group, whose
+    set-up and cancellation cost more CPU per request than the rest of a short stream's sending. Here the
+    listener is one plain task, which cancels the sending task when the client disconnects. Either way the
+    body generator is closed when the response ends, however it ends, so its ``finally`` (cancel the
+    upstream streams, which aborts the vLLM requests, and report the usage) runs at once and does not wait
+    for garbage collection, as it would for a generator left suspended at a ``yield``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
 
     async def __call__(self, scope, receive, send) -> None:
+        sending = asyncio.current_task()
+        state = {"done": False, "gone": False}
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:  # after the last byte, uvicorn reports the end as a disconnect too
+                state["gone"] = True
+                sending.cancel()
+
+        listener = asyncio.get_running_loop().create_task(listen())
         try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                state["done"] = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                state["done"] = True
+                listener.cancel()
+                await self.body_iterator.aclose()
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            sending.uncancel()  # the client left: nothing more to send, and nothing went wrong
 
 
 class GenerationFlow:
@@ -66,7 +99,7 @@ class GenerationFlow:
         self.admission: Admission | None = None
         self.generations: list[Generation] = []
 
-    async def run(self, requests: list[pb.GenerateRequest], reserve_tokens: int) -> JSONResponse | StreamingResponse:
+    async def run(self, requests: list[pb.GenerateRequest], reserve_tokens: int) -> JSONResponse | Response:
         hints = RoutingHints.from_headers(self.request)
         self.admission = await admit(self.upstreams, self.request, model=self.model, scope="chat",
                                      reserve_tokens=reserve_tokens, timeout_s=self.settings.auth_timeout_s)
@@ -83,8 +116,7 @@ class GenerationFlow:
         metrics.TTFT.labels(self.model).observe(self.generations[0].first_token_at - self.started)
         headers = {"x-request-id": self.request_id, **self.admission.headers}
         if self.stream:
-            return _SSEResponse(self._sse(), media_type="text/event-stream",
-                                headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+            return _SSEResponse(self._sse(), {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
             async for offset, chunk in self._merged():
                 self.fmt.fold(chunk, offset)
