@@ -29,6 +29,9 @@ class NoopAuth(auth_pb2_grpc.AuthServicer):
     async def ReportUsage(self, request, context):
         return pb.ReportUsageResponse(outcome="written")
 
+    async def ReportUsageBatch(self, request, context):
+        return pb.ReportUsageBatchResponse(outcomes=["written"] * len(request.reports))
+
 
 async def serve(host: str, port: int) -> None:
     server, health = build_server("auth", [(auth_pb2_grpc.add_AuthServicer_to_server, NoopAuth(), SERVICE)])

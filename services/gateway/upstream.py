@@ -35,6 +35,8 @@ class Upstreams:
     generate_raw: object = None
     # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
     mux: MuxChannel | None = None
+    # Usage reports to auth, batched (admission.UsageReporter; set by the app at start-up).
+    usage: object = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)

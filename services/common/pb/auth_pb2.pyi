@@ -98,6 +98,18 @@ class ReportUsageResponse(_message.Message):
     outcome: str
     def __init__(self, outcome: _Optional[str] = ...) -> None: ...
 
+class ReportUsageBatchRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[ReportUsageRequest]
+    def __init__(self, reports: _Optional[_Iterable[_Union[ReportUsageRequest, _Mapping]]] = ...) -> None: ...
+
+class ReportUsageBatchResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outcomes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class KeyInfo(_message.Message):
     __slots__ = ("id", "prefix", "name", "owner", "scopes", "allowed_models", "rpm", "tpm", "daily_token_quota", "max_concurrent", "expires_at", "revoked_at", "created_at", "last_used_at")
     ID_FIELD_NUMBER: _ClassVar[int]

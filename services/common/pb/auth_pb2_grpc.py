@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AuthStub:
-    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """ReportUsage and ReportUsageBatch are idempotent by reservation_id, so the gateway may retry them.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,15 @@ class AuthStub:
                 request_serializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageResponse.FromString,
                 _registered_method=True)
+        self.ReportUsageBatch = channel.unary_unary(
+                '/llmsvc.v1.Auth/ReportUsageBatch',
+                request_serializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
-    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """ReportUsage and ReportUsageBatch are idempotent by reservation_id, so the gateway may retry them.
     """
 
     def Admit(self, request, context):
@@ -58,6 +63,12 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportUsageBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,6 +87,11 @@ def add_AuthServicer_to_server(servicer, server):
                     request_deserializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageResponse.SerializeToString,
             ),
+            'ReportUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUsageBatch,
+                    request_deserializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'llmsvc.v1.Auth', rpc_method_handlers)
@@ -85,7 +101,7 @@ def add_AuthServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Auth:
-    """ReportUsage is idempotent by reservation_id, so the gateway may retry it.
+    """ReportUsage and ReportUsageBatch are idempotent by reservation_id, so the gateway may retry them.
     """
 
     @staticmethod
@@ -132,6 +148,33 @@ class Auth:
             '/llmsvc.v1.Auth/ReportUsage',
             llmsvc_dot_v1_dot_auth__pb2.ReportUsageRequest.SerializeToString,
             llmsvc_dot_v1_dot_auth__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Auth/ReportUsageBatch',
+            llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchRequest.SerializeToString,
+            llmsvc_dot_v1_dot_auth__pb2.ReportUsageBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
