@@ -12,12 +12,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RUNNING = Gauge("llmsvc_worker_running_requests", "Requests the engine is decoding.", ["model"])
 WAITING = Gauge("llmsvc_worker_waiting_requests", "Requests queued in the engine.", ["model"])
 KV_USAGE = Gauge("llmsvc_worker_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", ["model"])
 PREFIX_QUERIES = Counter("llmsvc_worker_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", ["model"])
+# vLLM's own time to first token: from the request's arrival at this worker's engine client to its first
+# token. The gateway's llmsvc_time_to_first_token_seconds minus this is what the hops before the engine cost.
+ENGINE_TTFT = Histogram("llmsvc_worker_engine_time_to_first_token_seconds",
+                        "Time from a request's arrival at the worker's engine to its first token (vLLM's TTFT).",
+                        ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 PREFIX_HITS = Counter("llmsvc_worker_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", ["model"])
 
 
@@ -34,6 +39,7 @@ class LoadTracker:
 
     def __init__(self, model: str) -> None:
         self._model = model
+        self.ttft = ENGINE_TTFT.labels(model)
         self._lock = threading.Lock()
         self._running = 0
         self._waiting = 0
@@ -74,6 +80,9 @@ class LoadTracker:
                 pass
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+                if iteration_stats is not None:
+                    for ttft in iteration_stats.time_to_first_tokens_iter:
+                        tracker.ttft.observe(ttft)
                 if scheduler_stats is None:
                     return
                 pc = scheduler_stats.prefix_cache_stats
