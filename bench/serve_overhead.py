@@ -4,7 +4,7 @@ same model, measured in one run by vLLM's own benchmark client, sides alternatin
     .venv/bin/python -m bench.serve_overhead --rounds 3 --num-prompts 200 --concurrency 16
 
 Both servers run the same engine settings (enforce-eager, prefix caching, 64 sequences, 1 GiB KV
-cache, the same ``--stream-interval``) on the same cores; each round runs one side then the other (the order flips every round)
+cache, the same ``--stream-interval``, the same CPU priority ``--engine-nice``) on the same cores; each round runs one side then the other (the order flips every round)
 so drift in a noisy machine hits both. Prints one row per run and the median ratios.
 """
 
@@ -45,8 +45,9 @@ def run(a) -> None:
     key = "sk-bench-" + secrets.token_hex(8)
     vllm_port = free_port()
     interval = ["--stream-interval", str(a.stream_interval)]
-    vllm_proc = start_vllm_server(model, vllm_port, MODEL_NAME, home / "vllm.log", interval)
-    engine_args = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"stream_interval": a.stream_interval})}
+    vllm_proc = start_vllm_server(model, vllm_port, MODEL_NAME, home / "vllm.log", interval, nice=a.engine_nice)
+    engine_args = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"stream_interval": a.stream_interval}),
+                   "LLMSVC_WORKER_CPU_NICE": str(a.engine_nice)}
     stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING",
                                         extra_env=engine_args))
     stack.start()
@@ -172,6 +173,9 @@ def main() -> None:
                    help="vLLM's stream_interval on both sides: tokens per streamed message after the first")
     p.add_argument("--per-request-side", action="store_true",
                    help="also run the stack with one Generate call per request on every hop (no GenerateMany)")
+    p.add_argument("--engine-nice", type=int, default=10,
+                   help="CPU priority of both sides' engines (the worker's LLMSVC_WORKER_CPU_NICE, which llmsvc up "
+                        "sets to 10; 0: as before)")
     p.add_argument("--tree", action="store_true",
                    help="also break each side's CPU down by process (front end, engine core, model runner …)")
     p.add_argument("--proxy-nice", type=int, default=0,

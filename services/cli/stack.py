@@ -53,6 +53,9 @@ class StackConfig:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     served_model_name: str = ""
     kv_cache_gib: int = 1
+    worker_cpu_nice: int = 10
+    """Nice value of the workers' engines (``LLMSVC_WORKER_CPU_NICE``, which wins when set): on shared cores
+    the engine yields to the gateway, auth and router (``services.worker.priority``)."""
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
     database_url: str = ""
@@ -158,6 +161,7 @@ class Stack:
                 "LLMSVC_WORKER_MODEL_ALIASES": json.dumps(c.model_aliases),
                 "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
             }
+            env.setdefault("LLMSVC_WORKER_CPU_NICE", str(c.worker_cpu_nice))
             mport = c.metrics_ports.get(f"worker{index}")
             if mport:
                 env["LLMSVC_WORKER_METRICS_PORT"] = str(mport)
@@ -195,6 +199,7 @@ class Stack:
         env = self._common_env("eval")
         # Every router address is a slot: a drained worker's address can host the next version.
         slots = [f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
+        env.setdefault("LLMSVC_WORKER_CPU_NICE", str(c.worker_cpu_nice))  # for the workers it starts
         env |= {
             "LLMSVC_EVAL_HOST": c.host, "LLMSVC_EVAL_PORT": str(c.eval_port),
             "LLMSVC_EVAL_ROUTER_ADDR": f"{c.host}:{c.router_port}",

@@ -37,6 +37,9 @@ class WorkerSettings(ServiceSettings):
     """Upper bound of sequences scheduled together."""
     seed: int = 0
     """Engine seed; per-request seeds still apply."""
+    cpu_nice: int = Field(default=0, ge=0, le=19)
+    """Nice value of the worker and its engine processes (0: unchanged). ``llmsvc up`` sets 10, so that on
+    shared cores the spinning engine yields to the serving path's short wake-ups (see ``priority.py``)."""
     engine_args: dict = Field(default_factory=dict)
     """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
 

@@ -12,6 +12,7 @@ from services.common.pb import inference_pb2_grpc as pb_grpc
 
 from .config import WorkerSettings
 from .engine import EngineHost
+from .priority import lower_cpu_priority
 from .servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ async def serve(settings: WorkerSettings) -> None:
     # Listen before the engine is up so health checks see NOT_SERVING, not a refused port.
     await server.start()
     log.info("worker listening on %s:%d, starting engine for %s", settings.host, port, settings.model)
+    lower_cpu_priority(settings.cpu_nice)  # before the engine processes start: they inherit it
     await asyncio.to_thread(host.start)
     await set_serving(health, [SERVICE], True)
     log.info("worker serving %s", host.card.name)
