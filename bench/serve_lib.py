@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from services.worker.priority import apply_nice
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,17 +85,7 @@ def start_vllm_server(model: Path, port: int, served_name: str, log_path: Path, 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     log = open(log_path, "ab")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=(lambda: _lower_priority(nice)) if nice else None)
-
-
-def _lower_priority(nice: int) -> None:
-    """In the new session's first process, before exec: what ``services.worker.priority`` does, unlogged."""
-    os.setpriority(os.PRIO_PROCESS, 0, nice)
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(nice))
-    except OSError:
-        pass
+                            preexec_fn=(lambda: apply_nice(nice)) if nice else None)
 
 
 def wait_models(base_url: str, api_key: str = "", timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:

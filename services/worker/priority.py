@@ -29,6 +29,13 @@ def lower_cpu_priority(nice: int) -> list[str]:
     """Lower this process's (and its future children's) CPU priority to ``nice``; returns what changed."""
     if nice <= 0:
         return []
+    done = apply_nice(nice)
+    log.info("engine CPU priority lowered to nice %d (%s)", nice, ", ".join(done) or "already there")
+    return done
+
+
+def apply_nice(nice: int) -> list[str]:
+    """:func:`lower_cpu_priority` without logging (safe in a ``preexec_fn``, between fork and exec)."""
     done = []
     if os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
@@ -38,7 +45,6 @@ def lower_cpu_priority(nice: int) -> list[str]:
         try:
             AUTOGROUP.write_text(str(nice))
             done.append("autogroup")
-        except OSError as exc:  # no autogroup in this kernel, or not permitted
-            log.debug("autogroup unchanged: %s", exc)
-    log.info("engine CPU priority lowered to nice %d (%s)", nice, ", ".join(done) or "already there")
+        except OSError:  # no autogroup in this kernel, or not permitted
+            pass
     return done
