@@ -7,7 +7,6 @@ same call; ReportUsage reconciles the reservation to the tokens actually used
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
@@ -105,77 +104,10 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
                    headers={"retry-after": str(max(1, math.ceil(resp.retry_after_s or 1)))})
 
 
-# Reports are idempotent by reservation id, so a batch is retried through an auth restart or failover.
-_REPORT_BACKOFF_S = (0.2, 0.5, 1, 2, 4, 8, 15, 30)
-_MAX_BATCH = 500
-
-
-class UsageReporter:
-    """Sends the requests' usage to auth in the background, many requests per call; clients never wait.
-
-    Group commit, as auth's own usage recorder does: a report that finds nothing in flight goes at once,
-    alone; reports that arrive while a batch is in flight go together in the next ReportUsageBatch call.
-    Under load that is one call per batch instead of one per request, on the gateway and on auth alike,
-    and nothing waits for a batch to fill. A failed batch is retried whole, for about a minute, then
-    logged as lost; an auth without ReportUsageBatch (an older replica) gets one ReportUsage per report.
-    """
-
-    def __init__(self, upstreams: Upstreams) -> None:
-        self._upstreams = upstreams
-        self._queue: list[pb.ReportUsageRequest] = []
-        self._task: asyncio.Task | None = None
-        self._batch_rpc = True
-
-    def add(self, message: pb.ReportUsageRequest) -> None:
-        self._queue.append(message)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-            await self._send(batch)
-
-    async def _send(self, batch: list[pb.ReportUsageRequest]) -> None:
-        for delay in (*_REPORT_BACKOFF_S, None):
-            try:
-                await self._call(batch)
-                return
-            except grpc.aio.AioRpcError as exc:
-                if delay is None or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    log.error("usage report failed (%s): %d requests' usage lost (%d tokens): %s", exc.code().name,
-                              len(batch), sum(m.prompt_tokens + m.completion_tokens for m in batch),
-                              ", ".join(m.request_id for m in batch[:5]) + (" …" if len(batch) > 5 else ""))
-                    return
-                log.warning("usage report of %d requests failed (%s); retrying in %.1fs", len(batch),
-                            exc.code().name, delay)
-                await asyncio.sleep(delay)
-
-    async def _call(self, batch: list[pb.ReportUsageRequest]) -> None:
-        auth = self._upstreams.auth
-        if self._batch_rpc:
-            try:
-                await auth.ReportUsageBatch(pb.ReportUsageBatchRequest(reports=batch), timeout=10.0,
-                                            metadata=request_metadata(batch[0].request_id))
-                return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-                self._batch_rpc = False
-                log.info("auth has no ReportUsageBatch; reporting usage one request per call")
-        await asyncio.gather(*(auth.ReportUsage(m, timeout=10.0, metadata=request_metadata(m.request_id))
-                               for m in batch))
-
-    async def drain(self, timeout_s: float = 10.0) -> None:
-        """At shutdown: give queued reports time to land before the channel closes."""
-        if self._task is not None and not self._task.done():
-            await asyncio.wait([self._task], timeout=timeout_s)
-
-
 def report_usage(upstreams: Upstreams, admission: Admission, *, request_id: str, model: str, prompt_tokens: int,
                  completion_tokens: int, status: str, latency_s: float) -> None:
-    """Queue the request's usage for auth (see :class:`UsageReporter`); the client never waits for it."""
-    upstreams.usage.add(pb.ReportUsageRequest(
+    """Queue the request's usage for auth (see :class:`.usage_reports.UsageReporter`); the client never waits."""
+    upstreams.usage_reports.add(pb.ReportUsageRequest(
         reservation_id=admission.reservation_id, request_id=request_id, key_id=admission.key_id, model=model,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status, latency_s=latency_s))
 

@@ -11,7 +11,7 @@ from services.common.grpcutil import insecure_channel
 from .config import GatewaySettings
 from .errors import install_handlers
 from .middleware import RequestContextMiddleware
-from .admission import RateLimitHeadersMiddleware, UsageReporter
+from .admission import RateLimitHeadersMiddleware
 from .routes import files, fine_tuning
 from .routes import admin, evals, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
@@ -21,11 +21,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr, settings.multiplex)
-        app.state.upstreams.usage = UsageReporter(app.state.upstreams)
         app.state.upstreams.extra["eval"] = insecure_channel(settings.eval_addr)
         app.state.upstreams.extra["trainer"] = insecure_channel(settings.trainer_addr)
         yield
-        await app.state.upstreams.usage.drain()
         await app.state.upstreams.close()
 
     app = FastAPI(title="llmsvc", version="0.1.0", lifespan=lifespan)

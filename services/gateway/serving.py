@@ -54,31 +54,30 @@ class _SSEResponse(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         sending = asyncio.current_task()
-        state = {"done": False, "gone": False}
+        done = gone = False
 
         async def listen() -> None:
+            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["done"]:  # after the last byte, uvicorn reports the end as a disconnect too
-                state["gone"] = True
+            if not done:  # after the last byte, uvicorn reports the end as a disconnect too
+                gone = True
                 sending.cancel()
 
         listener = asyncio.get_running_loop().create_task(listen())
         try:
-            try:
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                async for chunk in self.body_iterator:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                state["done"] = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                state["done"] = True
-                listener.cancel()
-                await self.body_iterator.aclose()
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not gone:
                 raise
             sending.uncancel()  # the client left: nothing more to send, and nothing went wrong
+        finally:
+            listener.cancel()
+            await self.body_iterator.aclose()
 
 
 class GenerationFlow:

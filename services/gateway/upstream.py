@@ -16,6 +16,7 @@ from services.common.mux import MuxChannel
 from services.common.relay import Inbox, merged
 
 from .errors import APIError, from_grpc
+from .usage_reports import UsageReporter
 
 
 _LIMITS_TTL_S = 5.0
@@ -35,8 +36,8 @@ class Upstreams:
     generate_raw: object = None
     # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
     mux: MuxChannel | None = None
-    # Usage reports to auth, batched (admission.UsageReporter; set by the app at start-up).
-    usage: object = None
+    # Usage reports to auth, batched.
+    usage_reports: UsageReporter | None = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)
@@ -48,7 +49,9 @@ class Upstreams:
         raw = rc.unary_stream(_ROUTER_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
                               response_deserializer=None)
         mux = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else None
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth_pb2_grpc.AuthStub(ac), generate_raw=raw, mux=mux)
+        auth = auth_pb2_grpc.AuthStub(ac)
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, generate_raw=raw, mux=mux,
+                   usage_reports=UsageReporter(auth))
 
     def open_stream(self, request: pb.GenerateRequest, timeout_s: float):
         """Start a generation at the router: a stream of the multiplexed call, or a Generate call of its own."""
@@ -79,6 +82,8 @@ class Upstreams:
         return self._limits.get(model)
 
     async def close(self) -> None:
+        if self.usage_reports is not None:  # queued reports land before the auth channel closes
+            await self.usage_reports.drain()
         if self.mux is not None:
             self.mux.close()
         for ch in (self.router_channel, self.auth_channel, *self.extra.values()):

@@ -8,7 +8,6 @@ would.
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -18,7 +17,7 @@ from services.common.db.engine import sqlite_url
 from services.common.db.migrate import upgrade
 from services.common.pb import auth_pb2 as pb
 from services.common.pb import auth_pb2_grpc
-from services.gateway.admission import UsageReporter
+from services.gateway.usage_reports import UsageReporter
 
 from .conftest import auth_server, create_key
 
@@ -77,7 +76,7 @@ async def test_reporter_batches_reports_that_arrive_while_a_call_is_in_flight(tm
                 calls.append(len(request.reports))
                 return await stub.ReportUsageBatch(request, **kw)
 
-        reporter = UsageReporter(SimpleNamespace(auth=CountingAuth()))
+        reporter = UsageReporter(CountingAuth())
         reporter.add(_report(admitted[0], 0, 5))
         await asyncio.sleep(0)  # the first report's call is now in flight
         for i, r in enumerate(admitted[1:40], 1):  # 39 requests end meanwhile
@@ -116,7 +115,7 @@ async def test_reporter_falls_back_to_one_call_per_report_and_retries():
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reporter = UsageReporter(SimpleNamespace(auth=auth_pb2_grpc.AuthStub(channel)))
+            reporter = UsageReporter(auth_pb2_grpc.AuthStub(channel))
             servicer.fail_first = 1  # the first ReportUsage fails: the batch is retried after 0.2 s
             for i in range(5):
                 reporter.add(pb.ReportUsageRequest(reservation_id=f"r{i}", request_id=f"q{i}", key_id="k",
