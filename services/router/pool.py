@@ -51,6 +51,8 @@ class Worker:
     model_infos: tuple[pb.ModelInfo, ...] = ()
     # Requests this router has sent and not yet finished; counts between polls.
     in_flight: int = 0
+    # ``in_flight`` when the last load report arrived: what of that report was ours.
+    in_flight_at_poll: int = 0
     last_ok: float = 0.0
     # Consecutive passing polls since the last failure.
     ok_streak: int = 0
@@ -59,8 +61,15 @@ class Worker:
 
     @property
     def queue(self) -> int:
-        """Requests on the worker: the larger of what the engine reported and what we sent since."""
-        return max(self.load.running + self.load.waiting, self.in_flight)
+        """Requests on the worker now, as best this router can tell between polls: other callers' share
+        of the last report (what it counted beyond our own in-flight requests then) plus ours now.
+
+        The report is up to a poll interval old. Taken as it is, it hides the requests that finished
+        since (a worker that just emptied still looks busy) and, taken as a floor under our in-flight
+        count, it sends every new request to whichever worker reported less, in bursts. Our own
+        requests we count exactly, so only the other routers' (or clients') share comes from the report."""
+        others = self.load.running + self.load.waiting - self.in_flight_at_poll
+        return max(0, others) + self.in_flight
 
     def open_stream(self, request: pb.GenerateRequest, timeout_s: float | None):
         """Start a Generate stream here: over the multiplexed call when the worker offers it, else its own call."""
@@ -160,6 +169,7 @@ class WorkerPool:
             listed = await worker.stub.ListModels(pb.ListModelsRequest(), timeout=self.poll_timeout_s)
             worker.model_infos = tuple(listed.models)
         worker.load, worker.models, worker.last_ok = load, tuple(load.models), time.monotonic()
+        worker.in_flight_at_poll = worker.in_flight
         if changed:
             for callback in self.on_models:
                 callback(worker.models)
