@@ -1,6 +1,10 @@
 """Routing policies on a shared-prefix workload: 2 workers behind one router, vLLM's benchmark client.
 
-    .venv/bin/python -m bench.serve_routing --rounds 2 --num-prompts 160 --concurrency 16 --kv-blocks 96
+    .venv/bin/python -m bench.serve_routing --model-size small --rounds 3 --num-prompts 384 --concurrency 16 \
+        --num-prefixes 48 --prefix-len 896 --kv-blocks 240
+
+(docs/benchmarks.md, run M: 48 system prompts of 7 blocks fit in 240 blocks per worker when the workers
+split them, and do not when every worker must hold them all.)
 
 The workload is vLLM's ``prefix_repetition`` dataset: a few long common prefixes (system prompts)
 shared by many requests with distinct suffixes. Each run restarts only the router with the next
