@@ -164,12 +164,13 @@ class WorkerPool:
         if status.status != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError("health is NOT_SERVING")
         load = await worker.stub.GetLoad(pb.GetLoadRequest(), timeout=self.poll_timeout_s)
+        ours = worker.in_flight  # as the report arrives, before any other await
         changed = tuple(load.models) != worker.models
         if changed:
             listed = await worker.stub.ListModels(pb.ListModelsRequest(), timeout=self.poll_timeout_s)
             worker.model_infos = tuple(listed.models)
         worker.load, worker.models, worker.last_ok = load, tuple(load.models), time.monotonic()
-        worker.in_flight_at_poll = worker.in_flight
+        worker.in_flight_at_poll = ours
         if changed:
             for callback in self.on_models:
                 callback(worker.models)
