@@ -32,12 +32,12 @@ class Upstreams:
     auth_channel: grpc.aio.Channel
     router: router_pb2_grpc.RouterStub
     auth: auth_pb2_grpc.AuthStub
+    # Usage reports to auth, batched.
+    usage_reports: UsageReporter
     # Router.Generate whose stream yields undecoded chunk bytes, for :class:`Relay`.
     generate_raw: object = None
     # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
     mux: MuxChannel | None = None
-    # Usage reports to auth, batched.
-    usage_reports: UsageReporter | None = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)
@@ -50,8 +50,7 @@ class Upstreams:
                               response_deserializer=None)
         mux = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else None
         auth = auth_pb2_grpc.AuthStub(ac)
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, generate_raw=raw, mux=mux,
-                   usage_reports=UsageReporter(auth))
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, UsageReporter(auth), generate_raw=raw, mux=mux)
 
     def open_stream(self, request: pb.GenerateRequest, timeout_s: float):
         """Start a generation at the router: a stream of the multiplexed call, or a Generate call of its own."""
@@ -82,8 +81,7 @@ class Upstreams:
         return self._limits.get(model)
 
     async def close(self) -> None:
-        if self.usage_reports is not None:  # queued reports land before the auth channel closes
-            await self.usage_reports.drain()
+        await self.usage_reports.drain()  # queued reports land before the auth channel closes
         if self.mux is not None:
             self.mux.close()
         for ch in (self.router_channel, self.auth_channel, *self.extra.values()):
