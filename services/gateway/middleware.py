@@ -16,6 +16,10 @@ from . import metrics
 
 _FORM = b"application/x-www-form-urlencoded"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# The scope key of the ``send`` this middleware was given, outside every wrapper of ``send`` inside it (ours,
+# FastAPI's and Starlette's exception handling). Those act on the response's start only, so a streamed
+# response may write the events of its body straight to it (see ``serving._SSEResponse``).
+BODY_SEND = "llmsvc.body_send"
 
 
 class RequestContextMiddleware:
@@ -34,6 +38,7 @@ class RequestContextMiddleware:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _VALID_ID.match(incoming) else f"req-{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = rid
+        scope[BODY_SEND] = send
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500

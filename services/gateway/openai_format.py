@@ -8,15 +8,23 @@ same chunks into one response.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote  # a str as json.dumps(..., ensure_ascii=False) writes it
 
 from services.common.pb import inference_pb2 as pb
 
 
 def _bytes(b: bytes) -> list[int]:
     return list(b)
+
+
+def sse(doc: dict | str) -> bytes:
+    """One server-sent event: ``data: <compact JSON>`` and a blank line (``doc`` as it is when a str)."""
+    payload = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {payload}\n\n".encode()
 
 
 def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict:
@@ -76,6 +84,21 @@ class _Base:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self._frame_of: str | None = None  # the model the cached event frame was built for
+        self._frame = ("", "")
+
+    def _event_frame(self) -> tuple[str, str]:
+        """An event of one stream chunk with one choice, as ``sse(self._envelope([choice]))`` writes it, cut
+        around the choice's fields after ``{"index":``: the text before, and the text after.
+
+        Every content event of a stream shares them, so :meth:`stream_bytes` writes only what differs
+        (index, text, finish reason) instead of building and encoding a dict per event."""
+        if self._frame_of != self.model:
+            marker = "\x00"
+            text = sse(self._envelope([{"index": marker}], obj=self.object_stream)).decode()
+            before, _, after = text.rpartition(_quote(marker))  # the choices come after id and model
+            self._frame_of, self._frame = self.model, (before, after)
+        return self._frame
 
     def add_usage(self, usage: pb.Usage) -> None:
         self.prompt_tokens += usage.prompt_tokens
@@ -135,6 +158,33 @@ class ChatFormatter(_Base):
         if chunk.finished:
             self.add_usage(chunk.usage)
         return out
+
+    def stream_bytes(self, chunk: pb.GenerateChunk, offset: int = 0) -> bytes:
+        """The SSE events of :meth:`stream_chunks`, encoded, byte for byte as ``sse`` encodes each one.
+
+        The token path: once per choice per engine step. Without logprobs, an event is the stream's cached
+        frame (:meth:`_event_frame`) around the index, the text and the finish reason."""
+        if self.want_logprobs:
+            return b"".join(sse(doc) for doc in self.stream_chunks(chunk, offset))
+        if chunk.model:
+            self.model = chunk.model
+        before, after = self._event_frame()
+        out = []
+        if len(chunk.choices) == 1:
+            d = chunk.choices[0]
+            groups = ((offset + d.index, d.text, len(d.logprobs), d.finish_reason),)
+        else:
+            groups = [(i, "".join(g.text), len(g.logprobs), g.finish_reason)
+                      for i, g in deltas_by_choice(chunk, offset).items()]
+        for idx, text, logprobs, finish in groups:
+            if text or logprobs:
+                out.append(f'{before}{idx},"delta":{{"content":{_quote(text)}}},"logprobs":null,'
+                           f'"finish_reason":null{after}')
+            if finish:
+                out.append(f'{before}{idx},"delta":{{}},"logprobs":null,"finish_reason":{_quote(finish)}{after}')
+        if chunk.finished:
+            self.add_usage(chunk.usage)
+        return "".join(out).encode()
 
     def fold(self, chunk: pb.GenerateChunk, offset: int = 0) -> None:
         if chunk.model:
@@ -220,6 +270,23 @@ class CompletionFormatter(_Base):
                                           obj=self.object_stream))
         self._finish_usage(chunk)
         return out
+
+    def stream_bytes(self, chunk: pb.GenerateChunk, offset: int = 0) -> bytes:
+        """The SSE events of :meth:`stream_chunks`, encoded, byte for byte as ``sse`` encodes each one
+        (see :meth:`ChatFormatter.stream_bytes`); with logprobs, echo or no output, through the dicts."""
+        if self.want_logprobs or self.echo or self.prompt_only:
+            return b"".join(sse(doc) for doc in self.stream_chunks(chunk, offset))
+        if chunk.model:
+            self.model = chunk.model
+        before, after = self._event_frame()
+        out = []
+        for idx, d in deltas_by_choice(chunk, offset).items():
+            text = "".join(d.text)
+            if text or d.logprobs or d.finish_reason:
+                finish = _quote(d.finish_reason) if d.finish_reason else "null"
+                out.append(f'{before}{idx},"text":{_quote(text)},"logprobs":null,"finish_reason":{finish}{after}')
+        self._finish_usage(chunk)
+        return "".join(out).encode()
 
     def fold(self, chunk: pb.GenerateChunk, offset: int = 0) -> None:
         if chunk.model:

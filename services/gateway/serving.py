@@ -9,7 +9,6 @@ upstream calls, which aborts the vLLM requests.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,15 +22,12 @@ from . import metrics
 from .admission import Admission, admit, report_usage
 from .config import GatewaySettings
 from .errors import APIError
+from .middleware import BODY_SEND
+from .openai_format import sse
 from .routing_hints import RoutingHints
 from .upstream import Generation, Upstreams
 
 log = logging.getLogger(__name__)
-
-
-def sse(doc: dict | str) -> bytes:
-    payload = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {payload}\n\n".encode()
 
 
 class _SSEResponse(Response):
@@ -67,8 +63,11 @@ class _SSEResponse(Response):
         listener = asyncio.get_running_loop().create_task(listen())
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            # The events go past the wrappers of ``send`` that only watch the start (see middleware.BODY_SEND),
+            # which on the token path is a coroutine call each per event; the end goes through all of them.
+            send_body = scope.get(BODY_SEND, send)
             async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -172,10 +171,15 @@ class GenerationFlow:
                 for i in range(len(self.generations)):
                     for doc in self.fmt.role_chunks(i * n):
                         yield sse(doc)
-            async for offset, chunk in self._merged():
-                # One write per upstream chunk: a merged chunk's events go out together.
-                if docs := self.fmt.stream_chunks(chunk, offset):
-                    yield b"".join(sse(doc) for doc in docs)
+            # One write per upstream chunk: a merged chunk's events go out together.
+            if len(self.generations) == 1:  # the common case, one generator fewer per chunk
+                async for chunk in self.generations[0].chunks():
+                    if data := self.fmt.stream_bytes(chunk):
+                        yield data
+            else:
+                async for offset, chunk in self._merged():
+                    if data := self.fmt.stream_bytes(chunk, offset):
+                        yield data
             if self.fmt.include_usage:
                 yield sse(self.fmt.usage_chunk())
             status = "ok"
