@@ -11,12 +11,18 @@ shared by many requests with distinct suffixes. Each run restarts only the route
 policy; the workers and their prefix caches stay, so every run draws fresh prefixes (its own seed)
 and finds nothing useful cached from earlier runs. The prefix-cache hit rate is vLLM's own
 (hits / queried prompt tokens, from the workers' counters) over that run alone.
+
+``--output-len-spread S`` gives each request its own output length, uniform in ``output-len ± S``, so that
+requests that start together do not all finish together. vLLM's ``prefix_repetition`` dataset has one
+output length for all, so the same workload (prefixes and suffixes of random tokens) is then written as a
+JSONL file for vLLM's ``custom`` dataset, which takes each request's ``output_tokens``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import secrets
 import tempfile
 from pathlib import Path
@@ -28,11 +34,39 @@ MODEL_NAME = "tiny-random"
 POLICIES = ["kv_aware", "prefix_aware", "round_robin", "least_load"]
 
 
-def bench_args(a, seed: int) -> list[str]:
+def spread_dataset(a, tokenizer, seed: int, path: Path) -> Path:
+    """The prefix-repetition workload with per-request output lengths, as a JSONL file for the custom dataset."""
+    from vllm.benchmarks.datasets.datasets import gen_prompt_decode_to_target_len
+
+    rng = random.Random(seed)
+    vocab = tokenizer.vocab_size
+
+    def tokens(n: int) -> list[int]:
+        """``n`` random tokens that decode and re-encode to ``n`` tokens, as vLLM's datasets make them."""
+        return gen_prompt_decode_to_target_len(tokenizer, [rng.randrange(vocab) for _ in range(n)], n)[1]
+
+    rows = []
+    per_prefix = max(1, a.num_prompts // a.num_prefixes)
+    for _ in range(a.num_prefixes):
+        prefix = tokens(a.prefix_len)
+        for _ in range(per_prefix):
+            out = rng.randint(max(1, a.output_len - a.output_len_spread), a.output_len + a.output_len_spread)
+            rows.append({"prompt": tokenizer.decode(prefix + tokens(a.suffix_len)), "output_tokens": out})
+    rng.shuffle(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def bench_args(a, seed: int, tokenizer=None, home: Path | None = None) -> list[str]:
+    common = ["--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--ignore-eos",
+              "--seed", str(seed)]
+    if a.output_len_spread:
+        data = spread_dataset(a, tokenizer, seed, home / f"workload-{seed}.jsonl")
+        return ["--dataset-name", "custom", "--dataset-path", str(data), "--custom-output-len", "-1",
+                "--skip-chat-template", *common]
     return ["--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(a.prefix_len),
             "--prefix-repetition-suffix-len", str(a.suffix_len), "--prefix-repetition-num-prefixes",
-            str(a.num_prefixes), "--prefix-repetition-output-len", str(a.output_len), "--num-prompts",
-            str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--ignore-eos", "--seed", str(seed)]
+            str(a.num_prefixes), "--prefix-repetition-output-len", str(a.output_len), *common]
 
 
 def prefix_counters(stack: Stack) -> tuple[float, float]:
@@ -80,13 +114,18 @@ def run(a) -> None:
     try:
         stack.wait_ready(timeout_s=300)
         restart_router(stack, policies[0])
-        vllm_bench(url, MODEL_NAME, model, bench_args(a, 1000), key)  # warm-up (compiles, allocates)
+        tokenizer = None
+        if a.output_len_spread:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        vllm_bench(url, MODEL_NAME, model, bench_args(a, 1000, tokenizer, home), key)  # warm-up (compiles, allocates)
         for rnd in range(1, a.rounds + 1):
             shift = (rnd - 1) % len(policies)  # rotate the order so drift in a shared machine hits every policy
             for j, policy in enumerate(policies[shift:] + policies[:shift]):
                 restart_router(stack, policy)
                 before = prefix_counters(stack)
-                r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd * 10 + j), key)
+                r = vllm_bench(url, MODEL_NAME, model, bench_args(a, rnd * 10 + j, tokenizer, home), key)
                 after = prefix_counters(stack)
                 hit_rate = (after[1] - before[1]) / max(1.0, after[0] - before[0])
                 by_policy[policy].append((r, hit_rate))
@@ -117,6 +156,8 @@ def main() -> None:
     p.add_argument("--num-prefixes", type=int, default=20)
     p.add_argument("--kv-blocks", type=int, default=96, help="KV-cache blocks per worker (0: vLLM's default)")
     p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--output-len-spread", type=int, default=0,
+                   help="each request's output length is uniform in output-len ± this (0: all the same)")
     run(p.parse_args())
 
 
