@@ -62,6 +62,16 @@ def deltas_by_choice(chunk: pb.GenerateChunk, offset: int = 0) -> dict[int, _Del
     return out
 
 
+def _joined_deltas(chunk: pb.GenerateChunk, offset: int = 0) -> list[tuple[int, str, int, str]]:
+    """Per choice of :func:`deltas_by_choice`: (index, joined text, number of logprobs, finish reason).
+
+    A chunk with one delta, the token path's usual case, is read directly, without grouping."""
+    if len(chunk.choices) == 1:
+        d = chunk.choices[0]
+        return [(offset + d.index, d.text, len(d.logprobs), d.finish_reason)]
+    return [(i, "".join(g.text), len(g.logprobs), g.finish_reason) for i, g in deltas_by_choice(chunk, offset).items()]
+
+
 @dataclass
 class _Choice:
     text: list[str] = field(default_factory=list)
@@ -170,13 +180,7 @@ class ChatFormatter(_Base):
             self.model = chunk.model
         before, after = self._event_frame()
         out = []
-        if len(chunk.choices) == 1:
-            d = chunk.choices[0]
-            groups = ((offset + d.index, d.text, len(d.logprobs), d.finish_reason),)
-        else:
-            groups = [(i, "".join(g.text), len(g.logprobs), g.finish_reason)
-                      for i, g in deltas_by_choice(chunk, offset).items()]
-        for idx, text, logprobs, finish in groups:
+        for idx, text, logprobs, finish in _joined_deltas(chunk, offset):
             if text or logprobs:
                 out.append(f'{before}{idx},"delta":{{"content":{_quote(text)}}},"logprobs":null,'
                            f'"finish_reason":null{after}')
@@ -280,10 +284,9 @@ class CompletionFormatter(_Base):
             self.model = chunk.model
         before, after = self._event_frame()
         out = []
-        for idx, d in deltas_by_choice(chunk, offset).items():
-            text = "".join(d.text)
-            if text or d.logprobs or d.finish_reason:
-                finish = _quote(d.finish_reason) if d.finish_reason else "null"
+        for idx, text, logprobs, finish in _joined_deltas(chunk, offset):
+            if text or logprobs or finish:
+                finish = _quote(finish) if finish else "null"
                 out.append(f'{before}{idx},"text":{_quote(text)},"logprobs":null,"finish_reason":{finish}{after}')
         self._finish_usage(chunk)
         return "".join(out).encode()

@@ -171,15 +171,10 @@ class GenerationFlow:
                 for i in range(len(self.generations)):
                     for doc in self.fmt.role_chunks(i * n):
                         yield sse(doc)
-            # One write per upstream chunk: a merged chunk's events go out together.
-            if len(self.generations) == 1:  # the common case, one generator fewer per chunk
-                async for chunk in self.generations[0].chunks():
-                    if data := self.fmt.stream_bytes(chunk):
-                        yield data
-            else:
-                async for offset, chunk in self._merged():
-                    if data := self.fmt.stream_bytes(chunk, offset):
-                        yield data
+            async for offset, chunk in self._merged():
+                # One write per upstream chunk: a merged chunk's events go out together.
+                if data := self.fmt.stream_bytes(chunk, offset):
+                    yield data
             if self.fmt.include_usage:
                 yield sse(self.fmt.usage_chunk())
             status = "ok"
