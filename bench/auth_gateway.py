@@ -192,7 +192,7 @@ def report(out: dict) -> None:
     added = {}
     for proxy in ("llmsvc", "litellm"):
         if f"{proxy}-auth" in med:
-            rounds = list(zip(out[f"{proxy}-auth"], out[f"{proxy}-noauth"]))
+            rounds = list(zip(out[f"{proxy}-auth"], out[f"{proxy}-noauth"], strict=True))
             added[proxy] = [statistics.median(x[i] - y[i] for x, y in rounds) for i in (0, 1, 3)]
             print(f"| {proxy} | {added[proxy][0] * 1e3:.2f} | {added[proxy][1] * 1e3:.2f} | "
                   f"{added[proxy][2] * 1e3:.2f} |")

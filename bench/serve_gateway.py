@@ -62,8 +62,9 @@ def standin_stack(home: Path, model: Path, key: str, token_delay_ms: float = 0.0
 
 
 def measure(url: str, key: str, pids: dict[str, int], model: Path, a, seed: int) -> dict:
-    args = ["--dataset-name", "random", "--random-input-len", "32", "--random-output-len", str(a.output_len), "--ignore-eos",
-            "--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency), "--seed", str(seed)]
+    args = ["--dataset-name", "random", "--random-input-len", "32", "--random-output-len", str(a.output_len),
+            "--ignore-eos", "--num-prompts", str(a.num_prompts), "--max-concurrency", str(a.concurrency),
+            "--seed", str(seed)]
     before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
     r = vllm_bench(url, MODEL_NAME, model, args, key)
     r["cpu_by_process"] = {name: cpu_seconds([pid]) - before[name] for name, pid in pids.items()}
@@ -76,8 +77,8 @@ def run(a) -> None:
     home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-"))
     key = "sk-bench-" + secrets.token_hex(8)
     http_port = free_port()
-    upstream = spawn([sys.executable, "-m", "bench.serve_standin_http", "--port", str(http_port), "--model", MODEL_NAME],
-                     home / "standin_http.log")
+    upstream = spawn([sys.executable, "-m", "bench.serve_standin_http", "--port", str(http_port),
+                      "--model", MODEL_NAME], home / "standin_http.log")
     procs = [upstream]
     stack = standin_stack(home, model, key, a.token_delay_ms)
     sides = {"direct": (f"http://127.0.0.1:{http_port}", "", {}),
@@ -90,7 +91,7 @@ def run(a) -> None:
             procs.append(start_litellm(a.litellm, sides["direct"][0], port, home, key))
             wait_models(f"http://127.0.0.1:{port}", key, timeout_s=180, proc=procs[-1])
             sides["litellm"] = (f"http://127.0.0.1:{port}", key, {"litellm": procs[-1].pid})
-        for name, (url, k, pids) in sides.items():
+        for url, k, pids in sides.values():
             measure(url, k, pids, model, argparse.Namespace(num_prompts=a.concurrency * 2, concurrency=a.concurrency,
                                                             output_len=a.output_len), 0)
         report(rounds(sides, model, a), a)

@@ -47,7 +47,8 @@ def ensure_cpu_version() -> str:
 
 
 def default_model(size: str = "tiny") -> Path:
-    """A random Llama of ``size`` (``tiny``: the one ``llmsvc up`` serves by default), built once into the test cache."""
+    """A random Llama of ``size`` (``tiny``: the one ``llmsvc up`` serves by default), built once into the
+    test cache."""
     from services.cli.default_model import build_default_model
 
     path = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test")) / f"{size}-random"

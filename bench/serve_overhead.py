@@ -4,8 +4,9 @@ same model, measured in one run by vLLM's own benchmark client, sides alternatin
     .venv/bin/python -m bench.serve_overhead --rounds 3 --num-prompts 200 --concurrency 16
 
 Both servers run the same engine settings (enforce-eager, prefix caching, 64 sequences, 1 GiB KV
-cache, the same ``--stream-interval``, the same CPU priority ``--engine-nice``) on the same cores; each round runs one side then the other (the order flips every round)
-so drift in a noisy machine hits both. Prints one row per run and the median ratios.
+cache, the same ``--stream-interval``, the same CPU priority ``--engine-nice``) on the same cores;
+each round runs one side then the other (the order flips every round) so drift in a noisy machine
+hits both. Prints one row per run and the median ratios.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def summary(results: dict[str, list[dict]]) -> str:
 
 
 def summary_of(results: dict[str, list[dict]], side: str) -> str:
-    pairs = list(zip(results["vllm"], results[side]))
+    pairs = list(zip(results["vllm"], results[side], strict=True))
     ratio = [b["output_throughput"] / v["output_throughput"] for v, b in pairs]
     d_ttft50 = [b["p50_ttft_ms"] - v["p50_ttft_ms"] for v, b in pairs]
     d_ttft99 = [b["p99_ttft_ms"] - v["p99_ttft_ms"] for v, b in pairs]

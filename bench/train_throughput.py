@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 import trainer  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+
+# isort: split
+# torch must load after ``trainer`` (above): import sorting would otherwise move it first.
 import torch
 
 
@@ -130,7 +133,7 @@ def main() -> None:
                 sink.append(tps)
                 print(f"round {r + 1} {name:4s} {tps:9.0f} tokens/s", flush=True)
         a, b = statistics.median(ours), statistics.median(theirs)
-        print("\n| implementation | tokens/s (median of %d) | runs |" % args.rounds)
+        print(f"\n| implementation | tokens/s (median of {args.rounds}) | runs |")
         print("| --- | --- | --- |")
         print(f"| llmsvc trainer (tiny-chat loop) | {a:,.0f} | {', '.join(f'{x:,.0f}' for x in ours)} |")
         print(f"| transformers.Trainer | {b:,.0f} | {', '.join(f'{x:,.0f}' for x in theirs)} |")

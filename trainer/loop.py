@@ -127,7 +127,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         keys = sorted(extras)
         sums = d.all_sum([loss_sum] + [extras[k] for k in keys])
-        return sums[0] / total, grad_norm, {k: v / total for k, v in zip(keys, sums[1:])}
+        return sums[0] / total, grad_norm, {k: v / total for k, v in zip(keys, sums[1:], strict=True)}
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]

@@ -86,7 +86,9 @@ def parallelize(model: torch.nn.Module, d: Dist, *, mode: str = "ddp", activatio
     model.to(d.device)
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            apply_activation_checkpointing, checkpoint_wrapper)
+            apply_activation_checkpointing,
+            checkpoint_wrapper,
+        )
 
         apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=_is_block)
     if compile:

@@ -32,7 +32,7 @@ class ModelSpec(_Strict):
     """Path of a Hugging Face model directory to start from (its tokenizer and chat template are reused)."""
 
     @model_validator(mode="after")
-    def _one_of(self) -> "ModelSpec":
+    def _one_of(self) -> ModelSpec:
         if (self.preset is None) == (self.base is None):
             raise ValueError("give exactly one of model.preset or model.base")
         return self
@@ -147,7 +147,7 @@ class Spec(_Strict):
     """Model name recorded in llmsvc.json; defaults to the output directory's name."""
 
     @model_validator(mode="after")
-    def _recipe_needs(self) -> "Spec":
+    def _recipe_needs(self) -> Spec:
         if self.recipe == "tiny-chat":
             if self.model is None:
                 self.model = ModelSpec(preset="tiny")

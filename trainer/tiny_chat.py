@@ -17,7 +17,8 @@ from .spec import parse_spec
 Progress = Callable[[int, int, str], None]
 
 
-def build(out_dir: str | Path, progress: Progress | None = None, *, seed: int = 0, overrides: dict | None = None) -> Path:
+def build(out_dir: str | Path, progress: Progress | None = None, *, seed: int = 0,
+          overrides: dict | None = None) -> Path:
     """Train tiny-chat and publish it atomically at ``out_dir``; ``progress(step, total, label)`` is optional.
 
     ``overrides`` are merged into the spec (e.g. ``{"hyperparameters": {"steps": 50}}`` for a quick build).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -60,7 +60,7 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _ts(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if value else ""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else ""
 
 
 def key_info(r: KeyRecord) -> pb.KeyInfo:
@@ -104,7 +104,7 @@ def key_spec(req: pb.CreateKeyRequest) -> KeySpec:
             at = datetime.fromisoformat(req.expires_at.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError("expires_at must be an RFC 3339 timestamp") from None
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
         if at <= utcnow():
             raise ValueError("expires_at must be in the future")
         spec.expires_at = at

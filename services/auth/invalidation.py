@@ -35,7 +35,7 @@ class Invalidation:
             return
         try:
             await asyncio.wait_for(self.client.publish(self.channel, prefix), 1.0)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.inc()
             log.warning("could not publish revocation of %s… (other replicas drop it within the cache TTL): %s",
                         prefix, exc)

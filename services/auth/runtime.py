@@ -46,7 +46,7 @@ class AuthRuntime:
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, settings: AuthSettings) -> "AuthRuntime":
+    async def start(cls, settings: AuthSettings) -> AuthRuntime:
         url = settings.database_url or default_database_url()
         store = Store(make_engine(url), timeout_s=settings.db_timeout_s)
         window = WindowConfig(settings.window_s, settings.concurrency_lease_s)

@@ -12,7 +12,6 @@ from services.common.pb import auth_pb2_grpc
 
 from .gate import Gate
 
-
 # Reports per ReportUsageBatch call (the usage recorder writes up to 500 rows per INSERT).
 MAX_BATCH = 1000
 

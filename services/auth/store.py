@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.common.db.auth_tables import ApiKey, UsageRecord
 from services.common.db.base import utcnow
-from services.common.db.registry import AuditEvent
 from services.common.db.engine import session_factory
+from services.common.db.registry import AuditEvent
 
 from . import keys
 from .limiter import Limits
@@ -57,7 +57,7 @@ class KeyRecord:
     last_used_at: datetime | None
 
     @classmethod
-    def of(cls, row: ApiKey) -> "KeyRecord":
+    def of(cls, row: ApiKey) -> KeyRecord:
         return cls(row.id, row.prefix, row.secret_hash, row.name, row.owner, tuple(row.scopes or ()),
                    tuple(row.allowed_models or ()),
                    Limits(row.rpm, row.tpm, row.daily_token_quota or 0, row.max_concurrent or 0),
@@ -125,7 +125,7 @@ class Store:
 
         try:
             return await asyncio.wait_for(body(), self.timeout_s)
-        except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
 
     def _insert(self):

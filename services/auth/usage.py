@@ -79,7 +79,7 @@ class UsageRecorder:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, fut), outcome in zip(batch, outcomes):
+                for (_, fut), outcome in zip(batch, outcomes, strict=True):
                     fut.done() or fut.set_result(outcome)
         finally:
             self._flushing = False

@@ -17,7 +17,8 @@ def _service(module: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmsvc", description="Train, evaluate and serve LLMs behind an OpenAI-compatible API.")
+    parser = argparse.ArgumentParser(prog="llmsvc",
+                                     description="Train, evaluate and serve LLMs behind an OpenAI-compatible API.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run every service locally (embedded mode)")
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in [("gateway", "services.gateway.main"), ("auth", "services.auth.main"),
                          ("router", "services.router.main"), ("worker", "services.worker.main"),
                          ("trainer", "services.trainer.main")]:
-        p = sub.add_parser(name, help=f"run the {name} service in the foreground (configured by LLMSVC_{name.upper()}_*)")
+        p = sub.add_parser(
+            name, help=f"run the {name} service in the foreground (configured by LLMSVC_{name.upper()}_*)")
         p.set_defaults(func=_service(module))
     return parser
 

@@ -70,7 +70,7 @@ class StackConfig:
         return self.database_url or os.environ.get("LLMSVC_DATABASE_URL") or sqlite_url(self.home / "llmsvc.db")
 
     @classmethod
-    def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> "StackConfig":
+    def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> StackConfig:
         """A config on free ports, for tests and side-by-side stacks."""
         ports = {"gateway_port": free_port(), "auth_port": free_port(), "router_port": free_port(),
                  "worker_ports": [free_port() for _ in range(workers)], "eval_port": free_port(),
@@ -253,7 +253,7 @@ class Stack:
         self.spawn("gateway", "services.gateway.main", self.env_for("gateway"))
 
     @contextlib.contextmanager
-    def running(self, ready_timeout_s: float = 300.0, stop_timeout_s: float = 20.0) -> Iterator["Stack"]:
+    def running(self, ready_timeout_s: float = 300.0, stop_timeout_s: float = 20.0) -> Iterator[Stack]:
         """Start every service, wait until ready, and stop them all on exit (also when start-up fails)."""
         self.start()
         try:
@@ -287,7 +287,8 @@ class Stack:
         parts = []
         for p in dead:
             tail = p.log_path.read_text(errors="replace").splitlines()[-25:] if p.log_path.exists() else []
-            parts.append(f"{p.name} exited with code {p.popen.returncode}; last lines of {p.log_path}:\n" + "\n".join(tail))
+            parts.append(f"{p.name} exited with code {p.popen.returncode}; last lines of {p.log_path}:\n"
+                         + "\n".join(tail))
         return "\n\n".join(parts)
 
     def stop_proc(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:

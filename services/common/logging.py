@@ -27,7 +27,8 @@ class _JsonFormatter(logging.Formatter):
         doc = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
-            "service": getattr(record, "service", None) or record.name.split(".")[1 if record.name.startswith("services.") else 0],
+            "service": (getattr(record, "service", None)
+                        or record.name.split(".")[1 if record.name.startswith("services.") else 0]),
             "logger": record.name,
             "request_id": getattr(record, "request_id", "-"),
             "msg": record.getMessage(),
@@ -48,7 +49,8 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service:<7} %(levelname)-5s [%(request_id)s] %(name)s: %(message)s", "%H:%M:%S")
+            logging.Formatter(f"%(asctime)s {service:<7} %(levelname)-5s [%(request_id)s] %(name)s: %(message)s",
+                              "%H:%M:%S")
         )
         logging.Formatter.converter = time.localtime
     root = logging.getLogger()

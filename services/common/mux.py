@@ -202,7 +202,7 @@ class MuxStream(Inbox):
     ``grpc.aio.AioRpcError``, or the whole call's error when the call breaks (a killed server fails every
     stream on it, as it would fail every separate call)."""
 
-    def __init__(self, call: "_MuxCall", sid: int) -> None:
+    def __init__(self, call: _MuxCall, sid: int) -> None:
         super().__init__()
         self._call = call
         self.sid = sid

@@ -10,7 +10,6 @@ when the committed code drifts from the protos.
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -48,7 +47,8 @@ def generate(out_dir: Path = OUT_DIR) -> list[Path]:
             dst = out_dir / src.name
             dst.write_text(text)
             written.append(dst)
-    (out_dir / "__init__.py").write_text('"""Generated from protos/llmsvc/v1 by services.common.protogen. Do not edit."""\n')
+    (out_dir / "__init__.py").write_text(
+        '"""Generated from protos/llmsvc/v1 by services.common.protogen. Do not edit."""\n')
     return written
 
 

@@ -97,7 +97,7 @@ class ModelClient:
         if len(entries) != len(ids):
             raise ModelOutputError(f"expected {len(ids)} prompt logprobs, got {len(entries)}")
         out = []
-        for pos, (tid, e) in enumerate(zip(ids[1:], entries[1:]), start=1):
+        for pos, (tid, e) in enumerate(zip(ids[1:], entries[1:], strict=True), start=1):
             if not e.has_logprob or e.token_id != tid:
                 raise ModelOutputError(f"no logprob for prompt token {pos}")
             if not math.isfinite(e.logprob) or e.logprob <= _NONFINITE or e.logprob > 1e-4:

@@ -46,8 +46,8 @@ async def serve(settings: EvalSettings) -> None:
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
     client = ModelClient(settings.router_addr, settings.request_timeout_s)
-    launcher = (WorkerLauncher(settings.worker_slots, client.served_models, settings.home / "logs", settings.serve_timeout_s,
-                               slot_cpus=settings.worker_slot_cpus)
+    launcher = (WorkerLauncher(settings.worker_slots, client.served_models, settings.home / "logs",
+                               settings.serve_timeout_s, slot_cpus=settings.worker_slot_cpus)
                 if settings.worker_slots else None)
     runs = RunManager(settings, sessions, client, launcher)
     orphans = await runs.store.fail_orphans()

@@ -82,7 +82,7 @@ class RunManager:
             task.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(task), 30)
-            except (asyncio.CancelledError, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.CancelledError):
                 pass
         return await self.store.get(run_id)
 
@@ -105,7 +105,8 @@ class RunManager:
             result = await suite.run(ctx)
             _check_finite(result.metrics)
             await self.store.finish_succeeded(run_id, result.metrics, result.samples, started)
-            log.info("eval %s succeeded: %s", run_id, json.dumps({k: round(v["value"], 4) for k, v in result.metrics.items()}))
+            log.info("eval %s succeeded: %s", run_id,
+                     json.dumps({k: round(v["value"], 4) for k, v in result.metrics.items()}))
         except asyncio.CancelledError:
             await asyncio.shield(self.store.finish_unsuccessfully(run_id, "cancelled", "cancelled by request", started))
             log.info("eval %s cancelled", run_id)

@@ -10,7 +10,7 @@ import grpc
 from services.common.db.eval_tables import EvalRun
 from services.common.pb import eval_pb2 as pb
 from services.common.pb import eval_pb2_grpc
-from services.lifecycle.promotion import Outcome, PromotionError, Promoter
+from services.lifecycle.promotion import Outcome, Promoter, PromotionError
 
 from .client import UpstreamError
 from .runner import RunManager, UnknownModel
@@ -39,11 +39,11 @@ def run_message(row: EvalRun, samples: list[dict] | None = None) -> pb.EvalRun:
 
 
 def outcome_message(o: Outcome) -> pb.PromoteResponse:
-    resp = pb.PromoteResponse(promoted=o.promoted, alias=o.alias, version=o.version, previous_version=o.previous_version,
-                              message=o.message, forced=o.forced)
+    resp = pb.PromoteResponse(promoted=o.promoted, alias=o.alias, version=o.version,
+                              previous_version=o.previous_version, message=o.message, forced=o.forced)
     for c in o.checks:
-        check = resp.checks.add(suite=c.suite, metric=c.metric, candidate=c.candidate or 0.0, threshold=c.threshold or 0.0,
-                                tolerance=c.tolerance, passed=c.passed, reason=c.reason,
+        check = resp.checks.add(suite=c.suite, metric=c.metric, candidate=c.candidate or 0.0,
+                                threshold=c.threshold or 0.0, tolerance=c.tolerance, passed=c.passed, reason=c.reason,
                                 candidate_run_id=c.candidate_run_id, current_run_id=c.current_run_id)
         if c.current is not None:
             check.current = c.current

@@ -53,7 +53,7 @@ def perplexity(nll_sums: Sequence[float], token_counts: Sequence[int]) -> tuple[
     r = sum(nll_sums) / total
     if n > 1:
         t_bar = total / n
-        resid = [(s - r * t) / t_bar for s, t in zip(nll_sums, token_counts)]
+        resid = [(s - r * t) / t_bar for s, t in zip(nll_sums, token_counts, strict=True)]
         se = math.sqrt(sum(x * x for x in resid) / (n * (n - 1)))
     else:
         se = 0.0

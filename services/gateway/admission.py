@@ -100,7 +100,8 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
         kind = "tokens" if "token" in resp.code or "quota" in resp.code else "requests"
         raise APIError(429, resp.message or "Rate limit reached.", code=resp.code or "rate_limit_exceeded",
                        type=kind, headers={**headers, "retry-after": str(retry)})
-    raise APIError(503, resp.message or "Admission is unavailable; retry shortly.", code=resp.code or "auth_unavailable",
+    raise APIError(503, resp.message or "Admission is unavailable; retry shortly.",
+                   code=resp.code or "auth_unavailable",
                    headers={"retry-after": str(max(1, math.ceil(resp.retry_after_s or 1)))})
 
 

@@ -8,12 +8,11 @@ from fastapi import FastAPI
 
 from services.common.grpcutil import insecure_channel
 
+from .admission import RateLimitHeadersMiddleware
 from .config import GatewaySettings
 from .errors import install_handlers
 from .middleware import RequestContextMiddleware
-from .admission import RateLimitHeadersMiddleware
-from .routes import files, fine_tuning
-from .routes import admin, evals, generate, health, models, promotions, tokenizer
+from .routes import admin, evals, files, fine_tuning, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
 
 

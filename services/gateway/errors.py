@@ -78,7 +78,8 @@ def install_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return APIError(400, "We could not parse the JSON body of your request. The body must be valid JSON.").response()
+            return APIError(
+                400, "We could not parse the JSON body of your request. The body must be valid JSON.").response()
         if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
             return APIError(400, "The request body is missing; send a JSON object.").response()
         param = _param_of(tuple(first.get("loc", ())))

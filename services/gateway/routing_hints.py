@@ -26,7 +26,7 @@ class RoutingHints:
     priority: int
 
     @classmethod
-    def from_headers(cls, request: Request) -> "RoutingHints":
+    def from_headers(cls, request: Request) -> RoutingHints:
         """Read and validate the headers (a 400 before admission, so nothing is reserved)."""
         raw = request.headers.get("x-priority", "").strip().lower()
         if raw and raw not in PRIORITIES:

@@ -94,7 +94,8 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_leng
 
 
 class CompletionRequest(_SamplingBody):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
     # 0 is allowed with echo, to score the prompt only (lm-evaluation-harness does this).
     max_tokens: Annotated[int, Field(ge=0, lt=2**31)] | None = 16
     echo: bool = False

@@ -11,13 +11,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpcutil import insecure_channel, request_metadata
-from services.common.pb import auth_pb2_grpc, inference_pb2 as pb, router_pb2_grpc
 from services.common.mux import MuxChannel
+from services.common.pb import auth_pb2_grpc, router_pb2_grpc
+from services.common.pb import inference_pb2 as pb
 from services.common.relay import Inbox, merged
 
 from .errors import APIError, from_grpc
 from .usage_reports import UsageReporter
-
 
 _LIMITS_TTL_S = 5.0
 _ROUTER_GENERATE = "/llmsvc.v1.Router/Generate"
@@ -44,7 +44,7 @@ class Upstreams:
     _limits_at: float = -1e9
 
     @classmethod
-    def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True) -> "Upstreams":
+    def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True) -> Upstreams:
         rc, ac = insecure_channel(router_addr), insecure_channel(auth_addr)
         raw = rc.unary_stream(_ROUTER_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
                               response_deserializer=None)

@@ -23,7 +23,7 @@ class Requirement:
     """Allowed relative regression against the current version (0.02 = 2% worse at most)."""
 
     @classmethod
-    def parse(cls, raw: dict) -> "Requirement":
+    def parse(cls, raw: dict) -> Requirement:
         unknown = set(raw) - {"suite", "metric", "params", "threshold", "tolerance"}
         if unknown:
             raise ValueError(f"unknown gate keys: {', '.join(sorted(unknown))}")

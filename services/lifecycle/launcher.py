@@ -38,7 +38,7 @@ class WorkerLauncher:
     def __init__(self, slots: list[str], served_models, logs: Path, timeout_s: float = 300.0,
                  slot_cpus: list[str] | None = None) -> None:
         self.slots = slots
-        self.slot_cpus = dict(zip(slots, slot_cpus or ()))
+        self.slot_cpus = dict(zip(slots, slot_cpus or (), strict=False))
         """vLLM-CPU binding per slot address (see ``services.cli.stack.slot_cpus``)."""
         self.served_models = served_models
         """Async callable returning the names the router serves (``ModelClient.served_models``)."""
@@ -74,7 +74,8 @@ class WorkerLauncher:
             address = self._free_slot()
             self.logs.mkdir(parents=True, exist_ok=True)
             with open(self.logs / f"worker-{version}.log", "ab") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "services.worker.main"], env=self._env(address, version, path),
+                proc = subprocess.Popen([sys.executable, "-m", "services.worker.main"],
+                                        env=self._env(address, version, path),
                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
             self.procs[address] = proc

@@ -99,7 +99,8 @@ class Promoter:
     async def rollback(self, alias: str, *, actor: str) -> Outcome:
         async with self.sessions() as s:
             current = await s.get(ModelAlias, alias)
-            target = await registry.get_version(s, current.previous_version_id) if current and current.previous_version_id else None
+            target = (await registry.get_version(s, current.previous_version_id)
+                      if current and current.previous_version_id else None)
         if current is None:
             raise PromotionError(f"The alias '{alias}' does not exist.")
         if target is None:

@@ -79,7 +79,7 @@ class ModelQueue:
         self._set_queued(+1)
         try:
             await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._set_queued(-1)
             raise self._reject(priority, "queue_timeout", f"The model '{self.model}' is overloaded; "
                                f"the request waited {timeout_s:.1f}s for a slot.") from None

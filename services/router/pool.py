@@ -31,7 +31,8 @@ from .wire import raw_generate, worker_tag
 log = logging.getLogger(__name__)
 
 HEALTHY = Gauge("llmsvc_router_worker_healthy", "1 when the worker is routable.", ["worker"])
-WORKER_LOAD = Gauge("llmsvc_router_worker_load", "Running plus waiting requests as last reported, plus in-flight dispatches since.", ["worker"])
+WORKER_LOAD = Gauge("llmsvc_router_worker_load",
+                    "Running plus waiting requests as last reported, plus in-flight dispatches since.", ["worker"])
 
 
 @dataclass(eq=False)
@@ -178,7 +179,7 @@ class WorkerPool:
     async def poll_once(self, worker: Worker) -> None:
         try:
             await self._check(worker)
-        except (grpc.aio.AioRpcError, RuntimeError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, grpc.aio.AioRpcError, RuntimeError) as exc:
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             self.mark_failed(worker, why or type(exc).__name__)
         else:
@@ -213,7 +214,7 @@ class WorkerPool:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def close(self) -> None:

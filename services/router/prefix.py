@@ -17,8 +17,8 @@ wrong answer, which is why router replicas need not share it.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, OrderedDict
 from array import array
+from collections import Counter, OrderedDict
 
 from services.common.pb import inference_pb2 as pb
 

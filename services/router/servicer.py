@@ -10,8 +10,7 @@ from prometheus_client import Counter
 from services.common.grpcutil import request_metadata
 from services.common.mux import MuxSession, StreamContext, stream_timeout
 from services.common.pb import inference_pb2 as pb
-from services.common.pb import router_pb2
-from services.common.pb import router_pb2_grpc
+from services.common.pb import router_pb2, router_pb2_grpc
 from services.common.relay import merged
 
 from .admission import AdmissionControl, Rejected
@@ -20,8 +19,10 @@ from .pool import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-ROUTED = Counter("llmsvc_router_decisions_total", "Routing decisions by policy, model and outcome.", ["policy", "model", "outcome"])
-RETRIES = Counter("llmsvc_router_retries_total", "Requests retried on another worker before their first token.", ["model"])
+ROUTED = Counter("llmsvc_router_decisions_total", "Routing decisions by policy, model and outcome.",
+                 ["policy", "model", "outcome"])
+RETRIES = Counter("llmsvc_router_retries_total", "Requests retried on another worker before their first token.",
+                  ["model"])
 
 # Codes that mean "this worker could not serve it", as opposed to "the request is bad".
 # CANCELLED here comes from the worker (a stop past its grace); our own caller's cancellation is a CancelledError.
@@ -127,7 +128,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 worker.in_flight -= 1
                 call.cancel()
                 raise
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"No worker could serve '{request.model}'; tried {len(tried)}.")
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"No worker could serve '{request.model}'; tried {len(tried)}.")
 
     async def _fail_mid_stream(self, worker: Worker, exc: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext):
         """Tokens were sent: the request cannot be replayed, so end it with a clear error."""
@@ -152,7 +154,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         workers = await self._candidates(request.model, "unary", context)
         worker = min(workers, key=lambda w: w.score)
         try:
-            return await getattr(worker.stub, method)(request, timeout=context.time_remaining(), metadata=request_metadata())
+            return await getattr(worker.stub, method)(request, timeout=context.time_remaining(),
+                                                      metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), exc.details() or exc.code().name,
                                 trailing_metadata=tuple(exc.trailing_metadata() or ()))

@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("LLMSVC_WORKER_PORT", "50060")))
     parser.add_argument("--model", default=os.environ.get("LLMSVC_WORKER_SERVED_MODEL_NAME", "standin"))
     parser.add_argument("--tokens", type=int, default=16, help="tokens per reply when max_tokens is unset")
-    parser.add_argument("--token-delay-ms", type=float, default=float(os.environ.get("LLMSVC_STANDIN_TOKEN_DELAY_MS", "0")),
+    parser.add_argument("--token-delay-ms", type=float,
+                        default=float(os.environ.get("LLMSVC_STANDIN_TOKEN_DELAY_MS", "0")),
                         help="pause before each token, like an engine step")
     args = parser.parse_args()
 

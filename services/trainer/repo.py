@@ -49,7 +49,8 @@ async def list_jobs(session: AsyncSession, after: str = "", limit: int = 20,
     return rows[:limit], len(rows) > limit
 
 
-async def list_events(session: AsyncSession, job_id: str, after: int = 0, limit: int = 20) -> tuple[list[JobEvent], bool]:
+async def list_events(session: AsyncSession, job_id: str, after: int = 0,
+                      limit: int = 20) -> tuple[list[JobEvent], bool]:
     """Newest first; ``after`` is the id of the last event of the previous page."""
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:

@@ -110,7 +110,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def _job(self, session: AsyncSession, job_id: str, context) -> Job:
         job = await session.get(Job, job_id) if job_id else None
         if job is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"Fine-tuning job {job_id!r} not found.", "fine_tuning_job_id")
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"Fine-tuning job {job_id!r} not found.",
+                         "fine_tuning_job_id")
         return job
 
     async def ListJobs(self, request, context):

@@ -108,7 +108,8 @@ class EngineHost:
     def encode_chat(self, chat: pb.ChatMessages) -> list[int]:
         if not chat.messages:
             raise InvalidRequest("'messages' must contain at least one message.", "messages")
-        messages = [{"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {}) for m in chat.messages]
+        messages = [{"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
+                    for m in chat.messages]
         try:
             ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=chat.add_generation_prompt, tokenize=True, return_dict=False
@@ -216,7 +217,8 @@ class EngineHost:
                         chunk.prompt_token_ids.extend(ids)
                         chunk.prompt_text = self.tokenizer.decode(ids)
                     if out.prompt_logprobs is not None:
-                        chunk.prompt_logprobs.extend(self._logprobs(ids, out.prompt_logprobs, req.params.prompt_logprobs))
+                        chunk.prompt_logprobs.extend(
+                            self._logprobs(ids, out.prompt_logprobs, req.params.prompt_logprobs))
                 for o in out.outputs:
                     completion_tokens[o.index] = completion_tokens.get(o.index, 0) + len(o.token_ids)
                     delta = chunk.choices.add(index=o.index, text=o.text, finish_reason=o.finish_reason or "")
@@ -241,7 +243,7 @@ class EngineHost:
     def _logprobs(self, token_ids: list[int], entries, top_k: int) -> list[pb.TokenLogprob]:
         """Convert vLLM's per-position ``{token_id: Logprob}`` dicts (None for the first prompt token)."""
         result = []
-        for tid, entry in zip(token_ids, entries):
+        for tid, entry in zip(token_ids, entries, strict=False):
             item = pb.TokenLogprob(token_id=tid, token=self._piece(tid, entry))
             item.token_bytes = item.token.encode("utf-8", "surrogatepass")
             if entry is not None and tid in entry:

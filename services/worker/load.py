@@ -17,7 +17,8 @@ from prometheus_client import Counter, Gauge, Histogram
 RUNNING = Gauge("llmsvc_worker_running_requests", "Requests the engine is decoding.", ["model"])
 WAITING = Gauge("llmsvc_worker_waiting_requests", "Requests queued in the engine.", ["model"])
 KV_USAGE = Gauge("llmsvc_worker_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", ["model"])
-PREFIX_QUERIES = Counter("llmsvc_worker_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", ["model"])
+PREFIX_QUERIES = Counter("llmsvc_worker_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
+                         ["model"])
 # vLLM's own time to first token: from the request's arrival at this worker's engine client to its first
 # token. The gateway's llmsvc_time_to_first_token_seconds minus this is what the hops before the engine cost.
 ENGINE_TTFT = Histogram("llmsvc_worker_engine_time_to_first_token_seconds",

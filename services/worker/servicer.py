@@ -72,9 +72,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         card = self.host.card
         resp = pb.ListModelsResponse()
         if card:
-            resp.models.add(id=card.name, root=card.path, max_model_len=card.max_model_len, created=card.created, owned_by="llmsvc")
+            resp.models.add(id=card.name, root=card.path, max_model_len=card.max_model_len, created=card.created,
+                            owned_by="llmsvc")
             for alias in card.aliases:
-                resp.models.add(id=alias, root=card.path, max_model_len=card.max_model_len, created=card.created, owned_by="llmsvc", parent=card.name)
+                resp.models.add(id=alias, root=card.path, max_model_len=card.max_model_len, created=card.created,
+                                owned_by="llmsvc", parent=card.name)
         return resp
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:

@@ -21,7 +21,7 @@ class TcpProxy:
         self._held: set[asyncio.StreamWriter] = set()
         self.port = 0
 
-    async def start(self) -> "TcpProxy":
+    async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -144,7 +144,7 @@ def test_bad_keys_get_one_opaque_401(http, admin_secret, model, auth_db):
         "sql": "sk-' OR '1'='1' --aaaaaaaaaaaaaaaa", "expired": expired, "revoked": revoked["key"],
     }
     bodies = set()
-    for name, bad in cases.items():
+    for bad in cases.values():
         err = assert_opaque_401(chat(http, bad, model), bad, secret)
         bodies.add(err["message"])
     # Unicode and raw non-ASCII bytes in the header.

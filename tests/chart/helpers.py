@@ -4,8 +4,9 @@ walk the manifests. No cluster is involved: rendering is offline, as in ``helm t
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

@@ -33,7 +33,8 @@ INTERNET = Peer("internet", None, ip="203.0.113.7")
 KUBE_API = Peer("kube-api", None, ip="10.0.0.2")
 EXTERNAL_PG = Peer("external-postgresql", None, ip="10.20.0.5")
 EXTERNAL_REDIS = Peer("external-redis", None, ip="10.20.1.5")
-NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns} for ns in (NAMESPACE, "monitoring", "kube-system", "ingress-nginx")}
+NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns}
+                    for ns in (NAMESPACE, "monitoring", "kube-system", "ingress-nginx")}
 
 
 def _matches(selector: dict, labels: dict) -> bool:
@@ -79,7 +80,7 @@ class Network:
         docs = manifests(values)
         self.policies = by_kind(docs, "NetworkPolicy")
         self.pods = {}
-        for owner, spec in pod_specs(docs):
+        for owner, _spec in pod_specs(docs):
             labels = pod_labels(owner)
             name = labels["app.kubernetes.io/component"]
             self.pods[name] = Peer(name, NAMESPACE, labels)
@@ -87,7 +88,8 @@ class Network:
                              for p in c.get("ports", [])} | {8000})
 
     def _selecting(self, pod: Peer) -> list[dict]:
-        return [p for p in self.policies if pod.namespace == NAMESPACE and _matches(p["spec"]["podSelector"], pod.labels)]
+        return [p for p in self.policies
+                if pod.namespace == NAMESPACE and _matches(p["spec"]["podSelector"], pod.labels)]
 
     def allowed(self, src: Peer, dst: Peer, port: int) -> bool:
         ours = lambda p: p.name in self.pods and p.namespace == NAMESPACE  # noqa: E731
@@ -106,7 +108,8 @@ CALL_GRAPH = {
     # The eval service's lm-evaluation-harness backend calls the public API; `helm test` checks it.
     ("eval", "gateway", 8000), ("test", "gateway", 8000),
 }
-IN_CHART_DATABASES = {(c, "postgresql", 5432) for c in ("auth", "trainer", "eval", "migrate")} | {("auth", "redis", 6379)}
+IN_CHART_DATABASES = ({(c, "postgresql", 5432) for c in ("auth", "trainer", "eval", "migrate")}
+                      | {("auth", "redis", 6379)})
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -119,9 +122,11 @@ def test_pods_of_the_release_talk_exactly_along_the_call_graph(profile):
 def test_only_the_gateway_takes_traffic_from_outside_and_prometheus_reaches_metrics():
     net = Network({})
     for outsider in (INTERNET, STRANGER, INGRESS_CONTROLLER):
-        reachable = {(name, port) for name, pod in net.pods.items() for port in net.ports if net.allowed(outsider, pod, port)}
+        reachable = {(name, port) for name, pod in net.pods.items() for port in net.ports
+                     if net.allowed(outsider, pod, port)}
         assert reachable == {("gateway", 8000)}, outsider.name
-    scraped = {(name, port) for name, pod in net.pods.items() for port in net.ports if net.allowed(PROMETHEUS, pod, port)}
+    scraped = {(name, port) for name, pod in net.pods.items() for port in net.ports
+               if net.allowed(PROMETHEUS, pod, port)}
     assert scraped == {("gateway", 8000)} | {(c, 9090) for c in ("auth", "router", "trainer", "eval", "worker")}
 
 

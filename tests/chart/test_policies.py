@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import (EVERYTHING, PROFILES, by_kind, component, containers, env_of, manifests, pod_labels,
-                      pod_specs)
+from .helpers import EVERYTHING, PROFILES, by_kind, component, containers, env_of, manifests, pod_labels, pod_specs
 
 GPU = "nvidia.com/gpu"
 ALL_PROFILES = [*sorted(PROFILES), "everything"]
@@ -152,7 +151,8 @@ def test_trainer_role_grants_only_jobs_and_services():
 
 def test_router_role_reads_endpointslices_only():
     rules = _rules(manifests(), "llmsvc-router")
-    assert rules == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}]
+    assert rules == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                      "verbs": ["get", "list", "watch"]}]
 
 
 @pytest.mark.parametrize("profile", ALL_PROFILES)

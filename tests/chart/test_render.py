@@ -10,8 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .helpers import (CHART, EVERYTHING, K8S_VERSION, PROFILES, by_kind, component, deep_merge, env_of, manifests,
-                      render)
+from .helpers import CHART, EVERYTHING, K8S_VERSION, PROFILES, by_kind, component, deep_merge, env_of, manifests, render
 
 # Custom resources kubernetes-validate has no schema for; checked structurally below instead.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject"),
@@ -54,8 +53,8 @@ def test_default_install_has_every_service():
     assert services == {"gateway", "auth", "router", "trainer", "eval", "worker"}
     assert by_kind(docs, "PersistentVolumeClaim")[0]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]["scaleTargetRef"]["name"] == "llmsvc-gateway"
-    assert {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for d in by_kind(docs, "PodDisruptionBudget")} \
-        == {"gateway", "auth", "router", "worker"}
+    assert {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            for d in by_kind(docs, "PodDisruptionBudget")} == {"gateway", "auth", "router", "worker"}
     # External databases by default: no in-chart StatefulSets.
     assert by_kind(docs, "StatefulSet") == []
 
@@ -79,8 +78,10 @@ def test_gpu_profile_autoscales_with_keda_and_scrapes_with_a_servicemonitor():
 
 
 def test_worker_hpa_follows_queue_depth_without_keda():
-    values = {"workers": {"models": [{"name": "m", "path": "m/v1", "autoscaling": {"enabled": True, "targetWaitingRequests": 3}}]}}
-    hpa = next(h for h in by_kind(manifests(values), "HorizontalPodAutoscaler") if h["metadata"]["name"] == "llmsvc-worker-m")
+    values = {"workers": {"models": [{"name": "m", "path": "m/v1",
+                                      "autoscaling": {"enabled": True, "targetWaitingRequests": 3}}]}}
+    hpa = next(h for h in by_kind(manifests(values), "HorizontalPodAutoscaler")
+               if h["metadata"]["name"] == "llmsvc-worker-m")
     (metric,) = hpa["spec"]["metrics"]
     assert metric["pods"]["metric"]["name"] == "llmsvc_worker_waiting_requests"
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "3"}
@@ -125,7 +126,8 @@ BAD_VALUES = {
     "port out of range": {"router": {"port": 70000}},
     "model without path": {"workers": {"models": [{"name": "m"}]}},
     "no models": {"workers": {"models": []}},
-    "memory utilization above 1": {"workers": {"models": [{"name": "m", "path": "m/v1", "engine": {"gpuMemoryUtilization": 1.5}}]}},
+    "memory utilization above 1": {"workers": {"models": [{"name": "m", "path": "m/v1",
+                                                           "engine": {"gpuMemoryUtilization": 1.5}}]}},
     "GPUs on a CPU profile": {"workers": {"accelerator": "cpu"}},
     "GPU training Jobs on the CPU image": {"trainer": {"jobs": {"accelerator": "cpu"}}},
     "no GPUs on a CUDA profile": {"workers": {"models": [{"name": "m", "path": "m/v1", "gpu": {"count": 0}}]}},

@@ -6,11 +6,11 @@ import time
 
 import grpc
 
+from services.common.grpcutil import insecure_channel
 from services.common.pb import inference_pb2 as ipb
 from services.common.pb import inference_pb2_grpc, router_pb2, router_pb2_grpc
-from services.common.grpcutil import insecure_channel
 
-from .conftest import run_eval, wait_run
+from .conftest import run_eval
 
 
 def test_unknown_suite_is_a_400_and_stores_nothing(gw, lifecycle):

@@ -25,7 +25,7 @@ def _plant(eval_models, eval_data, n_items: int = 6) -> None:
     tok = AutoTokenizer.from_pretrained(eval_models["v1"])
     rng = random.Random(3)
     best, worst = [], []
-    for i in range(n_items):
+    for _ in range(n_items):
         question = f"Which word comes next after {' '.join(rng.sample(WORDS, 3))}?"
         choices = rng.sample(WORDS, 4)
         context = f"Question: {question}\nAnswer:"

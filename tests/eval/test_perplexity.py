@@ -14,8 +14,8 @@ from functools import partial
 import pytest
 from transformers import AutoTokenizer
 
-from services.eval.suites.perplexity import load_documents, rolling_windows
 from services.eval.config import DATA_DIR
+from services.eval.suites.perplexity import load_documents, rolling_windows
 
 from . import models as m
 from .conftest import run_eval

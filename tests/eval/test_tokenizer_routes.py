@@ -46,13 +46,14 @@ def test_echo_logprobs_as_local_completions_expects(gw, lifecycle, eval_models):
     """lm-eval's loglikelihood payload: token ids, echo, logprobs=1, max_tokens=1; and max_tokens=0."""
     from . import models as m
 
-    ids = AutoTokenizer.from_pretrained(eval_models["v1"])("the river ran past the mill", add_special_tokens=False).input_ids
+    tok = AutoTokenizer.from_pretrained(eval_models["v1"])
+    ids = tok("the river ran past the mill", add_special_tokens=False).input_ids
     body = {"model": lifecycle["v1"], "prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0}
     choice = gw.post("/v1/completions", json=body).json()["choices"][0]
     lps = choice["logprobs"]
     assert len(lps["token_logprobs"]) == len(ids) + 1 and lps["token_logprobs"][0] is None
     ref = m.reference_logprobs(eval_models["v1"], ids)
-    for got, want in zip(lps["token_logprobs"][1:len(ids)], ref):
+    for got, want in zip(lps["token_logprobs"][1:len(ids)], ref, strict=True):
         assert abs(got - want) < 1e-3
     assert all(len(top) >= 1 for top in lps["top_logprobs"][1:])
     zero = gw.post("/v1/completions", json={**body, "max_tokens": 0}).json()

@@ -56,7 +56,8 @@ BAD_BODIES = [
     ("top_logprobs out of range", {"logprobs": True, "top_logprobs": 99}, "top_logprobs"),
     ("presence_penalty out of range", {"presence_penalty": 3}, "presence_penalty"),
     ("model missing", {"model": None}, "model"),
-    ("image content part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+    ("image content part",
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
 ]
 
 
@@ -122,7 +123,8 @@ def test_missing_key_is_401(base_url, model_name):
 
 def test_wrong_key_is_401_and_reveals_nothing(base_url, api_key, model_name):
     wrong = api_key[:-4] + "zzzz"
-    err = _assert_error(_post(base_url, "/chat/completions", wrong, json=_chat(model_name)), 401, code="invalid_api_key")
+    err = _assert_error(_post(base_url, "/chat/completions", wrong, json=_chat(model_name)), 401,
+                        code="invalid_api_key")
     assert wrong not in err["message"] and api_key not in err["message"]
 
 
@@ -178,7 +180,9 @@ def test_health_ready_and_metrics(stack, base_url, api_key, model_name):
     assert ready.status_code == 200 and ready.json()["checks"] == {"router": True, "auth": True}
     _post(base_url, "/chat/completions", api_key, json=_chat(model_name))
     text = httpx.get(f"{root}/metrics").text
-    assert 'llmsvc_requests_total{model="%s",route="/v1/chat/completions",service="gateway",status="200"}' % model_name in text
+    series = (f'llmsvc_requests_total{{model="{model_name}",route="/v1/chat/completions",service="gateway",'
+              'status="200"}')
+    assert series in text
     assert "llmsvc_time_to_first_token_seconds_bucket" in text
 
 
@@ -187,6 +191,7 @@ def test_curl_default_form_content_type_is_read_as_json(base_url, api_key, model
     import json
 
     resp = httpx.post(f"{base_url}/chat/completions", content=json.dumps(_chat(model_name)).encode(), timeout=60,
-                      headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/x-www-form-urlencoded"})
+                      headers={"Authorization": f"Bearer {api_key}",
+                               "Content-Type": "application/x-www-form-urlencoded"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["object"] == "chat.completion"

@@ -23,7 +23,8 @@ def _chunks(n_choices: int = 1, tokens: int = 4) -> list[pb.GenerateChunk]:
         c = pb.GenerateChunk(request_id="r", model="v2")
         for k in range(n_choices):
             last = i == tokens - 1
-            c.choices.add(index=k, text=f"{k}t{i} ", finish_reason="length" if last else "", logprobs=[_lp(i, f"{k}t{i} ", -0.5 * i)])
+            c.choices.add(index=k, text=f"{k}t{i} ", finish_reason="length" if last else "",
+                          logprobs=[_lp(i, f"{k}t{i} ", -0.5 * i)])
         if i == tokens - 1:
             c.finished = True
             c.usage.prompt_tokens, c.usage.completion_tokens = 7, tokens * n_choices

@@ -91,8 +91,8 @@ def test_logprobs_echo_and_prompt_only_take_the_dict_path_and_still_match() -> N
     _check(a, b, [_chunk([(0, t, "")], logprobs=True) for t in TEXTS[:4]]
            + [_chunk([(0, "", "stop")], finished=True, logprobs=True)])
     for echo, prompt_only in [(True, False), (True, True)]:
-        a, b = _pair(lambda: CompletionFormatter("m", include_usage=True, want_logprobs=False, echo=echo,
-                                                 prompt_only=prompt_only))
+        a, b = _pair(lambda echo=echo, prompt_only=prompt_only: CompletionFormatter(
+            "m", include_usage=True, want_logprobs=False, echo=echo, prompt_only=prompt_only))
         first = _chunk([(0, "a", "")])
         first.prompt_text = "PROMPT "
         for chunk in [first, _chunk([(0, "b", "length")], finished=True)]:

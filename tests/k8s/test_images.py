@@ -83,7 +83,8 @@ def test_chart_image_names_match_the_targets():
 def test_build_context_carries_only_what_the_images_copy():
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("**")] == "**"
-    copied = {line.split()[1] for s in _stages().values() for line in s if line.startswith("COPY ") and "--from" not in line}
+    copied = {line.split()[1] for s in _stages().values() for line in s
+              if line.startswith("COPY ") and "--from" not in line}
     assert copied == {"pyproject.toml", "services", "trainer"}
     for path in copied | {"README.md"}:
         assert f"!{path}" in ignore or f"!{path}/" in ignore, path

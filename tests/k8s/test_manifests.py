@@ -95,5 +95,5 @@ def test_namespace_comes_with_quota_and_limits():
     docs = _docs("namespace.yaml")
     assert docs["Namespace"]["metadata"]["name"] == "llmsvc"
     assert "requests.nvidia.com/gpu" in docs["ResourceQuota"]["spec"]["hard"]
-    container = next(l for l in docs["LimitRange"]["spec"]["limits"] if l["type"] == "Container")
+    container = next(lim for lim in docs["LimitRange"]["spec"]["limits"] if lim["type"] == "Container")
     assert container["default"] and container["defaultRequest"]

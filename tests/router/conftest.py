@@ -11,9 +11,9 @@ import contextlib
 
 import pytest
 
+from services.common.grpcutil import insecure_channel
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2_grpc
-from services.common.grpcutil import insecure_channel
 from services.router.config import RouterSettings
 from services.router.main import start_router
 from services.router.standin import start_standin

@@ -9,7 +9,8 @@ import uuid
 import grpc
 from prometheus_client import REGISTRY, generate_latest
 
-from .conftest import chat, generate, router_over, until as _until
+from .conftest import chat, generate, router_over
+from .conftest import until as _until
 
 SLOW = {"token_delay_s": 0.1}
 

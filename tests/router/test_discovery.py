@@ -101,7 +101,8 @@ async def test_endpointslice_watch_tracks_ready_endpoints():
                                                     "status": "Failure", "reason": "Expired", "code": 410,
                                                     "message": "too old resource version: 1 (100)"}})
         await until(lambda: set(pool.workers) == {"10.0.0.1:50060", "10.0.0.3:50060"})
-        api.events.put({"type": "MODIFIED", "object": endpoint_slice("workers-a", {"10.0.0.1": False, "10.0.0.2": True})})
+        api.events.put({"type": "MODIFIED",
+                        "object": endpoint_slice("workers-a", {"10.0.0.1": False, "10.0.0.2": True})})
         await until(lambda: set(pool.workers) == {"10.0.0.2:50060", "10.0.0.3:50060"})
         api.events.put({"type": "DELETED", "object": endpoint_slice("workers-b", {})})
         await until(lambda: set(pool.workers) == {"10.0.0.2:50060"})
@@ -118,7 +119,8 @@ async def test_unusable_kubernetes_api_falls_back_to_dns():
             raise client.exceptions.ApiException(status=403, reason="Forbidden")
 
     pool = WorkerPool([])
-    settings = RouterSettings(discovery="kubernetes", k8s_namespace="ns", dns_name="localhost:50099", dns_interval_s=0.1)
+    settings = RouterSettings(discovery="kubernetes", k8s_namespace="ns", dns_name="localhost:50099",
+                              dns_interval_s=0.1)
     task = asyncio.create_task(watch_kubernetes(pool, settings, api=Forbidden()))
     try:
         await until(lambda: "127.0.0.1:50099" in pool.workers)

@@ -9,7 +9,8 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from .conftest import chat, generate, router_over, until as _until
+from .conftest import chat, generate, router_over
+from .conftest import until as _until
 
 
 async def test_failure_before_first_token_is_retried_once_on_another_worker():
@@ -28,7 +29,8 @@ async def test_failure_before_first_token_is_retried_once_on_another_worker():
 
 
 async def test_retry_is_bounded_when_every_worker_fails():
-    async with router_over(3, {"fail_before_first": grpc.StatusCode.UNAVAILABLE}, max_attempts=2) as (stub, _, standins):
+    async with router_over(3, {"fail_before_first": grpc.StatusCode.UNAVAILABLE},
+                           max_attempts=2) as (stub, _, standins):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await generate(stub, chat("x"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE

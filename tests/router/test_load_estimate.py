@@ -41,7 +41,8 @@ def test_a_report_below_our_own_count_does_not_subtract():
 async def test_least_load_sees_a_worker_empty_before_the_next_poll():
     """Four long streams run on one worker and finish between two polls. The next four requests split
     two and two; a router that trusted the stale report (4 on that worker) would send all four to the other."""
-    async with router_over(2, {"token_delay_s": 0.05}, policy="least_load", poll_interval_s=3600) as (stub, router, standins):
+    async with router_over(2, {"token_delay_s": 0.05}, policy="least_load",
+                           poll_interval_s=3600) as (stub, router, standins):
         pool = router.servicer.pool
         busy, idle = standins
         idle.servicer.running = 100  # reported: the first four must all go to `busy`

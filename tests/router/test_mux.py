@@ -129,9 +129,10 @@ async def test_a_worker_that_dies_fails_every_stream_on_it_and_new_requests_go_e
 
         await standins[0].server.stop(0)
         results = await asyncio.wait_for(asyncio.gather(*map(rest, calls), return_exceptions=True), 20)
-        broken = [r for r, f in zip(results, firsts) if f.worker == standins[0].address]
-        assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAVAILABLE for r in broken), broken
-        assert all(r[-1].finished for r, f in zip(results, firsts) if f.worker == standins[1].address)
+        broken = [r for r, f in zip(results, firsts, strict=True) if f.worker == standins[0].address]
+        assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAVAILABLE
+                   for r in broken), broken
+        assert all(r[-1].finished for r, f in zip(results, firsts, strict=True) if f.worker == standins[1].address)
         later = await asyncio.gather(*(generate(stub, chat(f"l{i}")) for i in range(4)))
         assert {c[0].worker for c in later} == {standins[1].address}
 
@@ -158,7 +159,8 @@ async def test_workers_without_generate_many_get_one_call_per_request():
         assert all(r[-1].finished for r in replies)
         assert standins[0].servicer.mux_calls == 0
         # Plain Generate calls: the request id travels in each call's own metadata.
-        assert sorted(seen.metadata.get("x-request-id") for seen in standins[0].servicer.seen) == ["req-0", "req-1", "req-2"]
+        assert sorted(seen.metadata.get("x-request-id")
+                      for seen in standins[0].servicer.seen) == ["req-0", "req-1", "req-2"]
 
 
 async def test_multiplexing_can_be_turned_off_in_the_router():
@@ -218,7 +220,8 @@ async def test_router_errors_keep_their_status_and_trailers_over_the_call():
                                        return_exceptions=True)
         rejected = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
         assert len(rejected) == 2
-        assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and int(dict(r.trailing_metadata())["retry-after"]) >= 1
+        assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                   and int(dict(r.trailing_metadata())["retry-after"]) >= 1
                    for r in rejected)
         unknown = chat("x")
         unknown.model = "nope"

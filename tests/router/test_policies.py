@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from .conftest import chat, generate, router_over
 
-SYSTEM = ["You are a terse assistant for {}. ".format(name) * 40 for name in ("sales", "billing", "support", "legal")]
+SYSTEM = [f"You are a terse assistant for {name}. " * 40 for name in ("sales", "billing", "support", "legal")]
 
 
 def decisions(policy: str, outcome: str) -> float:
@@ -30,11 +30,12 @@ async def test_prefix_aware_keeps_shared_prefixes_together_and_load_balanced():
         reqs = [(g, chat(SYSTEM[g] + "question 0 from user 0", max_tokens=4)) for g in range(4)]
         results = [await generate(stub, r) for _, r in reqs]
         hits_before = decisions("prefix_aware", "hit")
-        burst = [(g, chat(SYSTEM[g] + f"question {i} from user {i}", max_tokens=4)) for i in range(1, 8) for g in range(4)]
+        burst = [(g, chat(SYSTEM[g] + f"question {i} from user {i}", max_tokens=4))
+                 for i in range(1, 8) for g in range(4)]
         results += await asyncio.gather(*(generate(stub, r) for _, r in burst))
         reqs += burst
         workers_of_group = defaultdict(set)
-        for (g, _), chunks in zip(reqs, results):
+        for (g, _), chunks in zip(reqs, results, strict=True):
             workers_of_group[g].add(served_by(chunks))
         assert all(len(ws) == 1 for ws in workers_of_group.values()), workers_of_group
         per_worker = Counter(served_by(c) for c in results)

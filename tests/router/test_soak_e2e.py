@@ -17,7 +17,7 @@ from .load import client_for, stream_chat
 SOAK_S = float(os.environ.get("LLMSVC_SOAK_S", "60"))
 CONCURRENCY = 6
 RSS_BOUND_MIB = 48
-SYSTEM = ["You answer questions about {} in one line. ".format(t) * 12 for t in ("rivers", "cities", "numbers")]
+SYSTEM = [f"You answer questions about {t} in one line. " * 12 for t in ("rivers", "cities", "numbers")]
 
 
 def tree_rss_mib(pid: int) -> float:

@@ -133,7 +133,7 @@ def test_chat_encoding_matches_the_template_and_masks_assistant_turns(fast):
                 {"role": "assistant", "content": "cba!"}]
     ids, mask = encode_chat(tok, messages)
     assert ids == list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
-    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "cba<|im_end|>\ncba!<|im_end|>\n"
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "cba<|im_end|>\ncba!<|im_end|>\n"
 
 
 def test_packed_windows_restart_positions_at_documents_and_keep_conversations_whole(tmp_path):

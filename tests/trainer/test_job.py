@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from jobutil import final_status, losses, pretrain_spec, read_events, run_inprocess, start_job, stop
 
 from services.cli.stack import free_port
-
-from jobutil import final_status, losses, pretrain_spec, read_events, run_inprocess, start_job, stop
 
 
 def _no_model_left(spec: dict) -> None:

@@ -66,7 +66,7 @@ def test_sft_model_is_served_by_the_vllm_worker_and_answers_held_out_tasks(tmp_p
             replies.append(r.choices[0].message.content)
     scores = synthetic.grade(items, replies)
     print("held-out accuracy through the served model:", scores)
-    assert scores["accuracy"] >= 0.6 > 10 * CHANCE, list(zip([i["prompt"] for i in items], replies))
+    assert scores["accuracy"] >= 0.6 > 10 * CHANCE, list(zip([i["prompt"] for i in items], replies, strict=True))
     assert all(scores[f"accuracy_{t}"] > CHANCE for t in TASKS), scores
 
 
@@ -89,7 +89,8 @@ def test_lora_adapter_changes_the_vllm_output_as_it_does_in_peft(tmp_path, sft_d
 
     prompts = [i["prompt"] for i in _held_out(3) if i["task"] == "copy"]
     proc = subprocess.run([sys.executable, str(REPO / "tests/trainer/vllm_generate.py"), str(sft_dir),
-                           json.dumps(prompts), str(adapter)], cwd=REPO, env={**job_env(), "VLLM_CPU_KVCACHE_SPACE": "1"},
+                           json.dumps(prompts), str(adapter)], cwd=REPO,
+                          env={**job_env(), "VLLM_CPU_KVCACHE_SPACE": "1"},
                           capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -108,9 +109,9 @@ def test_lora_adapter_changes_the_vllm_output_as_it_does_in_peft(tmp_path, sft_d
             lp = torch.log_softmax(model(input_ids=x).logits[0, len(ids) - 1:-1].float(), -1)
         return lp.gather(-1, torch.tensor(answer_ids)[:, None]).sum().item()
 
-    for prompt, b, a in zip(prompts, out["base"], out["adapter"]):
+    for prompt, b, a in zip(prompts, out["base"], out["adapter"], strict=True):
         assert abs(a["logprob"] - b["logprob"]) > 1e-2 or a["token_ids"] != b["token_ids"]  # the adapter acts
         # ... and vLLM applies it as peft does: the same log-probabilities for what each side generated.
         assert logprob(base, prompt, b["token_ids"]) == pytest.approx(b["logprob"], abs=5e-2)
         assert logprob(tuned, prompt, a["token_ids"]) == pytest.approx(a["logprob"], abs=5e-2)
-    assert sum(a["text"] != b["text"] for a, b in zip(out["adapter"], out["base"])) >= 1, out
+    assert sum(a["text"] != b["text"] for a, b in zip(out["adapter"], out["base"], strict=True)) >= 1, out

@@ -64,7 +64,7 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_ten_percent():
     assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11)
     assert f[10] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.55)  # halfway through the cosine: (1 + 0.1) / 2
-    assert all(a >= b for a, b in zip(f[10:], f[11:])) and lr_factor(110, hp) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and lr_factor(110, hp) == pytest.approx(0.1)
 
 
 def test_no_weight_decay_on_norms_and_biases():

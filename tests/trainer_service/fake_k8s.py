@@ -3,9 +3,10 @@
 No API server runs here. This one answers the calls the runner makes, the
 way the real one does: create (201, or 409 AlreadyExists), read a Job's status
 (the statuses a test queues, from ``recorded_k8s_job_status.json``: the
-status objects of an Indexed Job's life as the batch/v1 API returns them), delete (a foreground delete keeps the Job, marked for deletion,
-until the test lets it go; then 404). It records every request so tests can
-check what the ``kubernetes`` client sent.
+status objects of an Indexed Job's life as the batch/v1 API returns them),
+delete (a foreground delete keeps the Job, marked for deletion, until the
+test lets it go; then 404). It records every request so tests can check
+what the ``kubernetes`` client sent.
 """
 
 from __future__ import annotations

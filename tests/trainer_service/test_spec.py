@@ -42,7 +42,8 @@ def test_openai_hyperparameters_become_steps_and_lr():
                                 examples=10, seed=7)
     assert h["steps"] == 5 and h["lr"] == pytest.approx(0.5e-4) and h["seed"] == 7
     # The method's nested hyperparameters win over the legacy top-level ones; ours pass through.
-    h = resolve_hyperparameters({"n_epochs": 9}, {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+    h = resolve_hyperparameters({"n_epochs": 9},
+                                {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
                                 "dpo", examples=8, seed=0)
     assert h["beta"] == 0.2 and h["n_epochs"] == 1 and h["steps"] == 2
     h = resolve_hyperparameters({"steps": 3, "lr": 1e-3, "seq_len": 64}, {}, "sft", examples=None, seed=0)

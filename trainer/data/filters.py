@@ -15,7 +15,7 @@ def repetition_ratio(text: str) -> float:
         dup_chars = sum(len(ln) * (c - 1) for ln, c in counts.items() if c > 1)
     line_ratio = dup_chars / max(1, sum(len(ln) for ln in lines))
     words = text.split()
-    grams = list(zip(words, words[1:], words[2:]))
+    grams = list(zip(words, words[1:], words[2:], strict=False))
     gram_ratio = 0.0
     if len(grams) >= 4:
         gram_ratio = 1 - len(set(grams)) / len(grams)

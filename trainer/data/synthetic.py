@@ -142,7 +142,7 @@ def held_out(per_task: int, seed: int, exclude: set[str], tasks: list[str] | Non
 def grade(items: list[dict], replies: list[str]) -> dict[str, float]:
     """Exact-match accuracy by task and overall (``accuracy``)."""
     by_task: dict[str, list[bool]] = {}
-    for item, reply in zip(items, replies):
+    for item, reply in zip(items, replies, strict=True):
         by_task.setdefault(item["task"], []).append(reply.strip() == item["answer"])
     scores = {f"accuracy_{t}": sum(v) / len(v) for t, v in by_task.items()}
     scores["accuracy"] = sum(sum(v) for v in by_task.values()) / max(1, sum(len(v) for v in by_task.values()))

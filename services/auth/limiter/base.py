@@ -70,6 +70,10 @@ class WindowConfig:
     """How long an unsettled admission holds its concurrency slot and reservation record."""
 
 
+DEFAULT_WINDOW = WindowConfig()
+"""The window limiters use when none is given (immutable, so one shared instance is safe)."""
+
+
 def new_reservation_id(backend: str) -> str:
     """``<backend>.<96 random bits>``: the backend letter routes settle to where the reservation lives."""
     return f"{backend}.{secrets.token_hex(12)}"

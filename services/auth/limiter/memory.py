@@ -13,8 +13,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import (CONCURRENCY_RETRY_S, DAY_S, Decision, Limiter, Limits, RateState, WindowConfig,
-                   new_reservation_id, worst)
+from .base import (
+    CONCURRENCY_RETRY_S,
+    DAY_S,
+    DEFAULT_WINDOW,
+    Decision,
+    Limiter,
+    Limits,
+    RateState,
+    WindowConfig,
+    new_reservation_id,
+    worst,
+)
 
 
 @dataclass(slots=True)
@@ -42,7 +52,7 @@ class _KeyWindow:
 class MemoryLimiter(Limiter):
     backend = "m"
 
-    def __init__(self, cfg: WindowConfig = WindowConfig(), clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: WindowConfig = DEFAULT_WINDOW, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
         self._keys: dict[str, _KeyWindow] = {}

@@ -13,7 +13,16 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .base import Decision, Limiter, LimiterUnavailable, Limits, RateState, WindowConfig, new_reservation_id
+from .base import (
+    DEFAULT_WINDOW,
+    Decision,
+    Limiter,
+    LimiterUnavailable,
+    Limits,
+    RateState,
+    WindowConfig,
+    new_reservation_id,
+)
 
 _ADMIT = resources.files(__package__).joinpath("admit.lua").read_text()
 _SETTLE = resources.files(__package__).joinpath("settle.lua").read_text()
@@ -22,7 +31,7 @@ _SETTLE = resources.files(__package__).joinpath("settle.lua").read_text()
 class RedisLimiter(Limiter):
     backend = "r"
 
-    def __init__(self, client: aioredis.Redis, prefix: str, cfg: WindowConfig = WindowConfig(),
+    def __init__(self, client: aioredis.Redis, prefix: str, cfg: WindowConfig = DEFAULT_WINDOW,
                  timeout_s: float = 0.5) -> None:
         self.client = client
         self.prefix = prefix
@@ -39,7 +48,7 @@ class RedisLimiter(Limiter):
         try:
             async with asyncio.timeout(self.timeout_s):  # unlike wait_for, no extra task per call
                 return await script(keys=keys, args=args)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise LimiterUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def admit(self, key_id: str, limits: Limits, reserve_tokens: int) -> Decision:

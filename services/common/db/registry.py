@@ -112,6 +112,7 @@ async def set_alias(session: AsyncSession, alias: str, version_id: str, *, actor
     else:
         row.previous_version_id, row.version_id = row.version_id, version_id
         row.updated_at, row.updated_by = utcnow(), actor
-    session.add(AuditEvent(actor=actor, action=action, target=alias, details={"version_id": version_id, **(details or {})}))
+    session.add(AuditEvent(actor=actor, action=action, target=alias,
+                           details={"version_id": version_id, **(details or {})}))
     await session.commit()
     return row

@@ -49,7 +49,8 @@ class MultipleChoiceSuite(Suite):
         try:
             self.items = [normalize_row(r) for r in rows]
         except (KeyError, ValueError, TypeError) as exc:
-            raise SuiteError(f"{self.path.name} is not ARC, HellaSwag or plain multiple-choice JSONL: {exc!r}") from None
+            raise SuiteError(
+                f"{self.path.name} is not ARC, HellaSwag or plain multiple-choice JSONL: {exc!r}") from None
         for i, (_, choices, gold) in enumerate(self.items):
             if not 0 <= gold < len(choices) or len(choices) < 2:
                 raise SuiteError(f"{self.path.name} sample {i}: the answer is not one of at least two choices")
@@ -83,7 +84,7 @@ class MultipleChoiceSuite(Suite):
         for context, choices, gold in self.items:
             lls = scores[k: k + len(choices)]
             k += len(choices)
-            norm = [ll / len((" " + c).encode()) for ll, c in zip(lls, choices)]
+            norm = [ll / len((" " + c).encode()) for ll, c in zip(lls, choices, strict=True)]
             pred, pred_norm = max(range(len(lls)), key=lls.__getitem__), max(range(len(norm)), key=norm.__getitem__)
             samples.append({"context": context, "choices": choices, "gold": gold, "loglikelihoods": lls,
                             "pred": pred, "pred_norm": pred_norm, "acc": pred == gold, "acc_norm": pred_norm == gold})

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
+from .. import stats
 from ..client import ModelOutputError
 from .base import RunContext, Suite, SuiteError, SuiteParams, SuiteResult, file_hash, resolve_dataset
-from .. import stats
 
 
 class PerplexityParams(SuiteParams):
@@ -99,7 +99,7 @@ class PerplexitySuite(Suite):
             raise ModelOutputError("a document tokenised to no tokens")
         nll_m, ppl_m = stats.perplexity(nll, counts)
         samples = [{"doc": i, "chars": len(d), "tokens": c, "nll": s, "perplexity": _exp(s / c)}
-                   for i, (d, c, s) in enumerate(zip(self.docs, counts, nll))]
+                   for i, (d, c, s) in enumerate(zip(self.docs, counts, nll, strict=True))]
         return SuiteResult({"perplexity": ppl_m, "nll_per_token": nll_m}, samples)
 
 

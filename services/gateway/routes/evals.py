@@ -107,7 +107,8 @@ async def list_evals(request: Request, settings: SettingsDep, upstreams: Upstrea
 async def get_eval(run_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
                    include_samples: bool = False):
     await _admit(request, settings, upstreams)
-    run = await call(eval_stub(upstreams, settings).GetRun, pb.GetRunRequest(id=run_id, include_samples=include_samples))
+    run = await call(eval_stub(upstreams, settings).GetRun,
+                     pb.GetRunRequest(id=run_id, include_samples=include_samples))
     return run_json(run, include_samples)
 
 

@@ -56,7 +56,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=True)
-    return await flow.run([gen], await _reserve(upstreams, body.model, prompt_bytes, body.token_limit, body.n, settings))
+    reserve = await _reserve(upstreams, body.model, prompt_bytes, body.token_limit, body.n, settings)
+    return await flow.run([gen], reserve)
 
 
 @router.post("/completions")

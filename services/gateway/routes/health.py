@@ -20,7 +20,8 @@ async def healthz() -> dict:
 async def readyz(upstreams: UpstreamsDep) -> JSONResponse:
     checks = await upstreams.healthy()
     ready = all(checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                        status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

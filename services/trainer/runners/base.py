@@ -49,7 +49,13 @@ class Runner(ABC):
         """Ask the job to stop: SIGTERM, so it checkpoints and exits (exit code 143)."""
 
     async def cleanup(self, job_id: str, handle: str) -> None:
-        """Release what the job held once it ended (default: nothing)."""
+        """Release what the job held once it ended.
+
+        An optional hook, deliberately not abstract: runners whose jobs hold
+        nothing beyond their processes (the local runner) keep this default,
+        which does nothing; the Kubernetes runner overrides it.
+        """
+        return
 
     def memory_budget(self) -> tuple[float, bool]:
         """Bytes one process may use and whether that is GPU memory."""

@@ -68,7 +68,8 @@ def _container(launch: Launch, cfg, store_path: str, module: str) -> dict:
         "command": ["torchrun"],
         "args": torchrun_args(launch, cfg.namespace, cfg.rdzv_port, module, max(1, cfg.gpus_per_node)),
         "env": [
-            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}},
+            {"name": "NODE_RANK",
+             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}},
             {"name": "LLMSVC_JOB_ID", "value": launch.job_id},
             {"name": "LLMSVC_MODEL_STORE", "value": store_path},
             {"name": "PYTHONUNBUFFERED", "value": "1"},

@@ -38,7 +38,7 @@ class KubernetesRunner(Runner):
         self.core = k8s.CoreV1Api(api_client)
 
     @classmethod
-    def from_settings(cls, settings) -> "KubernetesRunner":
+    def from_settings(cls, settings) -> KubernetesRunner:
         from kubernetes import config as kube_config
 
         if settings.k8s.in_cluster:

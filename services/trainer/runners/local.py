@@ -114,7 +114,7 @@ class LocalProcessRunner(Runner):
         deadline = time.monotonic() + timeout_s
         while any(p.poll() is None for p in self._procs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        for job_id, popen in list(self._procs.items()):
+        for popen in list(self._procs.values()):
             if popen.poll() is None:
                 os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait(5)

@@ -5,10 +5,10 @@ Revises: 0001_auth
 Create Date: 2026-11-28 10:06:06.323183
 """
 
-from alembic import op
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from alembic import op
 from sqlalchemy import Text
+from sqlalchemy.dialects import postgresql
 
 revision = '0002_registry'
 down_revision = '0001_auth'
@@ -54,7 +54,8 @@ def upgrade() -> None:
     sa.Column('previous_version_id', sa.String(length=200), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_by', sa.String(length=64), nullable=False),
-    sa.ForeignKeyConstraint(['version_id'], ['model_versions.id'], name=op.f('fk_model_aliases_version_id_model_versions')),
+    sa.ForeignKeyConstraint(['version_id'], ['model_versions.id'],
+                            name=op.f('fk_model_aliases_version_id_model_versions')),
     sa.PrimaryKeyConstraint('alias', name=op.f('pk_model_aliases'))
     )
     # ### end Alembic commands ###
