@@ -175,6 +175,7 @@ class Stack:
                 "LLMSVC_ROUTER_HOST": c.host,
                 "LLMSVC_ROUTER_PORT": str(c.router_port),
                 "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]),
+                "LLMSVC_ROUTER_DATABASE_URL": c.db_url,  # the registry: LoRA adapter versions and their bases
             }
         elif service == "gateway":
             env = self._common_env("gateway")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -62,6 +63,11 @@ class RouterSettings(ServiceSettings):
     """Consecutive passing polls an ejected worker needs before it is routable again."""
 
     # -- routing -----------------------------------------------------------------
+    database_url: str = Field(default_factory=lambda: os.environ.get("LLMSVC_DATABASE_URL", ""))
+    """The model registry (the shared database; else ``$LLMSVC_DATABASE_URL``): LoRA adapter versions there are
+    routed to a worker of their base. Empty: adapters are not served, only the workers' own names."""
+    adapter_cache_ttl_s: float = Field(2.0, gt=0)
+    """Seconds an adapter lookup (or a miss) is cached; an alias moved in the registry is seen within it."""
     policy: Literal["round_robin", "least_load", "session", "prefix_aware", "kv_aware"] = "kv_aware"
     """Default routing policy for every model (``kv_aware``: weighted prefix, queue and KV-cache scores; it had
     the best prefix hit rate and TTFT p50 of the policies on the prefill-heavy runs in docs/benchmarks.md)."""

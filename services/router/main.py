@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.db.engine import make_engine, session_factory
 from services.common.grpcutil import build_server, run_service, serve_until_signalled, set_serving
 from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 
+from .adapters import AdapterCatalog
 from .admission import AdmissionControl
 from .config import RouterSettings
 from .discovery import start_discovery
@@ -34,12 +37,15 @@ class Router:
     servicer: RouterServicer
     port: int
     discovery: asyncio.Task | None
+    db_engine: AsyncEngine | None = None
 
     async def close(self, grace_s: float = 0.0) -> None:
         if self.discovery:
             self.discovery.cancel()
         await self.server.stop(grace_s)
         await self.servicer.pool.close()
+        if self.db_engine is not None:
+            await self.db_engine.dispose()
 
 
 async def start_router(settings: RouterSettings) -> Router:
@@ -51,7 +57,11 @@ async def start_router(settings: RouterSettings) -> Router:
                                  settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
     pool.on_admit += [policies.forget, lambda _address: admission.wake()]
     pool.on_models.append(admission.know)
-    servicer = RouterServicer(pool, policies, admission, settings.max_attempts)
+    catalog = db_engine = None
+    if settings.database_url:
+        db_engine = make_engine(settings.database_url, pool_size=2)
+        catalog = AdapterCatalog(session_factory(db_engine), ttl_s=settings.adapter_cache_ttl_s)
+    servicer = RouterServicer(pool, policies, admission, settings.max_attempts, catalog)
     server, health_servicer = build_server("router", [(add_router_servicer, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     discovery = start_discovery(pool, settings)
@@ -60,7 +70,7 @@ async def start_router(settings: RouterSettings) -> Router:
     await set_serving(health_servicer, [SERVICE], True)
     log.info("router on %s:%d (discovery %s, policy %s, overrides %s)", settings.host, port, settings.discovery,
              settings.policy, settings.model_policies or "none")
-    return Router(server, health_servicer, servicer, port, discovery)
+    return Router(server, health_servicer, servicer, port, discovery, db_engine)
 
 
 async def serve(settings: RouterSettings) -> None:

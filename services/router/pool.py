@@ -26,6 +26,7 @@ from services.common.mux import MuxChannel
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
 
+from .adapters import norm_path
 from .wire import raw_generate, worker_tag
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,16 @@ class WorkerPool:
 
     def knows_model(self, model: str) -> bool:
         return any(model in w.models for w in self.workers.values())
+
+    def base_name(self, names: frozenset[str], paths: frozenset[str]) -> str | None:
+        """The name workers serve a base model by, given its registry names and its folder(s); None if no
+        worker (healthy or not) serves it. Serving workers are preferred, so a draining one's name is not."""
+        for worker in sorted(self.workers.values(), key=lambda w: (not w.healthy, w.load.draining)):
+            if not worker.models:
+                continue
+            if names.intersection(worker.models) or any(norm_path(i.root) in paths for i in worker.model_infos):
+                return worker.models[0]
+        return None
 
     def mark_failed(self, worker: Worker, why: str) -> None:
         if worker.healthy:

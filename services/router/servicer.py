@@ -13,6 +13,7 @@ from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2, router_pb2_grpc
 from services.common.relay import merged
 
+from .adapters import AdapterCatalog
 from .admission import AdmissionControl, Rejected
 from .policies import PolicyTable, RoutingPolicy
 from .pool import Worker, WorkerPool
@@ -36,8 +37,9 @@ _NO_WORKER_WAIT_S = 5.0
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, pool: WorkerPool, policies: PolicyTable, admission: AdmissionControl,
-                 max_attempts: int = 2) -> None:
+                 max_attempts: int = 2, adapters: AdapterCatalog | None = None) -> None:
         self.pool = pool
+        self.adapters = adapters
         self.policies = policies
         self.admission = admission
         self.max_attempts = max(1, max_attempts)
@@ -57,13 +59,34 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{model}' does not exist.")
         return workers
 
+    async def _served_as(self, request, context: grpc.aio.ServicerContext) -> str:
+        """The model name workers serve this request under: its own, or, when it names a LoRA adapter version
+        (or an alias of one), its base's, with the adapter attached to ``request`` for the worker."""
+        if hasattr(request, "adapter"):
+            request.ClearField("adapter")  # only the registry says which folder a worker loads
+        if self.adapters is None or self.pool.knows_model(request.model):
+            return request.model
+        adapter = await self.adapters.resolve(request.model)
+        if adapter is None:
+            return request.model
+        base = self.pool.base_name(adapter.base_names, adapter.base_paths)
+        if base is None:
+            ROUTED.labels("adapter", request.model, "no_base").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"The model '{request.model}' is a LoRA adapter of '{adapter.base}', "
+                                "which no worker serves.")
+        if hasattr(request, "adapter"):  # unary calls (tokenize) carry none: the base's tokenizer serves
+            request.adapter.name, request.adapter.path = adapter.name, adapter.path
+        return base
+
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         """Yields serialized chunks (see :mod:`.wire`): one flat loop per token, nothing decoded."""
         policy = self.policies.for_model(request.model)
-        await self._candidates(request.model, policy.name, context)
+        served = await self._served_as(request, context)
+        await self._candidates(served, policy.name, context)
         try:
-            async with self.admission.slot(request.model, request.priority, context.time_remaining()):
-                worker, call, first = await self._open(request, policy, context)
+            async with self.admission.slot(served, request.priority, context.time_remaining()):
+                worker, call, first = await self._open(request, served, policy, context)
                 relay = None if first is grpc.aio.EOF else merged(call)
                 try:
                     if relay is None:
@@ -96,13 +119,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async for batch in MuxSession(one, lambda: self.draining, "router").run(request_iterator):
             yield batch
 
-    async def _open(self, request: pb.GenerateRequest, policy: RoutingPolicy, context: grpc.aio.ServicerContext):
+    async def _open(self, request: pb.GenerateRequest, served: str, policy: RoutingPolicy,
+                    context: grpc.aio.ServicerContext):
         """Start the stream on a worker and read its first chunk, retrying on another worker before it.
 
         Returns ``(worker, call, first chunk bytes or EOF)`` with ``worker.in_flight`` counted."""
         tried: set[str] = set()
         for attempt in range(self.max_attempts):
-            workers = [w for w in await self._candidates(request.model, policy.name, context) if w.address not in tried]
+            workers = [w for w in await self._candidates(served, policy.name, context) if w.address not in tried]
             if not workers:
                 break
             worker, outcome = policy.choose(workers, request)
@@ -148,10 +172,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         for worker in sorted(healthy, key=lambda w: w.load.draining):
             for info in worker.model_infos:
                 seen.setdefault(info.id, info)
+        for adapter in await self.adapters.all() if self.adapters else ():
+            # Listed when a healthy worker serves its base: what a request to it would reach.
+            base = self.pool.base_name(adapter.base_names, adapter.base_paths)
+            if base is not None and base in seen:
+                seen.setdefault(adapter.name, pb.ModelInfo(id=adapter.name, root=adapter.path, parent=base,
+                                                           max_model_len=seen[base].max_model_len,
+                                                           created=adapter.created, owned_by="llmsvc"))
         return pb.ListModelsResponse(models=sorted(seen.values(), key=lambda m: m.id))
 
     async def _unary(self, method: str, request, context: grpc.aio.ServicerContext):
-        workers = await self._candidates(request.model, "unary", context)
+        served = await self._served_as(request, context)
+        workers = await self._candidates(served, "unary", context)
+        if served != request.model:  # an adapter's tokenizer is its base's
+            request.model = served
         worker = min(workers, key=lambda w: w.score)
         try:
             return await getattr(worker.stub, method)(request, timeout=context.time_remaining(),

@@ -133,6 +133,8 @@ class ModelStore:
         """Move a complete ``staging`` folder to its version slot and register it; commits."""
         if problems := completeness_problems(staging):
             raise IncompleteModel("; ".join(problems))
+        if (adapter := adapter_summary(staging)) is not None:  # the router serves it on its base's workers
+            meta["config"] = {**(meta.get("config") or {}), "lora_adapter": adapter}
         async with _publish_lock:
             current = await registry.list_versions(session, name)
             version = (current[-1].version if current else 0) + 1
@@ -148,6 +150,16 @@ class ModelStore:
                 row.path = str(final)
                 await session.commit()
             return row
+
+
+def adapter_summary(path: Path) -> dict | None:
+    """Rank and target modules of a PEFT LoRA adapter folder; None for a full model."""
+    try:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"r": cfg.get("r"), "target_modules": cfg.get("target_modules"),
+            "base_model_name_or_path": cfg.get("base_model_name_or_path")}
 
 
 class IncompleteModel(RuntimeError):

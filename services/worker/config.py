@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
@@ -40,8 +40,22 @@ class WorkerSettings(ServiceSettings):
     cpu_nice: int = Field(default=0, ge=0, le=19)
     """Nice value of the worker and its engine processes (0: unchanged). ``llmsvc up`` sets 10, so that on
     shared cores the spinning engine yields to the serving path's short wake-ups (see ``priority.py``)."""
+    enable_lora: bool = True
+    """Serve LoRA adapters of this base from the model store (vLLM multi-LoRA), chosen per request."""
+    max_loras: int = Field(default=2, ge=1)
+    """Distinct adapters in one batch (vLLM ``max_loras``); more wait for a slot."""
+    max_lora_rank: int = Field(default=16, ge=1)
+    """Highest adapter rank served (vLLM ``max_lora_rank``); a higher one is refused with a 400."""
+    max_cpu_loras: int = Field(default=4, ge=1)
+    """Adapters held in memory; past it the least recently used idle one is evicted (vLLM ``max_cpu_loras``)."""
     engine_args: dict = Field(default_factory=dict)
     """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
+
+    @model_validator(mode="after")
+    def _lora_bounds(self):
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
+        return self
 
     @property
     def model_name(self) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from services.common.pb import inference_pb2 as pb
 
+from .adapters import AdapterCache, AdapterError, BaseShapes
 from .config import WorkerSettings
 from .load import LoadSnapshot, LoadTracker
 
@@ -59,6 +60,7 @@ class EngineHost:
         self.engine = None
         self.tokenizer = None
         self.card: ModelCard | None = None
+        self.adapters: AdapterCache | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -79,10 +81,16 @@ class EngineHost:
             max_num_seqs=s.max_num_seqs,
             seed=s.seed,
             disable_log_stats=False,
+            **({"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank,
+                "max_cpu_loras": s.max_cpu_loras} if s.enable_lora else {}),
             **s.engine_args,
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
         self.tokenizer = self.engine.get_tokenizer()
+        if s.enable_lora:
+            shapes = BaseShapes.from_config(self.engine.model_config.hf_config)
+            self.adapters = AdapterCache(self.engine, shapes, capacity=s.max_cpu_loras, max_rank=s.max_lora_rank,
+                                         model=s.model_name)
         self.card = ModelCard(
             name=s.model_name,
             aliases=list(s.model_aliases),
@@ -202,15 +210,35 @@ class EngineHost:
     async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
         ids = self.prompt_ids(req)
         params = self.sampling_params(req.params, len(ids))
+        if not req.HasField("adapter"):
+            async for chunk in self._generate(req, ids, params, None, self.card.name):
+                yield chunk
+            return
+        if self.adapters is None:
+            raise InvalidRequest(f"The model '{req.model}' is a LoRA adapter, and this worker serves no adapters "
+                                 "(LLMSVC_WORKER_ENABLE_LORA is off).", "model")
+        try:
+            lora = await self.adapters.acquire(req.adapter.name, req.adapter.path)
+        except AdapterError as exc:
+            raise InvalidRequest(f"The model '{req.model}' (LoRA adapter {req.adapter.name}) cannot be served: "
+                                 f"{exc}.", "model") from None
+        try:
+            async for chunk in self._generate(req, ids, params, lora, req.adapter.name):
+                yield chunk
+        finally:
+            self.adapters.release(req.adapter.name)
+
+    async def _generate(self, req: pb.GenerateRequest, ids: list[int], params, lora, model: str):
         # Engine ids must be unique among in-flight requests even if clients reuse theirs.
         engine_id = f"{req.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         completion_tokens: dict[int, int] = {}
         first = True
         finished = False
-        stream = self.engine.generate({"prompt_token_ids": ids}, params, engine_id, priority=req.priority)
+        stream = self.engine.generate({"prompt_token_ids": ids}, params, engine_id, priority=req.priority,
+                                      lora_request=lora)
         try:
             async for out in stream:
-                chunk = pb.GenerateChunk(request_id=req.request_id, model=self.card.name)
+                chunk = pb.GenerateChunk(request_id=req.request_id, model=model)
                 if first:
                     first = False
                     if req.return_prompt:

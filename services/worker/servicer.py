@@ -32,7 +32,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def _chunks(self, request: pb.GenerateRequest):
         """One request's chunks, for Generate and for each stream of GenerateMany; raises StreamAbort."""
-        if request.model and not self.host.serves(request.model):
+        # An adapter request names the adapter; the router sent it here because this worker serves its base.
+        if request.model and not request.HasField("adapter") and not self.host.serves(request.model):
             raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' does not exist on this worker.")
         if self.draining:
             raise StreamAbort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
@@ -66,6 +67,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             models=[card.name, *card.aliases] if card else [],
             draining=self.draining,
             multiplex=True,
+            adapters=self.host.adapters.names if self.host.adapters else [],
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):

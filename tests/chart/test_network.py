@@ -108,7 +108,8 @@ CALL_GRAPH = {
     # The eval service's lm-evaluation-harness backend calls the public API; `helm test` checks it.
     ("eval", "gateway", 8000), ("test", "gateway", 8000),
 }
-IN_CHART_DATABASES = ({(c, "postgresql", 5432) for c in ("auth", "trainer", "eval", "migrate")}
+# The router reads the model registry (which versions are LoRA adapters of which base).
+IN_CHART_DATABASES = ({(c, "postgresql", 5432) for c in ("auth", "trainer", "eval", "migrate", "router")}
                       | {("auth", "redis", 6379)})
 
 
@@ -145,7 +146,7 @@ def test_egress_leaves_the_release_only_where_needed():
         return {name for name, pod in net.pods.items() if net.allowed(pod, peer, port)}
     assert senders(DNS, 53) == set(net.pods)
     assert senders(KUBE_API, 443) == {"router", "trainer"}
-    assert senders(EXTERNAL_PG, 5432) == {"auth", "trainer", "eval", "migrate"}
+    assert senders(EXTERNAL_PG, 5432) == {"auth", "trainer", "eval", "migrate", "router"}
     assert senders(EXTERNAL_REDIS, 6379) == {"auth"}
     assert senders(INTERNET, 443) == set()
     assert senders(PROMETHEUS, 9090) == set()

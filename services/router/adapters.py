@@ -1,0 +1,103 @@
+"""Which model names are LoRA adapter versions, and of which base: read from the model registry.
+
+A request whose ``model`` no worker serves by name may name an adapter version
+(``teal-v1``), a bare name (its latest version) or an alias of one. The
+catalog resolves it in the registry (the shared database) and says where the
+adapter lives and which base it needs; the router then sends it to a worker of
+that base with the adapter attached. Nothing starts and nothing restarts, so an
+adapter is served the moment its version is registered.
+
+Answers are cached for ``ttl_s`` (an alias moved in the registry is seen within
+that time), misses too, so a stream of unknown names costs one query per name
+per ``ttl_s``; the cache holds at most ``max_entries`` names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.db import registry
+
+log = logging.getLogger(__name__)
+
+
+def norm_path(path: str) -> str:
+    return os.path.realpath(path) if path else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    name: str
+    """Its version id: what vLLM and the response chunks call it."""
+    path: str
+    """Its folder in the model store."""
+    base: str
+    """The registry's ``parent``: a version id or a folder, as the trainer recorded it."""
+    base_names: frozenset[str]
+    """Model names a worker of the base serves (the parent version id, and aliases pointing at it)."""
+    base_paths: frozenset[str]
+    """The base's folder(s), compared with the folder a worker reports it serves."""
+    created: int = 0
+
+
+def is_adapter(row: registry.ModelVersion) -> bool:
+    if isinstance(row.config, dict) and row.config.get("lora_adapter"):
+        return True
+    return bool(row.path) and (Path(row.path) / "adapter_config.json").is_file()  # rows from before the flag
+
+
+class AdapterCatalog:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 2.0,
+                 max_entries: int = 4096) -> None:
+        self.sessions, self.ttl_s, self.max_entries = sessions, ttl_s, max_entries
+        self._cache: OrderedDict[str, tuple[float, Adapter | None]] = OrderedDict()
+
+    async def resolve(self, model: str) -> Adapter | None:
+        now = time.monotonic()
+        if (hit := self._cache.get(model)) is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        try:
+            async with self.sessions() as session:
+                row = await registry.resolve(session, model)
+                adapter = await self._adapter(session, row) if row is not None and is_adapter(row) else None
+        except Exception as exc:  # the registry is down: serve what we knew, else treat as unknown
+            log.warning("model registry unavailable (%s); adapter lookup of %r answered from cache", exc, model)
+            return hit[1] if hit else None
+        self._cache[model] = (now, adapter)
+        self._cache.move_to_end(model)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return adapter
+
+    async def all(self) -> list[Adapter]:
+        """Every registered adapter version (for the model list)."""
+        try:
+            async with self.sessions() as session:
+                rows = await registry.list_versions(session)
+                return [await self._adapter(session, r) for r in rows if is_adapter(r)]
+        except Exception as exc:
+            log.warning("model registry unavailable (%s); adapters left out of the model list", exc)
+            return []
+
+    async def _adapter(self, session: AsyncSession, row: registry.ModelVersion) -> Adapter:
+        names, paths = set(), set()
+        parent = row.parent or ""
+        base = await session.get(registry.ModelVersion, parent) if parent else None
+        if base is not None:
+            names.add(base.id)
+            paths.add(norm_path(base.path))
+            aliases = await session.scalars(select(registry.ModelAlias.alias)
+                                            .where(registry.ModelAlias.version_id == base.id))
+            names.update(aliases)
+        elif parent:
+            paths.add(norm_path(parent))
+        created = int(row.created_at.timestamp()) if row.created_at else 0
+        return Adapter(row.id, row.path, parent, frozenset(names), frozenset(paths), created)

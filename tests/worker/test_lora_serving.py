@@ -1,0 +1,186 @@
+"""LoRA adapters served by the workers of their base, through the whole stack with the official ``openai`` client.
+
+gateway → auth → router (which reads the registry: which versions are adapters, of which base) → one vLLM-CPU
+worker with multi-LoRA on, each service its own process. The worker holds at most two adapters in memory and
+one per batch (``LLMSVC_WORKER_MAX_CPU_LORAS=2``, ``LLMSVC_WORKER_MAX_LORAS=1``), so a rotation of three evicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from services.cli.stack import Stack, StackConfig, free_port
+from services.common.db import registry
+from services.common.db.engine import make_engine, session_factory
+
+from .lora import make_adapter
+
+BASE = "tiny-random"
+PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+@pytest.fixture(scope="module")
+def lora_stack(tmp_path_factory, default_model, api_key):
+    home = tmp_path_factory.mktemp("lora-stack")
+    (home / "models").mkdir()
+    # The trainer's store holds the served base, so fine-tunes name it as the API does: model="tiny-random".
+    (home / "models" / BASE).symlink_to(default_model, target_is_directory=True)
+    cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports={"worker0": free_port()},
+                                extra_env={"LLMSVC_WORKER_MAX_LORAS": "1", "LLMSVC_WORKER_MAX_CPU_LORAS": "2",
+                                           "LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S": "0.5"})
+    with Stack(cfg).running() as stack:
+        _wait_for_trainer(stack)
+        yield stack
+
+
+def _wait_for_trainer(stack: Stack, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{stack.cfg.base_url}/fine_tuning/jobs", timeout=2,
+                          headers={"Authorization": f"Bearer {stack.cfg.api_key}"})
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("the trainer did not answer through the gateway")
+
+
+@pytest.fixture(scope="module")
+def client(lora_stack):
+    return openai.OpenAI(base_url=lora_stack.cfg.base_url, api_key=lora_stack.cfg.api_key, max_retries=0,
+                         timeout=120)
+
+
+@pytest.fixture(scope="module")
+def register(lora_stack, default_model):
+    """Register an adapter folder as a version, as the trainer's publish does (parent: the base's folder)."""
+
+    async def _register(name: str, path: Path, parent: str) -> str:
+        engine = make_engine(lora_stack.cfg.db_url)
+        try:
+            async with session_factory(engine)() as session:
+                row = await registry.register_version(session, name, str(path), parent=parent, recipe="lora")
+                return row.id
+        finally:
+            await engine.dispose()
+
+    return lambda name, path, parent=str(default_model): asyncio.run(_register(name, path, parent))
+
+
+def _chat(client, model: str, **kw):
+    return client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=12, **kw)
+
+
+def _worker_metric(stack: Stack, event: str) -> float:
+    text = httpx.get(f"http://{stack.cfg.host}:{stack.cfg.metrics_ports['worker0']}/metrics", timeout=5).text
+    m = re.search(rf'llmsvc_worker_adapter_events_total{{event="{event}",model="[^"]+"}} ([0-9.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+def _engine_pids(stack: Stack) -> set[int]:
+    worker = next(p for name, p in stack.procs.items() if name.startswith("worker"))
+    return {c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)}
+
+
+def test_a_lora_fine_tune_answers_as_soon_as_its_job_succeeds(client, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                          {"role": "assistant", "content": str(a + b)}]} for a in range(6) for b in range(6)]
+    f = client.files.create(file=("add.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                            purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix="teal",
+                                         hyperparameters={"steps": 12, "batch_size": 4},
+                                         extra_body={"lora": {"r": 8, "alpha": 16}})
+    deadline = time.monotonic() + 300
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.3)
+    assert job.status == "succeeded", job.error
+    tuned = job.fine_tuned_model
+
+    # No other call: it is listed under its base and answers at once.
+    listed = {m.id: m for m in client.models.list().data}
+    assert tuned in listed and listed[tuned].model_extra["parent"] == BASE
+    reply = _chat(client, tuned)
+    assert reply.model == tuned and reply.choices[0].message.content and reply.usage.completion_tokens > 0
+
+    def stream(model: str) -> tuple[str, set[str]]:
+        chunks = list(client.chat.completions.create(model=model, messages=PROMPT, max_tokens=16, stream=True))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), {c.model for c in chunks}
+
+    # The base and the fine-tune, at once, streamed and not: every request succeeds, each names its model.
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = {pool.submit(stream, m): m for m in (BASE, tuned, BASE, tuned)}
+        plain = [pool.submit(_chat, client, m) for m in (BASE, tuned)]
+        for fut, model in futures.items():
+            text, names = fut.result(timeout=120)
+            assert text and names == {model}
+        assert [p.result(timeout=120).model for p in plain] == [BASE, tuned]
+
+
+def test_two_adapters_of_one_base_run_on_the_same_engine(client, lora_stack, default_model, tmp_path, register):
+    a1 = register("blue", make_adapter(default_model, tmp_path / "blue", seed=1))
+    a2 = register("green", make_adapter(default_model, tmp_path / "green", seed=2, r=16))
+    engines = _engine_pids(lora_stack)
+    loads = _worker_metric(lora_stack, "load")
+    base = _chat(client, BASE).choices[0].message.content
+    out1, out2 = _chat(client, a1), _chat(client, a2)
+    assert (out1.model, out2.model) == (a1, a2)
+    # Each adapter changes the base's greedy output, and differently.
+    assert len({base, out1.choices[0].message.content, out2.choices[0].message.content}) == 3
+    assert _chat(client, a1).choices[0].message.content == out1.choices[0].message.content  # deterministic
+    assert _worker_metric(lora_stack, "load") == loads + 2
+    assert _engine_pids(lora_stack) == engines, "a new engine process started"
+
+
+def test_three_adapters_in_rotation_through_two_slots_evict_and_all_succeed(client, lora_stack, default_model,
+                                                                             tmp_path, register):
+    names = [register(f"rot{i}", make_adapter(default_model, tmp_path / f"rot{i}", seed=10 + i)) for i in range(3)]
+    evictions, loads = _worker_metric(lora_stack, "evict"), _worker_metric(lora_stack, "load")
+    first = {n: _chat(client, n).choices[0].message.content for n in names}
+    for _ in range(2):
+        for n in names:
+            assert _chat(client, n).choices[0].message.content == first[n]  # a reloaded adapter is the same one
+    # Nine requests over three adapters held two at a time: every one after the first two loads evicts.
+    assert _worker_metric(lora_stack, "load") - loads == 9
+    assert _worker_metric(lora_stack, "evict") - evictions >= 7
+
+
+def test_bad_adapters_fail_their_own_requests_and_nothing_else(client, lora_stack, default_model, tmp_path,
+                                                                register):
+    broken = make_adapter(default_model, tmp_path / "broken")
+    (broken / "adapter_model.safetensors").unlink()
+    cases = {
+        register("broken", broken): (400, "adapter_model.safetensors is missing"),
+        register("alien", make_adapter(default_model, tmp_path / "alien", hidden_size=128)):
+            (400, "trained for another base model"),
+        register("wide", make_adapter(default_model, tmp_path / "wide", r=32)): (400, "rank 32 is above"),
+        register("orphan", make_adapter(default_model, tmp_path / "orphan"), parent="/no/such/base"):
+            (503, "LoRA adapter of '/no/such/base', which no worker serves"),
+    }
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # A long base stream runs across all the failures and must finish whole.
+        long_stream = pool.submit(lambda: list(client.chat.completions.create(
+            model=BASE, messages=PROMPT, max_tokens=200, stream=True, extra_body={"ignore_eos": True})))
+        for model, (status, message) in cases.items():
+            with pytest.raises(openai.APIStatusError) as err:
+                _chat(client, model)
+            assert err.value.status_code == status, (model, err.value.body)
+            assert message in err.value.body["message"], err.value.body
+            if status == 400:
+                assert err.value.body["param"] == "model"
+        chunks = long_stream.result(timeout=300)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert sum(len(c.choices[0].delta.content or "") > 0 for c in chunks if c.choices) > 100
+    assert _chat(client, BASE).choices[0].message.content  # the worker still serves
