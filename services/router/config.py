@@ -11,10 +11,12 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
 
-KV_AWARE_SCORERS = ("prefix", "queue", "kv")
+KV_AWARE_SCORERS = ("prefix", "queue", "kv", "adapter")
 # A full prefix match outweighs a queue difference until the holder's queue + 1 is 3× the idlest's
 # (queue weight / (queue weight - prefix weight)); a fuller KV cache on the holder tips it sooner.
-KV_AWARE_WEIGHTS = {"prefix": 2.0, "queue": 3.0, "kv": 1.0}
+# A worker holding the request's LoRA adapter weighs as a full prefix match does: a cold adapter load costs
+# about what a long prefill does, so the same bound applies before a second worker loads it.
+KV_AWARE_WEIGHTS = {"prefix": 2.0, "queue": 3.0, "kv": 1.0, "adapter": 2.0}
 
 
 def check_kv_aware_weights(weights: dict[str, float]) -> dict[str, float]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -151,7 +153,10 @@ class KvAwarePolicy(_PrefixPolicy):
     - ``prefix``: the share of the prompt's chunks the worker holds (the index of ``prefix_aware``);
     - ``queue``: (idlest queue + 1) / (own queue + 1), each worker against the best alternative, so one
       very busy worker does not squeeze the others' differences (as normalising by the busiest would);
-    - ``kv``: 1 - KV-cache usage at the last poll.
+    - ``kv``: 1 - KV-cache usage at the last poll;
+    - ``adapter``: 1 when the request names a LoRA adapter the worker holds (its last load report lists it,
+      or this policy sent the adapter there within ``adapter_memory_s``), else 0; requests without an
+      adapter score 0 everywhere, so it changes nothing for them.
 
     Workers above ``saturation`` KV-cache usage are left out unless all are. Ties go to the shorter
     queue, then the emptier index (distinct prefixes spread out), then the address.
@@ -160,31 +165,58 @@ class KvAwarePolicy(_PrefixPolicy):
     name = "kv_aware"
 
     def __init__(self, weights: dict[str, float] | None = None, saturation: float = 0.95, chunk: int = 128,
-                 max_chunks: int = 50_000) -> None:
+                 max_chunks: int = 50_000, adapter_memory_s: float = 5.0) -> None:
         super().__init__(chunk, max_chunks)
         self.weights = check_kv_aware_weights(dict(KV_AWARE_WEIGHTS if weights is None else weights))
         self.saturation = saturation
+        # (address, adapter) -> when we last sent it there: held until the next load reports say otherwise.
+        self.adapter_memory_s = adapter_memory_s
+        self._sent_adapters: OrderedDict[tuple[str, str], float] = OrderedDict()
 
-    def scores(self, worker: Worker, idlest_queue: int, depth: dict[str, int], n_chunks: int) -> dict[str, float]:
+    def holds_adapter(self, worker: Worker, adapter: str) -> bool:
+        if not adapter:
+            return False
+        if adapter in worker.load.adapters:
+            return True
+        sent = self._sent_adapters.get((worker.address, adapter))
+        return sent is not None and time.monotonic() - sent < self.adapter_memory_s
+
+    def scores(self, worker: Worker, idlest_queue: int, depth: dict[str, int], n_chunks: int,
+               adapter: str = "") -> dict[str, float]:
         """Each scorer's value in [0, 1] for ``worker`` (higher is better), before weighting."""
         return {"prefix": depth.get(worker.address, 0) / n_chunks if n_chunks else 0.0,
                 "queue": (idlest_queue + 1) / (worker.queue + 1),
-                "kv": 1.0 - min(max(worker.load.kv_cache_usage, 0.0), 1.0)}
+                "kv": 1.0 - min(max(worker.load.kv_cache_usage, 0.0), 1.0),
+                "adapter": 1.0 if self.holds_adapter(worker, adapter) else 0.0}
 
     def choose(self, workers: list[Worker], request: pb.GenerateRequest) -> Choice:
         keys, depth = self._match(workers, request)
         unsaturated = [w for w in workers if w.load.kv_cache_usage <= self.saturation] or workers
         idlest_queue = min(w.queue for w in unsaturated)
+        adapter = request.adapter.name
 
         def rank(w: Worker) -> tuple:
-            scores = self.scores(w, idlest_queue, depth, len(keys))
+            scores = self.scores(w, idlest_queue, depth, len(keys), adapter)
             total = sum(self.weights.get(name, 0.0) * score for name, score in scores.items())
             # Rounded so that float noise does not decide a tie the tie-breakers should.
             return -round(total, 9), w.queue, self.index.owned(w.address), w.address
 
         best = min(unsaturated, key=rank)
         self.index.insert(keys, best.address)
+        if adapter:
+            self._remember_adapter(best.address, adapter)
         return Choice(best, _prefix_outcome(best, depth))
+
+    def _remember_adapter(self, address: str, adapter: str) -> None:
+        self._sent_adapters[(address, adapter)] = time.monotonic()
+        self._sent_adapters.move_to_end((address, adapter))
+        while len(self._sent_adapters) > 4096:
+            self._sent_adapters.popitem(last=False)
+
+    def forget(self, address: str) -> None:
+        super().forget(address)
+        for key in [k for k in self._sent_adapters if k[0] == address]:
+            del self._sent_adapters[key]
 
 
 def _prefix_outcome(chosen: Worker, depth: dict[str, int]) -> str:

@@ -104,6 +104,10 @@ class AdapterCache:
         self._users: dict[str, int] = {}
         self._ids: dict[str, int] = {}
         self._lock = asyncio.Lock()  # one load or eviction at a time; hits do not wait for it
+        for event in ("hit", "load", "evict", "error"):  # series exist at 0 before the first adapter request
+            ADAPTER_EVENTS.labels(model, event)
+        ADAPTERS_LOADED.labels(model).set(0)
+        ADAPTER_LOAD_SECONDS.labels(model).set(0)
 
     @property
     def names(self) -> list[str]:

@@ -108,8 +108,36 @@ def test_partial_matches_score_by_share_of_the_prompt():
     depth = p.index.match(keys, {deep.address, shallow.address})
     assert depth == {deep.address: len(keys), shallow.address: 15}
     scores = p.scores(shallow, 0, depth, len(keys))
-    assert scores == {"prefix": 15 / len(keys), "queue": 1.0, "kv": 1.0}
+    assert scores == {"prefix": 15 / len(keys), "queue": 1.0, "kv": 1.0, "adapter": 0.0}
     assert p.choose([deep, shallow], request) == (deep, "hit")
+
+
+def adapter_request(adapter: str, question: str = "q") -> pb.GenerateRequest:
+    return pb.GenerateRequest(model=adapter, prompt=question, adapter=pb.LoraAdapter(name=adapter, path="/a"))
+
+
+def test_an_adapter_goes_to_the_worker_holding_it_while_loads_are_comparable():
+    holder, other = worker("b"), worker("a")  # the holder loses every tie-breaker but the adapter
+    holder.load.adapters.append("teal")
+    holder.load.running = 1
+    p = policy()
+    assert p.choose([holder, other], adapter_request("teal")).worker is holder
+    # Requests without an adapter, or for another one, ignore it: the idler worker wins.
+    assert p.choose([holder, other], pb.GenerateRequest(model="m", prompt="q")).worker is other
+    assert p.choose([holder, other], adapter_request("plum")).worker is other
+
+
+def test_a_much_busier_adapter_holder_loses_and_the_new_holder_is_remembered_before_its_report():
+    holder, idle = worker("a"), worker("b")
+    holder.load.adapters.append("teal")
+    holder.load.running = 6
+    p = policy()
+    assert p.choose([holder, idle], adapter_request("teal")).worker is idle
+    holder.load.running = 1  # now comparable: both hold it (idle's report does not list it yet), load decides
+    idle.load.running = 0
+    assert p.choose([holder, idle], adapter_request("teal", "q2")).worker is idle
+    p.forget(idle.address)  # restarted: what it held is gone
+    assert p.choose([holder, idle], adapter_request("teal", "q3")).worker is holder
 
 
 @pytest.mark.parametrize("weights, message", [
@@ -130,7 +158,7 @@ def test_bad_weights_are_rejected_at_start_up(monkeypatch, weights, message):
 
 
 def test_settings_reach_the_policy(monkeypatch):
-    assert make_policy("kv_aware").weights == {"prefix": 2, "queue": 3, "kv": 1}
+    assert make_policy("kv_aware").weights == {"prefix": 2, "queue": 3, "kv": 1, "adapter": 2}
     monkeypatch.setenv("LLMSVC_ROUTER_POLICY", "kv_aware")
     monkeypatch.setenv("LLMSVC_ROUTER_KV_AWARE_WEIGHTS", '{"prefix": 1, "queue": 2}')
     monkeypatch.setenv("LLMSVC_ROUTER_KV_AWARE_SATURATION", "0.9")
