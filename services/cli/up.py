@@ -73,6 +73,11 @@ def run_up(args) -> int:
                       worker_ports=[50060 + i for i in range(args.workers)],
                       served_model_name=args.served_model_name or "",
                       spare_worker_ports=[50060 + args.workers])
+    if not args.model and not args.served_model_name:
+        # The built model is a registry version (tiny-chat-v1, alias tiny-chat): registry commands work at once.
+        from .default_version import ensure_default_version
+
+        cfg.served_model_name, cfg.model_aliases = ensure_default_version(cfg.db_url, model)
     internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, cfg.trainer_port, *cfg.worker_ports,
                 *cfg.spare_worker_ports]
     if any(port_in_use(p, args.host) for p in internal):
@@ -106,7 +111,7 @@ def run_up(args) -> int:
         console.print(f"[red]start-up failed:[/] {exc}")
         stack.stop()
         return 1
-    name = cfg.served_model_name or model.name
+    name = (cfg.model_aliases or [cfg.served_model_name or model.name])[0]
     console.print(f"""
 [bold green]llmsvc is up[/]  ({len(stack.procs)} processes, logs in {stack.logs})
   API      {cfg.base_url}

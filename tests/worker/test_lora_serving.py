@@ -71,7 +71,8 @@ def register(lora_stack, default_model):
         engine = make_engine(lora_stack.cfg.db_url)
         try:
             async with session_factory(engine)() as session:
-                row = await registry.register_version(session, name, str(path), parent=parent, recipe="lora")
+                row = await registry.register_version(session, name, str(path), parent=parent or None,
+                                                      recipe="lora" if parent else "")
                 return row.id
         finally:
             await engine.dispose()
@@ -142,6 +143,34 @@ def test_two_adapters_of_one_base_run_on_the_same_engine(client, lora_stack, def
     assert _chat(client, a1).choices[0].message.content == out1.choices[0].message.content  # deterministic
     assert _worker_metric(lora_stack, "load") == loads + 2
     assert _engine_pids(lora_stack) == engines, "a new engine process started"
+
+
+def test_an_adapter_of_a_registered_base_version_and_an_alias_of_it_are_served(client, lora_stack, default_model,
+                                                                              tmp_path, register):
+    """The parent is a version id (as for fine-tunes of ``tiny-chat``): the router finds the base's workers by
+    the version's folder. An alias of the adapter answers as the adapter; chunks name the version."""
+    base_version = register("tiny-base", default_model, parent="")
+    adapter = register("plum", make_adapter(default_model, tmp_path / "plum", seed=7), parent=base_version)
+
+    async def alias(session):
+        await registry.set_alias(session, "plum-latest", adapter, actor="test")
+
+    engine = make_engine(lora_stack.cfg.db_url)
+    asyncio.run(_with_session(engine, alias))
+    direct, via_alias = _chat(client, adapter), _chat(client, "plum-latest")
+    assert direct.model == via_alias.model == adapter
+    assert direct.choices[0].message.content == via_alias.choices[0].message.content
+    assert direct.choices[0].message.content != _chat(client, BASE).choices[0].message.content
+    listed = {m.id: m.model_extra["parent"] for m in client.models.list().data}
+    assert listed[adapter] == BASE
+
+
+async def _with_session(engine, fn):
+    try:
+        async with session_factory(engine)() as session:
+            await fn(session)
+    finally:
+        await engine.dispose()
 
 
 def test_three_adapters_in_rotation_through_two_slots_evict_and_all_succeed(client, lora_stack, default_model,
