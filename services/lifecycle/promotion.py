@@ -91,7 +91,7 @@ class Promoter:
         action = "promote" if passed else "force_promote"
         async with self.sessions() as s:
             await registry.set_alias(s, alias, version, actor=actor, action=action, details=details)
-        served = await self.rollout.apply(alias, version, row.path)
+        served = await self._serve(alias, row)
         log.info("%s: %s → %s by %s (%s)", action, alias, version, actor, served)
         msg = f"{alias} now points at {version}" + ("" if passed else " (forced past a failed gate)")
         return Outcome(True, alias, version, previous, checks, msg, forced=not passed)
@@ -108,8 +108,15 @@ class Promoter:
         async with self.sessions() as s:
             await registry.set_alias(s, alias, target.id, actor=actor, action="rollback",
                                      details={"from": current.version_id})
-        await self.rollout.apply(alias, target.id, target.path)
+        await self._serve(alias, target)
         return Outcome(True, alias, target.id, current.version_id, message=f"{alias} rolled back to {target.id}")
+
+    async def _serve(self, alias: str, row: registry.ModelVersion) -> dict:
+        """Make the workers serve what the alias now points at. An adapter needs nothing: the router reads the
+        alias from the registry and sends it to the workers of the adapter's base."""
+        if registry.is_adapter(row):
+            return {"serving": [f"adapter of {row.parent}"], "drained": []}
+        return await self.rollout.apply(alias, row.id, row.path)
 
     async def _audit(self, actor: str, action: str, target: str, details: dict) -> None:
         async with self.sessions() as s:

