@@ -47,7 +47,9 @@ def run(a) -> None:
     vllm_port = free_port()
     interval = ["--stream-interval", str(a.stream_interval)]
     vllm_proc = start_vllm_server(model, vllm_port, MODEL_NAME, home / "vllm.log", interval, nice=a.engine_nice)
+    # LoRA off: `vllm serve` here runs without it, and this measures the hops, not LoRA's per-step cost.
     engine_args = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"stream_interval": a.stream_interval}),
+                   "LLMSVC_WORKER_ENABLE_LORA": "false",
                    "LLMSVC_WORKER_CPU_NICE": str(a.engine_nice)}
     stack = Stack(StackConfig.ephemeral(home, model, key, served_model_name=MODEL_NAME, log_level="WARNING",
                                         extra_env=engine_args))

@@ -103,6 +103,7 @@ def run(a) -> None:
     # A KV cache that holds about half the prefixes per worker (128-token blocks on CPU): a policy that
     # spreads every prefix over every worker makes both caches evict; one that partitions them does not.
     engine = {"LLMSVC_WORKER_ENGINE_ARGS": json.dumps({"num_gpu_blocks_override": a.kv_blocks})} if a.kv_blocks else {}
+    engine["LLMSVC_WORKER_ENABLE_LORA"] = "false"  # as in the earlier routing runs: policies, not LoRA's cost
     cfg = StackConfig.ephemeral(home, model, key, workers=2, served_model_name=MODEL_NAME, log_level="WARNING",
                                 extra_env=engine)
     cfg.metrics_ports = {"worker0": free_port(), "worker1": free_port(), "router": free_port()}
