@@ -268,21 +268,28 @@ class Stack:
 
     def wait_ready(self, timeout_s: float = 300.0, on_tick=None) -> None:
         """Block until the gateway is ready and the model is listed; raise with log tails if a process dies."""
+        self.wait_for("/models", timeout_s, on_tick, listed=True)
+
+    def wait_for(self, path: str, timeout_s: float = 120.0, on_tick=None, listed: bool = False) -> None:
+        """Block until ``GET <base_url><path>`` answers 200 with the stack's key (with ``listed``, also a
+        non-empty ``data``), for example ``/fine_tuning/jobs`` once the trainer is up; raise with log tails
+        if a process dies."""
         deadline = time.monotonic() + timeout_s
         headers = {"Authorization": f"Bearer {self.cfg.api_key}"}
         while time.monotonic() < deadline:
             if dead := self.dead():
                 raise RuntimeError(self._death_report(dead))
             try:
-                r = httpx.get(f"{self.cfg.base_url}/models", headers=headers, timeout=2.0)
-                if r.status_code == 200 and r.json().get("data"):
+                r = httpx.get(f"{self.cfg.base_url}{path}", headers=headers, timeout=2.0)
+                if r.status_code == 200 and (not listed or r.json().get("data")):
                     return
             except httpx.HTTPError:
                 pass
             if on_tick:
                 on_tick()
             time.sleep(0.5)
-        raise TimeoutError(f"stack not ready after {timeout_s:.0f}s; see logs in {self.logs}")
+        raise TimeoutError(f"stack not ready after {timeout_s:.0f}s (GET /v1{path} did not answer 200); "
+                           f"see logs in {self.logs}")
 
     def _death_report(self, dead: list[Proc]) -> str:
         parts = []

@@ -31,23 +31,8 @@ def observed_stack(tmp_path_factory, default_model, api_key):
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports=metrics,
                                 extra_env={"LLMSVC_ROUTER_MAX_IN_FLIGHT_PER_WORKER": "1"})
     with Stack(cfg).running() as stack:
-        _wait_for_trainer(stack)
+        stack.wait_for("/fine_tuning/jobs")
         yield stack
-
-
-def _wait_for_trainer(stack: Stack, timeout_s: float = 120) -> None:
-    headers = {"Authorization": f"Bearer {stack.cfg.api_key}"}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if dead := stack.dead():
-            pytest.fail(f"{', '.join(p.name for p in dead)} exited; see the logs in {stack.logs}")
-        try:
-            if httpx.get(f"{stack.cfg.base_url}/fine_tuning/jobs", headers=headers, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail("the trainer did not answer through the gateway")
 
 
 def scrape_targets(stack: Stack) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import openai
 import pytest
 
@@ -28,26 +27,10 @@ def trainer_stack(tmp_path_factory, default_model, api_key):
     for name in ("auth", "trainer", "gateway"):
         stack.spawn(name, f"services.{name}.main", stack.env_for(name))
     try:
-        _wait_ready(stack)
+        stack.wait_for("/fine_tuning/jobs")
         yield stack
     finally:
         stack.stop()
-
-
-def _wait_ready(stack: Stack, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if dead := stack.dead():
-            raise RuntimeError(stack._death_report(dead))
-        try:
-            r = httpx.get(f"{stack.cfg.base_url}/fine_tuning/jobs", timeout=2,
-                          headers={"Authorization": f"Bearer {stack.cfg.api_key}"})
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("the trainer stack did not become ready")
 
 
 @pytest.fixture(scope="module")

@@ -39,22 +39,8 @@ def lora_stack(tmp_path_factory, default_model, api_key):
                                 extra_env={"LLMSVC_WORKER_MAX_LORAS": "1", "LLMSVC_WORKER_MAX_CPU_LORAS": "2",
                                            "LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S": "0.5"})
     with Stack(cfg).running() as stack:
-        _wait_for_trainer(stack)
+        stack.wait_for("/fine_tuning/jobs")
         yield stack
-
-
-def _wait_for_trainer(stack: Stack, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{stack.cfg.base_url}/fine_tuning/jobs", timeout=2,
-                          headers={"Authorization": f"Bearer {stack.cfg.api_key}"})
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("the trainer did not answer through the gateway")
 
 
 @pytest.fixture(scope="module")
