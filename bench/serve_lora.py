@@ -29,6 +29,7 @@ from services.common.db.engine import make_engine, session_factory
 from tests.worker.lora import make_adapter
 
 MODEL_NAME = "tiny-random"
+LORA_OFF = "llmsvc, LoRA off"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -45,8 +46,10 @@ async def register(db_url: str, adapters: dict[str, Path], base: Path) -> None:
     engine = make_engine(db_url)
     try:
         async with session_factory(engine)() as session:
-            for name, path in adapters.items():
-                await registry.register_version(session, name, str(path), parent=str(base), recipe="lora")
+            for version_id, path in adapters.items():  # a fresh registry: <name>-v1, the id clients send
+                row = await registry.register_version(session, version_id.removesuffix("-v1"), str(path),
+                                                      parent=str(base), recipe="lora")
+                assert row.id == version_id, (row.id, version_id)
     finally:
         await engine.dispose()
 
@@ -75,9 +78,10 @@ def run(a) -> None:
     home = Path(tempfile.mkdtemp(prefix="llmsvc-bench-lora-"))
     key = "sk-bench-" + secrets.token_hex(8)
     print(f"making {a.adapters + a.cold} adapters in {home / 'adapters'}", flush=True)
-    served = {f"lora{i}": make_adapter(model, home / "adapters" / f"lora{i}", targets=TARGETS, seed=i)
+    # Named by version id on both sides: what clients send (a fine-tune's fine_tuned_model).
+    served = {f"lora{i}-v1": make_adapter(model, home / "adapters" / f"lora{i}", targets=TARGETS, seed=i)
               for i in range(a.adapters)}
-    cold = {f"cold{i}": make_adapter(model, home / "adapters" / f"cold{i}", targets=TARGETS, seed=100 + i)
+    cold = {f"cold{i}-v1": make_adapter(model, home / "adapters" / f"cold{i}", targets=TARGETS, seed=100 + i)
             for i in range(a.cold)}
     flags, env = lora_limits(a)
     vllm_port = free_port()
@@ -88,22 +92,37 @@ def run(a) -> None:
                                         extra_env=env))
     stack.start()
     sides = {"vllm": (f"http://127.0.0.1:{vllm_port}", ""), "llmsvc": (stack.cfg.base_url.removesuffix("/v1"), key)}
+    plain = None
+    if a.lora_off_side:  # what LoRA on (the default) costs base-model traffic: the same stack with it off
+        off_env = {**env, "LLMSVC_WORKER_ENABLE_LORA": "false"}
+        plain = Stack(StackConfig.ephemeral(home / "lora-off", model, key, served_model_name=MODEL_NAME,
+                                            log_level="WARNING", extra_env=off_env))
+        plain.cfg.home.mkdir()
+        plain.start()
+        sides[LORA_OFF] = (plain.cfg.base_url.removesuffix("/v1"), key)
     rows, results = [], {}
     try:
         print("starting vllm serve and llmsvc (about a minute)…", flush=True)
         wait_models(sides["vllm"][0], proc=vllm_proc)
         stack.wait_ready(timeout_s=300)
+        if plain is not None:
+            plain.wait_ready(timeout_s=300)
         asyncio.run(register(stack.cfg.db_url, served | cold, model))
         runs = scenarios(a, list(served))
         for rnd in range(a.rounds):
             order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
             for name, extra in runs.items():
                 for side in order:
+                    if side == LORA_OFF and name != "base":
+                        continue
                     url, api_key = sides[side]
                     args = ["--dataset-name", "random", "--random-input-len", str(a.input_len),
                             "--random-output-len", str(a.output_len), "--num-prompts", str(a.num_prompts),
                             "--max-concurrency", str(a.concurrency), "--ignore-eos", "--seed", str(rnd), *extra]
                     r = vllm_bench(url, MODEL_NAME, model, args, api_key)
+                    if r["failed"] or not r["completed"]:
+                        raise RuntimeError(f"{side} failed {r['failed']} of {a.num_prompts} requests ({name}); "
+                                           f"see the logs in {home}")
                     results.setdefault((side, name), []).append(r["output_throughput"])
                     rows.append([rnd + 1, side, name, r["completed"], r["failed"], r["output_throughput"],
                                  r["p50_ttft_ms"], r["p99_ttft_ms"]])
@@ -117,15 +136,20 @@ def run(a) -> None:
             cold_rows.append([name, first, warm, first / warm])
     finally:
         stack.stop()
+        if plain is not None:
+            plain.stop()
         stop(vllm_proc)
     print("\n" + table(["round", "side", "scenario", "completed", "failed", "output tok/s", "TTFT p50 ms",
                         "TTFT p99 ms"], rows))
     summary = []
     for name in list(runs)[1:]:
-        ratios = {s: median(results[(s, name)]) / median(results[(s, "base")]) for s in sides}
+        ratios = {s: median(results[(s, name)]) / median(results[(s, "base")]) for s in ("vllm", "llmsvc")}
         summary.append([name, ratios["vllm"], ratios["llmsvc"], ratios["llmsvc"] / ratios["vllm"]])
     print("\nAdapter/base output throughput (medians over rounds); goal: llmsvc's ratio ≥ 0.95 × vLLM's\n")
     print(table(["scenario", "vllm adapter/base", "llmsvc adapter/base", "llmsvc ratio / vllm ratio"], summary))
+    if LORA_OFF in sides:
+        on, off = median(results[("llmsvc", "base")]), median(results[(LORA_OFF, "base")])
+        print(f"\nBase-model traffic: llmsvc with LoRA on {on:,.0f} tok/s, off {off:,.0f} tok/s: {on / off:.3f}x")
     print(f"\nllmsvc cold adapter (first request loads it) against warm TTFT p50 of {a.warm_samples}; goal < 2×\n")
     print(table(["adapter", "cold TTFT ms", "warm TTFT p50 ms", "cold / warm"], cold_rows))
 
@@ -142,6 +166,8 @@ def main() -> None:
     p.add_argument("--max-cpu-loras", type=int, default=4, help="adapters held in memory, both sides")
     p.add_argument("--cold", type=int, default=3, help="never-used adapters timed for llmsvc's cold load")
     p.add_argument("--warm-samples", type=int, default=5)
+    p.add_argument("--lora-off-side", action="store_true",
+                   help="a third side: llmsvc with LoRA off, base scenario only (what the default costs the base)")
     p.add_argument("--engine-nice", type=int, default=10, help="both engines' CPU priority (llmsvc up's default)")
     a = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
