@@ -107,6 +107,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+# One message size limit on every hop, both directions, servers and channels alike. gRPC's default lets a
+# channel send any size but a server receive only 4 MiB: one large request then ended the whole multiplexed
+# call it travelled on, and every other stream on it. The gateway caps bodies well below this
+# (``max_body_bytes``) and a multiplexed stream refuses a larger request by itself (``services.common.mux``).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MESSAGE_LIMITS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
+
+
 def build_server(
     service: str,
     servicers: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
@@ -121,7 +130,7 @@ def build_server(
     """
     server = grpc.aio.server(
         interceptors=[ObservabilityInterceptor(service), *interceptors],
-        options=[("grpc.so_reuseport", 0), *options],
+        options=[("grpc.so_reuseport", 0), *MESSAGE_LIMITS, *options],
     )
     health_servicer = health.aio.HealthServicer()
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
@@ -183,6 +192,6 @@ def insecure_channel(address: str) -> grpc.aio.Channel:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            *MESSAGE_LIMITS,
         ],
     )

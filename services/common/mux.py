@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from .grpcutil import GRPC_LATENCY, GRPC_REQUESTS, request_metadata
+from .grpcutil import GRPC_LATENCY, GRPC_REQUESTS, MAX_MESSAGE_BYTES, request_metadata
 from .logging import request_id_var
 from .pb import inference_pb2 as pb
 from .relay import Inbox
@@ -202,7 +202,7 @@ class MuxStream(Inbox):
     ``grpc.aio.AioRpcError``, or the whole call's error when the call breaks (a killed server fails every
     stream on it, as it would fail every separate call)."""
 
-    def __init__(self, call: _MuxCall, sid: int) -> None:
+    def __init__(self, call: _MuxCall | None, sid: int) -> None:
         super().__init__()
         self._call = call
         self.sid = sid
@@ -223,7 +223,8 @@ class MuxStream(Inbox):
         if self._ended:
             return False
         self._finish(rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
-        self._call.cancel(self.sid)
+        if self._call is not None:
+            self._call.cancel(self.sid)
         return True
 
     def done(self) -> bool:
@@ -284,6 +285,10 @@ class _MuxCall:
         self._grpc_call.cancel()
 
 
+# The largest request a stream may open with: the hop's message limit less room for the frame around it.
+MAX_OPEN_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+
 class MuxChannel:
     """Streams to one server, multiplexed over a GenerateMany call that is reopened when it ends.
 
@@ -297,6 +302,13 @@ class MuxChannel:
         self._call: _MuxCall | None = None
 
     def open(self, request: pb.GenerateRequest, timeout_s: float | None) -> MuxStream:
+        if request.ByteSize() > MAX_OPEN_BYTES:
+            # Sent, it would end the shared call and fail every stream on it: fail only this one.
+            stream = MuxStream(None, 0)
+            stream._finish(rpc_error(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"The request is too large ({request.ByteSize()} bytes; at most "
+                                     f"{MAX_OPEN_BYTES}).", {"error-code": "request_too_large"}))
+            return stream
         if self._call is None or self._call.closed:
             self._call = _MuxCall(self._method)
         return self._call.open(next(self._ids) & 0xFFFFFFFF, request, timeout_s)

@@ -11,6 +11,7 @@ from services.common.grpcutil import insecure_channel
 from .admission import RateLimitHeadersMiddleware
 from .config import GatewaySettings
 from .errors import install_handlers
+from .limits import BodyLimitMiddleware
 from .middleware import RequestContextMiddleware
 from .routes import admin, evals, files, fine_tuning, generate, health, models, promotions, tokenizer
 from .upstream import Upstreams
@@ -33,6 +34,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.include_router(r)
     app.include_router(fine_tuning.router)
     app.include_router(files.router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

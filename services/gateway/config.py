@@ -31,3 +31,9 @@ class GatewaySettings(ServiceSettings):
     """Deadline for the auth call; past it the request gets a 503."""
     default_reserve_tokens: int = 1024
     """Completion tokens reserved at admission when the client sets no max_tokens."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body (JSON) the gateway reads; a larger one is refused with 413 before it is parsed or
+    its key is checked. It stays well under the gRPC message limit of every hop behind the gateway."""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest multipart upload (``POST /v1/files``), as OpenAI's 512 MB; refused with 413 from its
+    Content-Length before a byte is read, or as soon as a body sent without one passes it."""

@@ -39,9 +39,10 @@ class APIError(Exception):
 def from_grpc(exc: grpc.aio.AioRpcError, model: str | None = None) -> APIError:
     """Map an upstream gRPC status to the HTTP error a client should see."""
     code, details = exc.code(), exc.details() or ""
-    param = dict(exc.trailing_metadata() or ()).get("param") or None
+    trailing = dict(exc.trailing_metadata() or ())
+    param = trailing.get("param") or None
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return APIError(400, details, param=param)
+        return APIError(400, details, param=param, code=trailing.get("error-code") or None)
     if code == grpc.StatusCode.NOT_FOUND:
         return APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                         code="model_not_found", param="model")

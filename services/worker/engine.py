@@ -9,6 +9,8 @@ frees its KV-cache blocks.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import time
@@ -46,9 +48,13 @@ LORA_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 class InvalidRequest(ValueError):
     """The request cannot be served as sent (maps to INVALID_ARGUMENT / HTTP 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
+
+
+_TOKENIZER_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
 
 
 @dataclass(slots=True)
@@ -95,6 +101,7 @@ class EngineHost:
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
         self.tokenizer = self.engine.get_tokenizer()
+        self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         if s.enable_lora:
             shapes = BaseShapes.from_config(self.engine.model_config.hf_config)
             self.adapters = AdapterCache(self.engine, shapes, capacity=s.max_cpu_loras, max_rank=s.max_lora_rank,
@@ -136,6 +143,33 @@ class EngineHost:
 
     def encode_prompt(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
+
+    def check_prompt_size(self, req: pb.GenerateRequest) -> None:
+        """Refuse, without tokenizing it, a prompt with too many characters for the context window to hold.
+
+        No token covers more characters than the longest string in the vocabulary, so a text longer than
+        ``max_model_len`` of those cannot fit; a 4x margin covers normalizers that drop characters. The bound
+        keeps a huge prompt from costing the tokenizer seconds before it gets the same 400."""
+        kind = req.WhichOneof("input")
+        if kind == "chat":
+            chars = sum(len(m.content) + len(m.name) for m in req.chat.messages)
+        elif kind == "prompt":
+            chars = len(req.prompt)
+        else:
+            return
+        limit = self.card.max_model_len
+        if chars > 4 * limit * self._max_token_chars:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens. However, your prompt has {chars} "
+                f"characters, more than {limit} tokens can hold. Please reduce the length of the prompt.",
+                "messages" if kind == "chat" else "prompt", code="context_length_exceeded")
+
+    async def prompt_ids_async(self, req: pb.GenerateRequest) -> list[int]:
+        """:meth:`prompt_ids` on the tokenizer's own thread, so a long prompt never stalls the event loop that
+        streams every other request's tokens. One thread: Hugging Face tokenizers must not encode
+        concurrently (their truncation and padding state is shared)."""
+        self.check_prompt_size(req)
+        return await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, self.prompt_ids, req)
 
     def prompt_ids(self, req: pb.GenerateRequest) -> list[int]:
         kind = req.WhichOneof("input")
@@ -184,7 +218,7 @@ class EngineHost:
             raise InvalidRequest(
                 f"This model's maximum context length is {limit} tokens. However, your prompt has "
                 f"{prompt_len} tokens, which leaves no room for a completion.",
-                "messages",
+                "messages", code="context_length_exceeded",
             )
         max_tokens = p.max_tokens or (limit - prompt_len)
         if prompt_len + max_tokens > limit:
@@ -192,7 +226,7 @@ class EngineHost:
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
                 "Please reduce the length of the prompt or the completion.",
-                "max_tokens",
+                "max_tokens", code="context_length_exceeded",
             )
         try:
             return SamplingParams(
@@ -216,7 +250,7 @@ class EngineHost:
             raise InvalidRequest(str(exc), getattr(exc, "parameter", None)) from exc
 
     async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
-        ids = self.prompt_ids(req)
+        ids = await self.prompt_ids_async(req)
         params = self.sampling_params(req.params, len(ids))
         if not req.HasField("adapter"):
             async for chunk in self._generate(req, ids, params, None, self.card.name):

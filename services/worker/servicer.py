@@ -43,7 +43,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             async for chunk in self.host.generate(request):
                 yield chunk
         except InvalidRequest as exc:
-            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), {"param": exc.param or ""}) from None
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT, str(exc),
+                              {"param": exc.param or "", "error-code": exc.code or ""}) from None
         finally:
             self.active -= 1
 

@@ -89,7 +89,8 @@ def test_unknown_model_is_404(base_url, api_key):
 
 
 def test_huge_max_tokens_is_400(base_url, api_key, model_name):
-    err = _assert_error(_post(base_url, "/chat/completions", api_key, json=_chat(model_name, max_tokens=10**9)), 400)
+    err = _assert_error(_post(base_url, "/chat/completions", api_key, json=_chat(model_name, max_tokens=10**9)), 400,
+                        code="context_length_exceeded", param="max_tokens")
     assert "maximum context length" in err["message"]
 
 
@@ -107,7 +108,8 @@ def test_n_above_one_with_greedy_sampling_is_400_and_keeps_the_worker(base_url, 
 def test_prompt_longer_than_context_is_400(base_url, api_key, model_name):
     long = "one two three four five six seven " * 400  # well past the 1024-token window
     body = {"model": model_name, "messages": [{"role": "user", "content": long}]}
-    err = _assert_error(_post(base_url, "/chat/completions", api_key, json=body), 400)
+    err = _assert_error(_post(base_url, "/chat/completions", api_key, json=body), 400,
+                        code="context_length_exceeded", param="messages")
     assert "maximum context length" in err["message"]
 
 

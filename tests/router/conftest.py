@@ -85,6 +85,11 @@ def stack2(tmp_path_factory, default_model, api_key):
     cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("stack2"), default_model, api_key, workers=2,
                                 extra_env=E2E_ROUTER_ENV)
     with Stack(cfg).running() as s:
+        # running() returns once the model is listed, which one ready worker is enough for; tests of this
+        # fixture are about both, so wait until the router routes to two.
+        import asyncio
+
+        asyncio.run(wait_healthy(s, 2))
         yield s
 
 
