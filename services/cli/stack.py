@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -134,8 +135,22 @@ class Stack:
         self.logs = cfg.home / "logs"
 
     # -- environment of each service ------------------------------------------------
+    def internal_secret(self) -> str:
+        """The secret the services sign and check the caller's identity with (``services.common.identity``):
+        ``LLMSVC_INTERNAL_SECRET`` when set, else one made for this home and kept in it (mode 600)."""
+        if secret := {**os.environ, **self.cfg.extra_env}.get("LLMSVC_INTERNAL_SECRET"):
+            return secret
+        path = self.cfg.home / "internal-secret"
+        if not path.exists():
+            self.cfg.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
     def _common_env(self, service: str) -> dict[str, str]:
         env = {**os.environ, **self.cfg.extra_env}
+        env["LLMSVC_INTERNAL_SECRET"] = self.internal_secret()
         env["PYTHONUNBUFFERED"] = "1"
         env[f"LLMSVC_{service.upper()}_LOG_LEVEL"] = self.cfg.log_level
         port = self.cfg.metrics_ports.get(service)

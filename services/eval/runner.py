@@ -61,12 +61,12 @@ class RunManager:
             return Target(served[name].parent or name, None)
         raise UnknownModel(f"The model '{name}' is neither a registered version or alias nor served by any worker.")
 
-    async def create(self, model: str, suite_name: str, params: dict, created_by: str = ""):
+    async def create(self, model: str, suite_name: str, params: dict, created_by: str = "", owner: str = ""):
         suite = build_suite(suite_name, params, self.settings.all_data_dirs())
         target = await self.resolve(model)
         row = await self.store.create(model=model, model_version=target.version, suite=suite_name,
                                       params=suite.params.model_dump(), params_hash=suite.fingerprint(),
-                                      created_by=created_by)
+                                      created_by=created_by, owner=owner)
         self.tasks[row.id] = asyncio.create_task(self._execute(row.id, suite, target), name=row.id)
         self.tasks[row.id].add_done_callback(lambda _t, rid=row.id: self.tasks.pop(rid, None))
         return row

@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from services.common.db.eval_tables import EvalRun
+from services.common.identity import Identity, IdentityCodec
 from services.common.pb import eval_pb2 as pb
 from services.common.pb import eval_pb2_grpc
 from services.lifecycle.promotion import Outcome, Promoter, PromotionError
@@ -54,13 +55,22 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
     def __init__(self, runs: RunManager, promoter: Promoter) -> None:
         self.runs = runs
         self.promoter = promoter
+        self.identity = IdentityCodec()
+        self.identity.warn_if_open("the eval service")
+
+    def _actor(self, who: Identity, claimed: str) -> str:
+        """Who acts: the signed identity's key; the name a message gives counts only without an internal
+        secret (every caller is the operator)."""
+        return (who.key_id or who.owner) if self.identity.enabled else claimed
 
     async def CreateRun(self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext) -> pb.EvalRun:
+        who = await self.identity.caller(context)
         try:
             params = json.loads(request.params_json) if request.params_json else {}
             if not isinstance(params, dict):
                 raise SuiteError("params must be a JSON object")
-            row = await self.runs.create(request.model, request.suite, params, request.created_by)
+            row = await self.runs.create(request.model, request.suite, params,
+                                         self._actor(who, request.created_by), owner=who.owner)
         except (SuiteError, json.JSONDecodeError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except UnknownModel as exc:
@@ -70,8 +80,10 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         return run_message(row)
 
     async def _get_or_404(self, run_id: str, context) -> EvalRun:
+        """The run, if the caller's owner may see it; another owner's is as absent as one that never was."""
+        who = await self.identity.caller(context)
         row = await self.runs.store.get(run_id)
-        if row is None:
+        if row is None or not who.may_see(row.owner):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"No eval run with id '{run_id}'.")
         return row
 
@@ -81,13 +93,15 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         return run_message(row, samples)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext):
+        who = await self.identity.caller(context)
         names = [request.model] if request.model else None
         if request.model:
             try:  # runs of an alias are the runs of the version it points at, too
                 names.append((await self.runs.resolve(request.model)).version)
             except (UnknownModel, UpstreamError):
                 pass
-        rows = await self.runs.store.list(versions=names, suite=request.suite, limit=request.limit or 100)
+        rows = await self.runs.store.list(versions=names, suite=request.suite, limit=request.limit or 100,
+                                          owner=who.owner_filter())
         return pb.ListRunsResponse(runs=[run_message(r) for r in rows])
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext) -> pb.EvalRun:
@@ -100,8 +114,12 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         return pb.ListSuitesResponse(suites=sorted(SUITES))
 
     async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.PromoteResponse:
+        who = await self.identity.caller(context)
+        if request.force and not who.admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Only an admin key may force a promotion.")
         try:
-            outcome = await self.promoter.promote(request.alias, request.version, actor=request.actor or "unknown",
+            outcome = await self.promoter.promote(request.alias, request.version,
+                                                  actor=self._actor(who, request.actor) or "unknown",
                                                   force=request.force)
         except PromotionError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -111,8 +129,11 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         return outcome_message(outcome)
 
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.PromoteResponse:
+        who = await self.identity.caller(context)
+        if not who.admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Only an admin key may roll an alias back.")
         try:
-            outcome = await self.promoter.rollback(request.alias, actor=request.actor or "unknown")
+            outcome = await self.promoter.rollback(request.alias, actor=self._actor(who, request.actor) or "unknown")
         except PromotionError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:

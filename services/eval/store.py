@@ -22,9 +22,10 @@ class RunStore:
         self.sessions = sessions
 
     async def create(self, *, model: str, model_version: str, suite: str, params: dict, params_hash: str,
-                     created_by: str) -> EvalRun:
+                     created_by: str, owner: str = "") -> EvalRun:
         row = EvalRun(id=f"eval-{uuid.uuid4().hex[:16]}", model=model, model_version=model_version, suite=suite,
-                      params=params, params_hash=params_hash, status="queued", metrics={}, created_by=created_by)
+                      params=params, params_hash=params_hash, status="queued", metrics={}, created_by=created_by,
+                      owner=owner)
         async with self.sessions() as s:
             s.add(row)
             await s.commit()
@@ -39,8 +40,12 @@ class RunStore:
             rows = await s.scalars(select(EvalSample).where(EvalSample.run_id == run_id).order_by(EvalSample.idx))
             return [r.record for r in rows]
 
-    async def list(self, *, versions: list[str] | None = None, suite: str = "", limit: int = 100) -> list[EvalRun]:
+    async def list(self, *, versions: list[str] | None = None, suite: str = "", limit: int = 100,
+                   owner: str | None = None) -> list[EvalRun]:
+        """Newest first; one owner's runs (None: every owner's)."""
         stmt = select(EvalRun).order_by(EvalRun.created_at.desc()).limit(limit)
+        if owner is not None:
+            stmt = stmt.where(EvalRun.owner == owner)
         if versions:
             stmt = stmt.where((EvalRun.model_version.in_(versions)) | (EvalRun.model.in_(versions)))
         if suite:

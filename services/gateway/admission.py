@@ -15,6 +15,7 @@ import grpc
 from fastapi import Request
 
 from services.common.grpcutil import request_metadata
+from services.common.identity import Identity
 from services.common.pb import auth_pb2 as pb
 
 from .errors import APIError
@@ -57,6 +58,13 @@ class Admission:
     reservation_id: str
     scopes: list[str]
     headers: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+    # Outgoing metadata for the calls made for this request: its id and its signed identity.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(owner=self.owner or self.key_id, key_id=self.key_id, admin="admin" in self.scopes)
 
 
 def bearer_key(request: Request) -> str:
@@ -89,7 +97,9 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
     # Every later response to this request carries them (see RateLimitHeadersMiddleware).
     request.scope.setdefault("state", {})["ratelimit_headers"] = headers
     if resp.decision == pb.DECISION_ALLOWED:
-        return Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers)
+        admission = Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers, resp.owner)
+        admission.metadata = request_metadata(rid) + upstreams.identity.metadata(admission.identity)
+        return admission
     if resp.decision == pb.DECISION_UNAUTHENTICATED:
         raise APIError(401, resp.message or "Incorrect API key provided.", code=resp.code or "invalid_api_key")
     if resp.decision == pb.DECISION_FORBIDDEN:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .admission import Admission, admit
 from .config import GatewaySettings
 from .upstream import Upstreams
 
@@ -21,3 +22,19 @@ async def _upstreams(request: Request) -> Upstreams:
 
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 UpstreamsDep = Annotated[Upstreams, Depends(_upstreams)]
+
+
+def _admitted(scope: str):
+    async def admitted(request: Request) -> Admission:
+        settings: GatewaySettings = request.app.state.settings
+        return await admit(request.app.state.upstreams, request, model="", scope=scope, reserve_tokens=0,
+                           timeout_s=settings.auth_timeout_s)
+
+    admitted.__name__ = f"admitted_{scope}"
+    return admitted
+
+
+# The authenticated caller of a route, admitted with the route's scope: its key, owner and signed identity
+# (``Admission.metadata``), which every call the route makes to the trainer or eval service carries.
+TrainCaller = Annotated[Admission, Depends(_admitted("train"))]
+EvalCaller = Annotated[Admission, Depends(_admitted("eval"))]

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.identity import IdentityCodec
 from services.common.mux import MuxChannel
 from services.common.pb import auth_pb2_grpc, router_pb2_grpc
 from services.common.pb import inference_pb2 as pb
@@ -39,6 +40,8 @@ class Upstreams:
     # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
     mux: MuxChannel | None = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    # Signs the identity of each admitted request for the trainer and eval services (LLMSVC_INTERNAL_SECRET).
+    identity: IdentityCodec = field(default_factory=IdentityCodec)
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)
     _limits_at: float = -1e9

@@ -67,10 +67,13 @@ class FileStore:
             return await session.get(TrainingFile, file_id)
 
     async def list(self, purpose: str = "", after: str = "", limit: int = 20,
-                   order: str = "desc") -> tuple[list[TrainingFile], bool]:
+                   order: str = "desc", owner: str | None = None) -> tuple[list[TrainingFile], bool]:
+        """A page of files, of one owner's (None: every owner's)."""
         desc = order != "asc"
         async with self.sessions() as session:
             stmt = select(TrainingFile)
+            if owner is not None:
+                stmt = stmt.where(TrainingFile.owner == owner)
             if purpose:
                 stmt = stmt.where(TrainingFile.purpose == purpose)
             if after and (cursor := await session.get(TrainingFile, after)) is not None:

@@ -42,6 +42,9 @@ class NewJob:
     metadata: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     owner: str = ""
+    # An admin key (or a deployment without an internal secret) may train on any owner's files and on
+    # JSONL paths in the store; any other key only on files its owner uploaded.
+    admin: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,17 @@ class JobFactory:
         self.store, self.runner = store, runner
         self.data_roots = [store.root.resolve(), *(Path(d).resolve() for d in data_dirs)]
 
-    async def data_ref(self, session: AsyncSession, ref: str, param: str) -> DataRef:
-        """An uploaded file id, or a JSONL path under the store or a configured data folder."""
+    async def data_ref(self, session: AsyncSession, ref: str, param: str, req: NewJob) -> DataRef:
+        """An uploaded file id, or a JSONL path under the store or a configured data folder (admin only)."""
         if ref.startswith("file-"):
             row = await session.get(TrainingFile, ref)
-            if row is None:
+            if row is None or not (req.admin or row.owner == req.owner):
                 raise RequestError(f"Invalid {param}: no file with id '{ref}' exists.", param=param,
                                    code="invalid_file")
             return DataRef(row.path, row.examples, row.format)
+        if not req.admin:
+            raise RequestError(f"Invalid {param}: use the id of a file you uploaded (file-…).", param=param,
+                               code="invalid_file")
         path = Path(ref)
         if not path.is_absolute() or not any(path.resolve().is_relative_to(r) for r in self.data_roots):
             raise RequestError(f"Invalid {param}: use a file id (file-…) or an absolute JSONL path under "
@@ -89,8 +95,9 @@ class JobFactory:
             raise RequestError(problem, param="hyperparameters", code="insufficient_memory")
 
     async def _data(self, session: AsyncSession, req: NewJob, recipe: str) -> tuple[DataRef, DataRef | None]:
-        train = await self.data_ref(session, req.training_file, "training_file")
-        val = await self.data_ref(session, req.validation_file, "validation_file") if req.validation_file else None
+        train = await self.data_ref(session, req.training_file, "training_file", req)
+        val = await self.data_ref(session, req.validation_file, "validation_file", req) if req.validation_file \
+            else None
         for ref, param in ((train, "training_file"), (val, "validation_file")):
             if ref is not None and ref.format:
                 try:

@@ -34,9 +34,11 @@ async def set_status(session: AsyncSession, job: Job, status: str, message: str,
 
 
 async def list_jobs(session: AsyncSession, after: str = "", limit: int = 20,
-                    metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
-    """Newest first; ``after`` is the id of the last job of the previous page."""
+                    metadata: dict[str, str] | None = None, owner: str | None = None) -> tuple[list[Job], bool]:
+    """Newest first; ``after`` is the id of the last job of the previous page; one owner's (None: all)."""
     stmt = select(Job)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
     if after and (cursor := await session.get(Job, after)) is not None:
         stmt = stmt.where(older_than(Job.created_at, Job.id, cursor))
     stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())

@@ -15,6 +15,7 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.job_tables import TERMINAL_STATUSES, Job
+from services.common.identity import Identity, IdentityCodec
 from services.common.pb import trainer_pb2 as pb
 from services.common.pb import trainer_pb2_grpc
 
@@ -46,9 +47,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                  supervisor: Supervisor, notifier: Notifier, cancel_wait_s: float = 5.0) -> None:
         self.sessions, self.files, self.factory = sessions, files, factory
         self.supervisor, self.notifier, self.cancel_wait_s = supervisor, notifier, cancel_wait_s
+        self.identity = IdentityCodec()
+        self.identity.warn_if_open("the trainer")
+
+    def _owner(self, who: Identity, claimed: str) -> str:
+        """The owner of what this call makes: the signed identity's. The owner a message names counts only
+        where there is no internal secret (every caller is the operator)."""
+        return who.owner if self.identity.enabled else claimed
 
     # -- files --------------------------------------------------------------------------
     async def UploadFile(self, request_iterator, context):
+        who = await self.identity.caller(context)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "An upload starts with a header.")
@@ -59,20 +68,23 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
         h = first.header
         try:
-            row = await self.files.save(h.filename, h.purpose, h.owner, data())
+            row = await self.files.save(h.filename, h.purpose, self._owner(who, h.owner), data())
         except (InvalidFile, UploadTooLarge) as exc:
             param = "purpose" if "purpose" in str(exc) else "file"
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid file: {exc}.", param, "invalid_file")
         return file_msg(row)
 
     async def ListFiles(self, request, context):
+        who = await self.identity.caller(context)
         rows, more = await self.files.list(request.purpose, request.after, _limit(request.limit, 10000, 10000),
-                                           request.order or "desc")
+                                           request.order or "desc", owner=who.owner_filter())
         return pb.ListFilesResponse(files=[file_msg(r) for r in rows], has_more=more)
 
     async def _file(self, request, context):
+        """The file, if the caller's owner may see it; another owner's is as absent as one that never was."""
+        who = await self.identity.caller(context)
         row = await self.files.get(request.file_id)
-        if row is None:
+        if row is None or not who.may_see(row.owner):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"No such File object: {request.file_id}", "file_id")
         return row
 
@@ -94,10 +106,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     # -- jobs ---------------------------------------------------------------------------
     async def CreateJob(self, request, context):
+        who = await self.identity.caller(context)
         req = NewJob(model=request.model, training_file=request.training_file,
                      validation_file=request.validation_file, hyperparameters=to_dict(request.hyperparameters),
                      method=to_dict(request.method), suffix=request.suffix, seed=request.seed,
-                     metadata=dict(request.metadata), extra=to_dict(request.extra), owner=request.owner)
+                     metadata=dict(request.metadata), extra=to_dict(request.extra),
+                     owner=self._owner(who, request.owner), admin=who.admin)
         async with self.sessions() as session:
             try:
                 job = await self.factory.create(session, req)
@@ -108,16 +122,19 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return job_msg(job)
 
     async def _job(self, session: AsyncSession, job_id: str, context) -> Job:
+        """The job, if the caller's owner may see it; another owner's is as absent as one that never was."""
+        who = await self.identity.caller(context)
         job = await session.get(Job, job_id) if job_id else None
-        if job is None:
+        if job is None or not who.may_see(job.owner):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"Fine-tuning job {job_id!r} not found.",
                          "fine_tuning_job_id")
         return job
 
     async def ListJobs(self, request, context):
+        who = await self.identity.caller(context)
         async with self.sessions() as session:
             jobs, more = await repo.list_jobs(session, request.after, _limit(request.limit, 20),
-                                              dict(request.metadata))
+                                              dict(request.metadata), owner=who.owner_filter())
         return pb.ListJobsResponse(jobs=[job_msg(j) for j in jobs], has_more=more)
 
     async def GetJob(self, request, context):

@@ -21,8 +21,9 @@ from .helpers import EVERYTHING, PROFILES, by_kind, component, manifests
 
 SETTINGS = {"gateway": GatewaySettings, "auth": AuthSettings, "router": RouterSettings, "worker": WorkerSettings,
             "trainer": TrainerSettings, "eval": EvalSettings}
-# Read outside the settings classes: services.common.db.engine.default_database_url().
-SHARED = {"LLMSVC_DATABASE_URL"}
+# Read outside the settings classes: services.common.db.engine.default_database_url() and
+# services.common.identity.IdentityCodec.
+SHARED = {"LLMSVC_DATABASE_URL", "LLMSVC_INTERNAL_SECRET"}
 
 
 def _names(cls: type[ServiceSettings]) -> set[str]:
@@ -82,3 +83,24 @@ def test_the_check_catches_a_misspelt_variable():
     assert "LLMSVC_ROUTER_K8S_PORT" not in _names(RouterSettings)
     assert "LLMSVC_ROUTER_K8S_PORT_NAME" in _names(RouterSettings)
     assert "LLMSVC_TRAINER_DATABASE_URL" in _names(TrainerSettings)
+
+
+def test_only_the_gateway_trainer_and_eval_hold_the_internal_secret():
+    """The gateway signs identities with it and the trainer and eval services check them: no other pod (a
+    worker, a training or eval job) gets it, so none can claim to be a user."""
+    import base64
+
+    docs = manifests(EVERYTHING | {"trainer": {"enabled": True}, "modelStore": {"type": "pvc"}})
+    secrets = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-internal")]
+    assert len(secrets) == 1 and len(base64.b64decode(secrets[0]["data"]["secret"])) >= 32
+    holders = set()
+    for d in by_kind(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                    if e["name"] == "LLMSVC_INTERNAL_SECRET"]
+            if refs:
+                assert refs == [secrets[0]["metadata"]["name"]]
+                holders.add(component(d))
+    assert holders == {"gateway", "trainer", "eval"}
+    mentioned = [d["kind"] for d in docs if "LLMSVC_INTERNAL_SECRET" in str(d) and d["kind"] != "Deployment"]
+    assert mentioned == []  # no Job template or ConfigMap carries it

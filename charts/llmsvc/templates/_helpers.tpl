@@ -205,3 +205,16 @@ lifecycle:
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/* Internal auth ---------------------------------------------------------------------- */}}
+{{- define "llmsvc.internalSecretName" -}}
+{{- .Values.internalAuth.existingSecret | default (include "llmsvc.componentName" (dict "root" . "component" "internal")) }}
+{{- end }}
+
+{{- define "llmsvc.internalSecretEnv" -}}
+- name: LLMSVC_INTERNAL_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llmsvc.internalSecretName" . }}
+      key: secret
+{{- end }}

@@ -40,6 +40,8 @@ class EvalRun(Base):
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
+    """The owner (team) of the key that made it; another owner's keys get 404 (runs the promoter makes: none)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

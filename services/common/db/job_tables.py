@@ -35,7 +35,8 @@ class TrainingFile(Base):
     """``chat``, ``preference`` or ``text``: what every line holds."""
     examples: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="processed")
-    owner: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="", index=True)
+    """The owner (team) of the key that made it; another owner's keys get 404."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
@@ -60,7 +61,8 @@ class Job(Base):
     """Registry name the result is registered under."""
     seed: Mapped[int] = mapped_column(BigInteger)
     job_metadata: Mapped[dict] = mapped_column("metadata", JSONType, default=dict)
-    owner: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="", index=True)
+    """The owner (team) of the key that made it; another owner's keys get 404."""
     runner: Mapped[str] = mapped_column(String(16), default="local")
     handle: Mapped[str] = mapped_column(String(256), default="")
     """Runner-specific: a process id, or a Kubernetes Job name."""

@@ -53,7 +53,7 @@ class AdmitRequest(_message.Message):
     def __init__(self, api_key: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., scope: _Optional[str] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
 
 class AdmitResponse(_message.Message):
-    __slots__ = ("decision", "code", "message", "rate_limit", "retry_after_s", "key_id", "reservation_id", "scopes")
+    __slots__ = ("decision", "code", "message", "rate_limit", "retry_after_s", "key_id", "reservation_id", "scopes", "owner")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class AdmitResponse(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     code: str
     message: str
@@ -70,7 +71,8 @@ class AdmitResponse(_message.Message):
     key_id: str
     reservation_id: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., retry_after_s: _Optional[float] = ..., key_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ...) -> None: ...
+    owner: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., retry_after_s: _Optional[float] = ..., key_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ReportUsageRequest(_message.Message):
     __slots__ = ("reservation_id", "request_id", "key_id", "model", "prompt_tokens", "completion_tokens", "status", "latency_s")

@@ -14,7 +14,7 @@ import grpc
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.grpcutil import insecure_channel
 from services.common.pb import eval_pb2 as pb
 from services.common.pb import eval_pb2_grpc
 
@@ -48,6 +48,8 @@ def grpc_error(exc: grpc.aio.AioRpcError) -> APIError:
         return APIError(400, details)
     if code == grpc.StatusCode.NOT_FOUND:
         return APIError(404, details, code="not_found")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return APIError(403, details, code="permission_denied")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return APIError(409, details, code="conflict", type="invalid_request_error")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -56,9 +58,10 @@ def grpc_error(exc: grpc.aio.AioRpcError) -> APIError:
     return APIError(502, f"Eval service error: {details}", code="upstream_error")
 
 
-async def call(method, req, timeout: float = 30.0):
+async def call(admission: Admission, method, req, timeout: float = 30.0):
+    """One eval-service call made for the admitted request (its signed identity in the metadata)."""
     try:
-        return await method(req, timeout=timeout, metadata=request_metadata())
+        return await method(req, timeout=timeout, metadata=admission.metadata)
     except grpc.aio.AioRpcError as exc:
         raise grpc_error(exc) from None
 
@@ -89,7 +92,7 @@ async def create_eval(body: EvalCreate, request: Request, settings: SettingsDep,
     admission = await _admit(request, settings, upstreams, body.model)
     req = pb.CreateRunRequest(model=body.model, suite=body.suite, params_json=json.dumps(body.params),
                               created_by=admission.key_id)
-    return run_json(await call(eval_stub(upstreams, settings).CreateRun, req))
+    return run_json(await call(admission, eval_stub(upstreams, settings).CreateRun, req))
 
 
 @router.get("/evals")
@@ -97,8 +100,8 @@ async def list_evals(request: Request, settings: SettingsDep, upstreams: Upstrea
                      model: Annotated[str | None, Query(max_length=200)] = None,
                      suite: Annotated[str | None, Query(max_length=64)] = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100):
-    await _admit(request, settings, upstreams, model or "")
-    resp = await call(eval_stub(upstreams, settings).ListRuns,
+    admission = await _admit(request, settings, upstreams, model or "")
+    resp = await call(admission, eval_stub(upstreams, settings).ListRuns,
                       pb.ListRunsRequest(model=model or "", suite=suite or "", limit=limit))
     return {"object": "list", "data": [run_json(r) for r in resp.runs]}
 
@@ -106,13 +109,14 @@ async def list_evals(request: Request, settings: SettingsDep, upstreams: Upstrea
 @router.get("/evals/{run_id}")
 async def get_eval(run_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
                    include_samples: bool = False):
-    await _admit(request, settings, upstreams)
-    run = await call(eval_stub(upstreams, settings).GetRun,
+    admission = await _admit(request, settings, upstreams)
+    run = await call(admission, eval_stub(upstreams, settings).GetRun,
                      pb.GetRunRequest(id=run_id, include_samples=include_samples))
     return run_json(run, include_samples)
 
 
 @router.post("/evals/{run_id}/cancel")
 async def cancel_eval(run_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    await _admit(request, settings, upstreams)
-    return run_json(await call(eval_stub(upstreams, settings).CancelRun, pb.CancelRunRequest(id=run_id), timeout=60.0))
+    admission = await _admit(request, settings, upstreams)
+    return run_json(await call(admission, eval_stub(upstreams, settings).CancelRun, pb.CancelRunRequest(id=run_id),
+                               timeout=60.0))

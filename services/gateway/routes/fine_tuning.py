@@ -20,12 +20,12 @@ from fastapi.responses import StreamingResponse
 from google.protobuf import json_format
 from pydantic import Field
 
-from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.grpcutil import insecure_channel
 from services.common.pb import trainer_pb2 as pb
 from services.common.pb import trainer_pb2_grpc
 
-from ..admission import Admission, admit
-from ..deps import SettingsDep, UpstreamsDep
+from ..admission import Admission
+from ..deps import SettingsDep, TrainCaller, UpstreamsDep
 from ..errors import APIError
 from ..schemas import _Body
 
@@ -72,16 +72,12 @@ def trainer_error(exc: grpc.aio.AioRpcError) -> APIError:
     return APIError(502, f"Trainer service error: {details}", code="upstream_error")
 
 
-async def call(method, req, timeout: float = 30.0):
+async def call(admission: Admission, method, req, timeout: float = 30.0):
+    """One trainer call made for the admitted request (its signed identity in the metadata)."""
     try:
-        return await method(req, timeout=timeout, metadata=request_metadata())
+        return await method(req, timeout=timeout, metadata=admission.metadata)
     except grpc.aio.AioRpcError as exc:
         raise trainer_error(exc) from None
-
-
-async def admit_train(request: Request, settings, upstreams) -> Admission:
-    return await admit(upstreams, request, model="", scope="train", reserve_tokens=0,
-                       timeout_s=settings.auth_timeout_s)
 
 
 def _whole(value):
@@ -141,40 +137,37 @@ def page(data: list[dict], has_more: bool) -> dict:
 
 
 @router.post("/jobs")
-async def create_job(body: JobCreate, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    admission = await admit_train(request, settings, upstreams)
+async def create_job(body: JobCreate, caller: TrainCaller, request: Request, settings: SettingsDep,
+                     upstreams: UpstreamsDep):
     extra = {k: getattr(body, k) for k in EXTENSIONS if getattr(body, k) is not None}
     req = pb.CreateJobRequest(model=body.model, training_file=body.training_file,
                               validation_file=body.validation_file or "", suffix=body.suffix or "",
                               seed=body.seed if body.seed is not None else -1, metadata=body.metadata or {},
-                              owner=admission.key_id)
+                              )
     req.hyperparameters.update(body.hyperparameters)
     req.method.update(body.method or {})
     req.extra.update(extra)
-    return job_obj(await call(trainer_stub(upstreams, settings).CreateJob, req))
+    return job_obj(await call(caller, trainer_stub(upstreams, settings).CreateJob, req))
 
 
 @router.get("/jobs")
-async def list_jobs(request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
+async def list_jobs(caller: TrainCaller, request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
                     after: str = "", limit: Annotated[int, Query(ge=1, le=100)] = 20):
-    await admit_train(request, settings, upstreams)
     metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                 if k.startswith("metadata[") and k.endswith("]")}
-    resp = await call(trainer_stub(upstreams, settings).ListJobs,
+    resp = await call(caller, trainer_stub(upstreams, settings).ListJobs,
                       pb.ListJobsRequest(after=after, limit=limit, metadata=metadata))
     return {"object": "list", "data": [job_obj(j) for j in resp.jobs], "has_more": resp.has_more}
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    await admit_train(request, settings, upstreams)
-    return job_obj(await call(trainer_stub(upstreams, settings).GetJob, pb.JobRequest(job_id=job_id)))
+async def get_job(job_id: str, caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep):
+    return job_obj(await call(caller, trainer_stub(upstreams, settings).GetJob, pb.JobRequest(job_id=job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    await admit_train(request, settings, upstreams)
-    return job_obj(await call(trainer_stub(upstreams, settings).CancelJob, pb.JobRequest(job_id=job_id)))
+async def cancel_job(job_id: str, caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep):
+    return job_obj(await call(caller, trainer_stub(upstreams, settings).CancelJob, pb.JobRequest(job_id=job_id)))
 
 
 def _event_cursor(after: str) -> int:
@@ -185,22 +178,21 @@ def _event_cursor(after: str) -> int:
 
 
 @router.get("/jobs/{job_id}/events")
-async def list_events(job_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
+async def list_events(job_id: str, caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep,
                       after: str = "", limit: Annotated[int, Query(ge=1, le=100)] = 20, stream: bool = False):
-    await admit_train(request, settings, upstreams)
     stub = trainer_stub(upstreams, settings)
     if stream:
-        return await _follow_events(stub, job_id, _event_cursor(after))
-    resp = await call(stub.ListJobEvents, pb.ListJobEventsRequest(job_id=job_id, after=_event_cursor(after),
+        return await _follow_events(caller, stub, job_id, _event_cursor(after))
+    resp = await call(caller, stub.ListJobEvents, pb.ListJobEventsRequest(job_id=job_id, after=_event_cursor(after),
                                                                   limit=limit))
     return {"object": "list", "data": [event_obj(e) for e in resp.events], "has_more": resp.has_more}
 
 
-async def _follow_events(stub, job_id: str, after: int) -> StreamingResponse:
+async def _follow_events(caller: Admission, stub, job_id: str, after: int) -> StreamingResponse:
     """SSE, oldest first from ``after``, until the job ends: ``data: <event>`` lines, then ``data: [DONE]``."""
-    await call(stub.GetJob, pb.JobRequest(job_id=job_id))  # a 404 before any byte is sent
+    await call(caller, stub.GetJob, pb.JobRequest(job_id=job_id))  # a 404 before any byte is sent
     call_ = stub.StreamJobEvents(pb.StreamJobEventsRequest(job_id=job_id, after=after, follow=True),
-                                 metadata=request_metadata())
+                                 metadata=caller.metadata)
 
     async def body():
         try:
@@ -216,9 +208,8 @@ async def _follow_events(stub, job_id: str, after: int) -> StreamingResponse:
 
 
 @router.get("/jobs/{job_id}/checkpoints")
-async def list_checkpoints(job_id: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep,
+async def list_checkpoints(job_id: str, caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep,
                            after: str = "", limit: Annotated[int, Query(ge=1, le=100)] = 10):
-    await admit_train(request, settings, upstreams)
-    resp = await call(trainer_stub(upstreams, settings).ListCheckpoints,
+    resp = await call(caller, trainer_stub(upstreams, settings).ListCheckpoints,
                       pb.ListCheckpointsRequest(job_id=job_id, after=after, limit=limit))
     return page([checkpoint_obj(c) for c in resp.checkpoints], resp.has_more)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from services.common.pb import eval_pb2 as pb
 
-from ..admission import admit
+from ..admission import Admission, admit
 from ..deps import SettingsDep, UpstreamsDep
 from ..errors import APIError
 from ..schemas import _Body
@@ -45,19 +45,19 @@ def outcome_json(resp: pb.PromoteResponse) -> dict:
     }
 
 
-async def _admit_scope(request: Request, settings, upstreams, alias: str, scope: str) -> str:
+async def _admit_scope(request: Request, settings, upstreams, alias: str, scope: str) -> Admission:
     admission = await admit(upstreams, request, model=alias, scope=scope, reserve_tokens=0,
                             timeout_s=settings.auth_timeout_s)
     if admission.scopes and scope not in admission.scopes:
         raise APIError(403, f"This key lacks the '{scope}' scope.", code="permission_denied")
-    return admission.key_id
+    return admission
 
 
 @router.post("/models/{alias}/promote")
 async def promote(alias: str, body: PromoteBody, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    actor = await _admit_scope(request, settings, upstreams, alias, "admin" if body.force else "eval")
-    req = pb.PromoteRequest(alias=alias, version=body.version, force=body.force, actor=actor)
-    resp = await call(eval_stub(upstreams, settings).Promote, req, timeout=PROMOTE_TIMEOUT_S)
+    admission = await _admit_scope(request, settings, upstreams, alias, "admin" if body.force else "eval")
+    req = pb.PromoteRequest(alias=alias, version=body.version, force=body.force, actor=admission.key_id)
+    resp = await call(admission, eval_stub(upstreams, settings).Promote, req, timeout=PROMOTE_TIMEOUT_S)
     doc = outcome_json(resp)
     if not resp.promoted:
         err = APIError(409, resp.message, code="promotion_gate_failed").body()
@@ -67,7 +67,8 @@ async def promote(alias: str, body: PromoteBody, request: Request, settings: Set
 
 @router.post("/models/{alias}/rollback")
 async def rollback(alias: str, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
-    actor = await _admit_scope(request, settings, upstreams, alias, "admin")
-    resp = await call(eval_stub(upstreams, settings).Rollback, pb.RollbackRequest(alias=alias, actor=actor),
+    admission = await _admit_scope(request, settings, upstreams, alias, "admin")
+    resp = await call(admission, eval_stub(upstreams, settings).Rollback,
+                      pb.RollbackRequest(alias=alias, actor=admission.key_id),
                       timeout=PROMOTE_TIMEOUT_S)
     return outcome_json(resp)

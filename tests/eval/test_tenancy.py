@@ -1,0 +1,76 @@
+"""Eval runs belong to the owner (team) of the key that made them: another owner gets 404 on each route,
+as for a run that never was, and cannot cancel it; a key of the same owner and an ``admin`` key see it.
+Behind the gateway the eval service acts only on an identity signed with the deployment's internal secret,
+so a pod that can reach its port cannot force a promotion or roll an alias back."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+import pytest
+
+from services.common.grpcutil import insecure_channel
+from services.common.identity import Identity, IdentityCodec
+from services.common.pb import eval_pb2 as pb
+from services.common.pb import eval_pb2_grpc
+
+from .conftest import wait_run
+
+
+@pytest.fixture(scope="module")
+def tenants(eval_stack, gw) -> dict[str, httpx.Client]:
+    c = eval_stack.cfg
+    out = {}
+    for name, owner in (("alice", "team-a"), ("alice2", "team-a"), ("bob", "team-b")):
+        r = gw.post("/v1/admin/keys", json={"name": name, "owner": owner, "scopes": ["chat", "eval"]})
+        assert r.status_code == 201, r.text
+        out[name] = httpx.Client(base_url=f"http://{c.host}:{c.gateway_port}", timeout=300,
+                                 headers={"Authorization": f"Bearer {r.json()['key']}"})
+    yield out
+    for client in out.values():
+        client.close()
+
+
+def test_another_owners_eval_run_is_404_and_runs_on(tenants, gw, lifecycle):
+    alice, alice2, bob = tenants["alice"], tenants["alice2"], tenants["bob"]
+    r = alice.post("/v1/evals", json={"model": lifecycle["v1"], "suite": "perplexity",
+                                      "params": {"dataset": "heldout.txt", "limit": 2}})
+    assert r.status_code == 200, r.text
+    run_id = r.json()["id"]
+
+    assert bob.get(f"/v1/evals/{run_id}").status_code == 404
+    assert bob.post(f"/v1/evals/{run_id}/cancel").status_code == 404
+    assert run_id not in [x["id"] for x in bob.get("/v1/evals", params={"model": lifecycle["v1"]}).json()["data"]]
+
+    done = wait_run(alice, run_id)
+    assert done["status"] == "succeeded" and done["metrics"]  # bob's cancel did nothing
+    assert alice2.get(f"/v1/evals/{run_id}").json()["id"] == run_id
+    assert run_id in [x["id"] for x in alice2.get("/v1/evals").json()["data"]]
+    assert run_id in [x["id"] for x in gw.get("/v1/evals").json()["data"]]  # the admin key
+
+
+async def test_the_eval_service_refuses_calls_without_a_valid_internal_identity(eval_stack, lifecycle):
+    stack = eval_stack
+    channel = insecure_channel(f"{stack.cfg.host}:{stack.cfg.eval_port}")
+    stub = eval_pb2_grpc.EvalStub(channel)
+    try:
+        forged = IdentityCodec("not-the-deployment-secret").metadata(Identity(owner="x", admin=True))
+        for metadata in ((), forged):
+            for call in (stub.Promote(pb.PromoteRequest(alias=lifecycle["alias"], version=lifecycle["garbage"],
+                                                        force=True, actor="pod"), metadata=metadata),
+                         stub.Rollback(pb.RollbackRequest(alias=lifecycle["alias"], actor="pod"), metadata=metadata),
+                         stub.ListRuns(pb.ListRunsRequest(), metadata=metadata)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # signed, but not an admin: forcing is refused by the service itself, whatever the gateway checked
+        user = IdentityCodec(stack.internal_secret()).metadata(Identity(owner="team-a", key_id="k"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Promote(pb.PromoteRequest(alias=lifecycle["alias"], version=lifecycle["garbage"], force=True),
+                               metadata=user)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Rollback(pb.RollbackRequest(alias=lifecycle["alias"]), metadata=user)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close()
