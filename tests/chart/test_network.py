@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,35 @@ def test_the_evaluator_sees_an_open_network_without_policies():
     net = Network({"networkPolicy": {"enabled": False}})
     assert len(net.internal_edges()) == len(net.pods) * (len(net.pods) - 1) * len(net.ports)
     assert net.allowed(INTERNET, net.pods["auth"], 50051)
+
+
+def test_training_pods_reach_each_other_and_dns_only():
+    """The pods of a training Job, labelled as the runner labels them, talk among themselves on any port
+    (rendezvous, then NCCL on ports of its choosing) and to DNS; no pod of the release, the Kubernetes API,
+    a database or the internet is reachable from them, and nothing of the release reaches them."""
+    from services.trainer.config import KubernetesSettings
+    from services.trainer.runners import Launch
+    from services.trainer.runners.k8s_objects import indexed_job
+
+    net = Network({})
+    root = Path("/models/.jobs/ftjob-net")
+    launch = Launch(job_id="ftjob-net", spec_path=root / "spec.json", events_path=root / "events.jsonl",
+                    log_path=root / "train.log", nodes=2, nproc_per_node=1)
+    job = indexed_job(launch, KubernetesSettings(namespace=NAMESPACE), store_path="/models", module="trainer.run",
+                      grace_s=60)
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    chart_pods = dict(net.pods)
+    ranks = [Peer(f"train-{i}", NAMESPACE, labels) for i in range(2)]
+    for r in ranks:
+        net.pods[r.name] = r
+    for port in (29500, 41234):
+        assert net.allowed(ranks[0], ranks[1], port) and net.allowed(ranks[1], ranks[0], port)
+    assert net.allowed(ranks[0], DNS, 53)
+    for pod in chart_pods.values():
+        for port in net.ports:
+            assert not net.allowed(ranks[0], pod, port), (pod.name, port)
+            assert not net.allowed(pod, ranks[0], port), (pod.name, port)
+    for outside, port in ((KUBE_API, 443), (EXTERNAL_PG, 5432), (INTERNET, 443), (STRANGER, 8000)):
+        assert not net.allowed(ranks[0], outside, port), outside.name
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

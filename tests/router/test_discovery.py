@@ -36,9 +36,16 @@ def endpoint_slice(name: str, ready: dict[str, bool], port: int = 50060) -> dict
 
 
 class FakeAPI:
-    """Answers GET .../namespaces/ns/endpointslices (list, and ?watch=true streams queued events)."""
+    """Answers GET .../namespaces/llmsvc/endpointslices (list, and ?watch=true streams queued events).
+
+    As strict as a real API server: each call is authorized against the Roles the rendered chart binds to
+    the router's service account (``tests.chart.rbac``); an ungranted one gets the server's 403."""
 
     def __init__(self, slices: list[dict]) -> None:
+        from tests.chart.rbac import ChartRBAC
+
+        self.rbac = ChartRBAC()
+        self.refused: list[str] = []
         self.slices = slices
         self.events: queue.Queue = queue.Queue()
         self.requests: list[str] = []
@@ -52,7 +59,17 @@ class FakeAPI:
 
             def do_GET(self) -> None:
                 api.requests.append(self.path)
-                assert self.path.startswith("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices")
+                refusal = api.rbac.check(self.headers.get("Authorization"), "GET", self.path)
+                if refusal is not None:
+                    api.refused.append(self.path)
+                    body = json.dumps(refusal[1]).encode()
+                    self.send_response(refusal[0])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                assert self.path.startswith("/apis/discovery.k8s.io/v1/namespaces/llmsvc/endpointslices")
                 assert "labelSelector=kubernetes.io/service-name%3Dworkers" in self.path
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -80,7 +97,10 @@ class FakeAPI:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def client(self) -> client.DiscoveryV1Api:
+        """Authenticated as the router's service account, as its pod's mounted token would be."""
         cfg = client.Configuration(host=f"http://127.0.0.1:{self.server.server_address[1]}")
+        cfg.api_key = {"authorization": self.rbac.token("llmsvc-router")}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
         return client.DiscoveryV1Api(client.ApiClient(cfg))
 
     def close(self) -> None:
@@ -91,7 +111,7 @@ class FakeAPI:
 async def test_endpointslice_watch_tracks_ready_endpoints():
     api = FakeAPI([endpoint_slice("workers-a", {"10.0.0.1": True, "10.0.0.2": False})])
     pool = WorkerPool([])
-    settings = RouterSettings(discovery="kubernetes", k8s_namespace="ns", k8s_service="workers")
+    settings = RouterSettings(discovery="kubernetes", k8s_namespace="llmsvc", k8s_service="workers")
     task = asyncio.create_task(watch_kubernetes(pool, settings, api=api.client()))
     try:
         await until(lambda: set(pool.workers) == {"10.0.0.1:50060"})
@@ -107,6 +127,7 @@ async def test_endpointslice_watch_tracks_ready_endpoints():
         api.events.put({"type": "DELETED", "object": endpoint_slice("workers-b", {})})
         await until(lambda: set(pool.workers) == {"10.0.0.2:50060"})
         assert sum("watch=true" in r for r in api.requests) == 2
+        assert not api.refused
     finally:
         task.cancel()
         api.close()

@@ -7,6 +7,11 @@ status objects of an Indexed Job's life as the batch/v1 API returns them),
 delete (a foreground delete keeps the Job, marked for deletion, until the
 test lets it go; then 404). It records every request so tests can check
 what the ``kubernetes`` client sent.
+
+It is strict where a real one is: every call is authorized against the Roles the rendered chart binds to
+the caller's service account (by default the trainer's, ``llmsvc-trainer``), so a call the chart does not
+grant (reading ``jobs/status``, say) fails the test with the API server's 403 instead of passing here and
+failing in a cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kubernetes import client
+
+from tests.chart.rbac import ChartRBAC
 
 RECORDED = json.loads((Path(__file__).with_name("recorded_k8s_job_status.json")).read_text())
 """Job ``status`` objects by phase, in the batch/v1 shapes newer API servers write: an interim condition
@@ -37,8 +44,22 @@ def _status(code: int, reason: str, message: str) -> dict:
             "reason": reason, "code": code}
 
 
+_RBAC: ChartRBAC | None = None
+
+
+def chart_rbac() -> ChartRBAC:
+    """The default chart's RBAC with the trainer on (rendered once per test session)."""
+    global _RBAC
+    if _RBAC is None:
+        _RBAC = ChartRBAC()
+    return _RBAC
+
+
 class FakeKubernetesAPI:
-    def __init__(self) -> None:
+    def __init__(self, service_account: str = "llmsvc-trainer") -> None:
+        self.rbac = chart_rbac()
+        self.service_account = service_account
+        self.refused: list[Request] = []
         self.requests: list[Request] = []
         self.objects: dict[str, dict] = {}
         self.statuses: dict[str, list[dict]] = {}
@@ -64,11 +85,17 @@ class FakeKubernetesAPI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 with api.lock:
-                    api.requests.append(Request(self.command, self.path, body))
-                    code, reply = api.answer(self.command, self.path.split("?")[0], body)
+                    request = Request(self.command, self.path, body)
+                    api.requests.append(request)
+                    refusal = api.rbac.check(self.headers.get("Authorization"), self.command, self.path)
+                    if refusal is not None:
+                        api.refused.append(request)
+                        code, reply = refusal
+                    else:
+                        code, reply = api.answer(self.command, self.path.split("?")[0], body)
                 self._reply(code, reply)
 
-            do_GET = do_POST = do_DELETE = _handle
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -109,7 +136,11 @@ class FakeKubernetesAPI:
             self.objects.pop(f"jobs/{name}", None)
 
     def api_client(self) -> client.ApiClient:
-        return client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{self.server.server_address[1]}"))
+        """A client that authenticates as the fake's service account, as the pod's mounted token would."""
+        cfg = client.Configuration(host=f"http://127.0.0.1:{self.server.server_address[1]}")
+        cfg.api_key = {"authorization": self.rbac.token(self.service_account)}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(cfg)
 
     def calls(self) -> list[tuple[str, str]]:
         return [(r.method, r.path.split("?")[0]) for r in self.requests]

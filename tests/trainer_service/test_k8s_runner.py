@@ -7,6 +7,7 @@ fake_k8s.py) that answers like the real one and records every request.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import kubernetes_validate
@@ -39,6 +40,7 @@ def api():
     fake = FakeKubernetesAPI()
     yield fake
     fake.close()
+    assert not fake.refused, f"calls the chart's RBAC does not grant: {fake.refused}"
 
 
 def runner_for(api: FakeKubernetesAPI, **kw) -> KubernetesRunner:
@@ -110,7 +112,7 @@ async def test_start_follow_and_cleanup_through_the_api(api):
     api.statuses[name] = [RECORDED["running"], RECORDED["succeeded"]]
     assert (await runner.state(JOB_ID, name)).phase == "running"
     assert (await runner.state(JOB_ID, name)).phase == "succeeded"
-    assert api.calls()[-1] == ("GET", f"/apis/batch/v1/namespaces/llmsvc/jobs/{name}/status")
+    assert api.calls()[-1] == ("GET", f"/apis/batch/v1/namespaces/llmsvc/jobs/{name}")
     await runner.cleanup(JOB_ID, name)
     assert api.calls()[-1] == ("DELETE", f"/api/v1/namespaces/llmsvc/services/{name}")
 
@@ -142,3 +144,25 @@ async def test_stop_deletes_in_the_foreground_then_the_job_is_gone(api):
     api.finish_deletion(name)
     assert (await runner.state(JOB_ID, name)).phase == "gone"
     await runner.stop(JOB_ID, name)  # stopping a job that is gone is not an error
+
+
+async def test_the_fake_api_refuses_what_the_charts_role_does_not_grant(api):
+    """The fake is as strict as a real API server: reading ``jobs/status`` (what the runner once did, so that
+    in a cluster every job stayed ``running``), touching pods, or acting outside the namespace is a 403."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    client = api.api_client()
+    batch, core = k8s.BatchV1Api(client), k8s.CoreV1Api(client)
+    for call in (lambda: batch.read_namespaced_job_status("x", "llmsvc"),
+                 lambda: core.list_namespaced_pod("llmsvc"),
+                 lambda: batch.list_namespaced_job("kube-system")):
+        with pytest.raises(ApiException) as err:
+            await asyncio.to_thread(call)
+        assert err.value.status == 403 and "forbidden" in err.value.body
+    anonymous = k8s.BatchV1Api(k8s.ApiClient(k8s.Configuration(host=client.configuration.host)))
+    with pytest.raises(ApiException) as err:
+        await asyncio.to_thread(anonymous.list_namespaced_job, "llmsvc")
+    assert err.value.status == 401
+    assert len(api.refused) == 4
+    api.refused.clear()  # refused on purpose (the fixture checks every other test made none)

@@ -36,6 +36,7 @@ async def k8s(db_url, store_root, data_dir):
     yield running, api
     await running.stop()
     api.close()
+    assert not api.refused, f"calls the chart's RBAC does not grant: {api.refused}"
 
 
 async def until(predicate, timeout_s: float = 30.0):

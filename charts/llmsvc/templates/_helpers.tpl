@@ -218,3 +218,9 @@ lifecycle:
       name: {{ include "llmsvc.internalSecretName" . }}
       key: secret
 {{- end }}
+
+{{/* The labels every training pod carries (services/trainer/runners/k8s_objects.py: labels). */}}
+{{- define "llmsvc.trainingPodLabels" -}}
+app.kubernetes.io/name: llmsvc-train
+app.kubernetes.io/part-of: llmsvc
+{{- end }}

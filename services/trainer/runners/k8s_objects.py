@@ -75,10 +75,13 @@ def _container(launch: Launch, cfg, store_path: str, module: str) -> dict:
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
         ],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # Read-only root: the trainer writes only to the model store, /dev/shm and /tmp (HOME, caches).
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True},
         "ports": [{"name": "rdzv", "containerPort": cfg.rdzv_port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": limits},
-        "volumeMounts": [{"name": "model-store", "mountPath": store_path}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "model-store", "mountPath": store_path}, {"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "tmp", "mountPath": "/tmp"}],
     }
 
 
@@ -98,6 +101,7 @@ def indexed_job(launch: Launch, cfg, *, store_path: str, module: str, grace_s: f
             {"name": "model-store", "persistentVolumeClaim": {"claimName": cfg.store_pvc}},
             # NCCL and DataLoader workers share tensors through /dev/shm; the default 64 MiB is too small.
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
         ],
     }
     if cfg.gpus_per_node:

@@ -68,7 +68,9 @@ class KubernetesRunner(Runner):
 
     async def state(self, job_id: str, handle: str) -> RunState:
         try:
-            job = await asyncio.to_thread(self.batch.read_namespaced_job_status, handle, self.cfg.namespace)
+            # The Job itself carries its status: `get` on jobs is what the chart's Role grants (jobs/status,
+            # a subresource, is not, and a read of it would be refused in a cluster).
+            job = await asyncio.to_thread(self.batch.read_namespaced_job, handle, self.cfg.namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return RunState("gone", "the Kubernetes Job no longer exists")
