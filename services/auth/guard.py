@@ -10,12 +10,17 @@ Either way the switch is loud: one warning log line per transition, the
 ``llmsvc_auth_redis_errors_total``. After a failure, Redis is retried at most
 every ``retry_s`` by one request at a time, so a dead Redis does not add its
 timeout to every request.
+
+A settlement that cannot reach Redis is kept (up to ``MAX_PENDING``) and replayed as soon as Redis answers
+again, before the next admission: a key with ``max_concurrent`` gets its slots back at once instead of
+waiting out the reservations' lease. Settling is idempotent, so one replayed twice changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Literal
 
 from . import metrics
@@ -23,6 +28,7 @@ from .limiter import Decision, Limiter, LimiterUnavailable, Limits, MemoryLimite
 
 log = logging.getLogger(__name__)
 Policy = Literal["closed", "open"]
+MAX_PENDING = 100_000
 
 
 class GuardedLimiter:
@@ -35,6 +41,8 @@ class GuardedLimiter:
         self._down_until = 0.0
         self._probing = False
         self.degraded = False
+        # reservation id -> (key id, tokens used): settlements Redis missed, oldest first
+        self.pending: OrderedDict[str, tuple[str, int]] = OrderedDict()
         metrics.LIMITER_BACKEND.labels("redis" if shared else "memory").set(1)
         metrics.LIMITER_DEGRADED.labels(policy).set(0)
 
@@ -67,6 +75,8 @@ class GuardedLimiter:
             probe = self.degraded
             self._probing |= probe
             try:
+                if self.pending:
+                    await self._replay_pending()
                 decision = await self.shared.admit(key_id, limits, reserve_tokens)
                 self._mark_up()
                 return decision
@@ -86,14 +96,33 @@ class GuardedLimiter:
         if self.shared is None or not reservation_id:
             return False
         if self.degraded:
-            log.debug("Redis is down; %s counts until its window and lease end", reservation_id)
+            self._keep(key_id, reservation_id, used_tokens)
             return False
         try:
             return await self.shared.settle(key_id, reservation_id, used_tokens)
         except LimiterUnavailable as exc:
             self._mark_down(exc)
-            log.debug("could not settle %s: its reservation counts until its window and lease end", reservation_id)
+            self._keep(key_id, reservation_id, used_tokens)
             return False
+
+    def _keep(self, key_id: str, reservation_id: str, used_tokens: int) -> None:
+        self.pending[reservation_id] = (key_id, used_tokens)
+        if len(self.pending) > MAX_PENDING:
+            dropped, _ = self.pending.popitem(last=False)
+            log.warning("more than %d settlements wait for Redis; %s counts until its lease ends", MAX_PENDING,
+                        dropped)
+        metrics.SETTLES_PENDING.set(len(self.pending))
+
+    async def _replay_pending(self) -> None:
+        """Settle what Redis missed, oldest first; a failure stops it (the rest stay for the next try)."""
+        replayed = 0
+        while self.pending:
+            rid, (key_id, used) = next(iter(self.pending.items()))
+            await self.shared.settle(key_id, rid, used)  # LimiterUnavailable propagates: still down
+            self.pending.pop(rid, None)
+            replayed += 1
+        metrics.SETTLES_PENDING.set(0)
+        log.warning("rate-limit backend is back: replayed %d settlements it missed", replayed)
 
     async def close(self) -> None:
         if self.shared is not None:

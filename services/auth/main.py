@@ -30,7 +30,7 @@ async def serve(settings: AuthSettings) -> None:
 def main() -> None:
     settings = AuthSettings()
     setup_logging("auth", settings.log_level, settings.log_format)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.host)  # beside the service: loopback locally
     run_service(serve(settings))
 
 

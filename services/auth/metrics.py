@@ -29,3 +29,5 @@ USAGE_RECORDS = Counter("llmsvc_auth_usage_records_total", "Usage records by out
                         "spooled (buffered on local disk while the database is down), replayed (spool → "
                         "database), duplicate (already recorded).", ["outcome"])
 USAGE_SPOOLED = Gauge("llmsvc_auth_usage_spool_records", "Usage records waiting in the local spool.")
+SETTLES_PENDING = Gauge("llmsvc_auth_settles_pending", "Settlements Redis missed during an outage, waiting to be "
+                        "replayed when it answers again (each frees a concurrency slot and gives back tokens).")

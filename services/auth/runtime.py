@@ -124,6 +124,7 @@ class AuthRuntime:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.gate.recorder.close()
         await self.gate.limiter.close()
         if self.invalidation.client is not None:
             await self.invalidation.client.aclose()

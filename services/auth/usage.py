@@ -5,11 +5,17 @@ and fsynced before ReportUsage returns, so it survives a crash of this process.
 A background loop replays the spool once the database answers again. Replays
 are idempotent (``reservation_id`` is unique), so a crash between writing a
 batch and deleting it from the spool only writes nothing twice.
+
+A replica holds an exclusive lock (``usage-<replica>.lock``) for as long as it runs. On a spool directory
+that outlives its pods (the chart's volume), a replica that died with records spooled leaves its files
+unlocked, and the next live replica adopts them: it takes the dead one's lock, replays its files and
+removes them. So a spooled record is written once the database is back even when its replica never returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -48,7 +54,64 @@ class UsageRecorder:
         self._flushing = False
         self._flush_task: asyncio.Task | None = None
         self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self.replica = replica
+        self._held = self._lock_file(self.spool.with_suffix(".lock"), block=False)
+        if self._held is None:
+            log.warning("another live process holds the spool lock of replica %s in %s: give each replica its "
+                        "own LLMSVC_AUTH_REPLICA_ID", replica, self.spool.parent)
         metrics.USAGE_SPOOLED.set(self._count_spooled())
+
+    @staticmethod
+    def _lock_file(path: Path, block: bool) -> int | None:
+        """An open descriptor holding an exclusive lock on ``path``, or None when another process holds it."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def close(self) -> None:
+        if self._held is not None:
+            os.close(self._held)  # releases the lock
+            self._held = None
+
+    def orphans(self) -> list[str]:
+        """Replicas whose spool files lie here with no live owner holding their lock."""
+        names = set()
+        for path in self.spool.parent.glob("usage-*"):
+            if path.suffix in (".jsonl", ".replaying"):
+                replica = path.stem.removeprefix("usage-")
+                if replica != self.replica:
+                    names.add(replica)
+        return sorted(names)
+
+    async def adopt_orphans(self) -> int:
+        """Replay the spools of replicas that are gone; returns the records replayed."""
+        total = 0
+        for replica in self.orphans():
+            base = self.spool.parent / f"usage-{replica}"
+            fd = self._lock_file(base.with_suffix(".lock"), block=False)
+            if fd is None:
+                continue  # alive: it replays its own
+            try:
+                rows = [r for p in (base.with_suffix(".replaying"), base.with_suffix(".jsonl")) if p.exists()
+                        for r in self._read(p)]
+                written = 0
+                for i in range(0, len(rows), _BATCH):
+                    written += len(await self.store.insert_usage(rows[i:i + _BATCH]))
+                for p in (base.with_suffix(".replaying"), base.with_suffix(".jsonl")):
+                    p.unlink(missing_ok=True)
+                base.with_suffix(".lock").unlink(missing_ok=True)
+                metrics.USAGE_RECORDS.labels("replayed").inc(written)
+                metrics.USAGE_RECORDS.labels("duplicate").inc(len(rows) - written)
+                log.info("adopted the spool of replica %s: replayed %d usage records (%d already present)",
+                         replica, len(rows), len(rows) - written)
+                total += len(rows)
+            finally:
+                os.close(fd)
+        return total
 
     def _count_spooled(self) -> int:
         return sum(sum(1 for _ in open(p, encoding="utf-8")) for p in (self.spool, self.replaying) if p.exists())
@@ -160,11 +223,13 @@ class UsageRecorder:
         return rows
 
     async def run(self, interval_s: float = 1.0) -> None:
-        """Replay whenever there is something spooled; until cancelled."""
+        """Replay whenever there is something spooled, ours or a gone replica's; until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            if self.spool.exists() or self.replaying.exists():
-                try:
+            try:
+                if self.spool.exists() or self.replaying.exists():
                     await self.replay()
-                except StoreUnavailable as exc:
-                    log.debug("spool replay deferred: %s", exc)
+                if time.monotonic() >= self._down_until:
+                    await self.adopt_orphans()
+            except StoreUnavailable as exc:
+                log.debug("spool replay deferred: %s", exc)

@@ -41,6 +41,8 @@ class StackConfig:
     """Hugging Face model directory the workers serve."""
     api_key: str
     host: str = "127.0.0.1"
+    """The gateway's address. The other services listen on loopback (:attr:`internal_host`) whatever it is:
+    ``llmsvc up --host 0.0.0.0`` exposes the API and nothing else."""
     gateway_port: int = 8000
     auth_port: int = 50051
     router_port: int = 50052
@@ -79,8 +81,23 @@ class StackConfig:
         return cls(home=home, model=model, api_key=api_key, **ports, **kw)
 
     @property
+    def internal_host(self) -> str:
+        """Where auth, router, workers, trainer and eval listen: the gateway's host when that is a loopback
+        address, else 127.0.0.1."""
+        import ipaddress
+
+        if self.host == "localhost":
+            return self.host
+        try:
+            return self.host if ipaddress.ip_address(self.host).is_loopback else "127.0.0.1"
+        except ValueError:
+            return "127.0.0.1"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.gateway_port}/v1"
+        """Where a client on this machine reaches the API (a wildcard bind is reached on loopback)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.gateway_port}/v1"
 
 
 @dataclass
@@ -148,6 +165,15 @@ class Stack:
                 f.write(secrets.token_hex(32))
         return path.read_text().strip()
 
+    def channel(self, address: str | int):
+        """A gRPC channel to one of this stack's services (an address, or a port on its host) whose calls
+        carry the stack's service token, as its own services' calls do."""
+        from services.common.grpcutil import insecure_channel
+        from services.common.identity import service_token
+
+        target = f"{self.cfg.internal_host}:{address}" if isinstance(address, int) else address
+        return insecure_channel(target, token=service_token(self.internal_secret()))
+
     def _common_env(self, service: str) -> dict[str, str]:
         env = {**os.environ, **self.cfg.extra_env}
         env["LLMSVC_INTERNAL_SECRET"] = self.internal_secret()
@@ -162,14 +188,15 @@ class Stack:
         c = self.cfg
         if service == "auth":
             env = self._common_env("auth")
-            env |= {"LLMSVC_AUTH_HOST": c.host, "LLMSVC_AUTH_PORT": str(c.auth_port), "LLMSVC_AUTH_API_KEY": c.api_key,
+            env |= {"LLMSVC_AUTH_HOST": c.internal_host, "LLMSVC_AUTH_PORT": str(c.auth_port),
+                    "LLMSVC_AUTH_API_KEY": c.api_key,
                     "LLMSVC_DATABASE_URL": c.db_url, "LLMSVC_AUTH_SPOOL_DIR": str(c.home / "auth-spool")}
             if c.redis_url:
                 env["LLMSVC_REDIS_URL"] = c.redis_url
         elif service == "worker":
             env = self._common_env("worker")
             env |= {
-                "LLMSVC_WORKER_HOST": c.host,
+                "LLMSVC_WORKER_HOST": c.internal_host,
                 "LLMSVC_WORKER_PORT": str(c.worker_ports[index]),
                 "LLMSVC_WORKER_MODEL": str(c.model),
                 "LLMSVC_WORKER_SERVED_MODEL_NAME": c.served_model_name or c.model.name,
@@ -187,20 +214,22 @@ class Stack:
         elif service == "router":
             env = self._common_env("router")
             env |= {
-                "LLMSVC_ROUTER_HOST": c.host,
+                "LLMSVC_ROUTER_HOST": c.internal_host,
                 "LLMSVC_ROUTER_PORT": str(c.router_port),
-                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]),
+                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.internal_host}:{p}"
+                                                     for p in c.worker_ports + c.spare_worker_ports]),
                 "LLMSVC_ROUTER_DATABASE_URL": c.db_url,  # the registry: LoRA adapter versions and their bases
             }
         elif service == "gateway":
             env = self._common_env("gateway")
             env |= {
                 "LLMSVC_GATEWAY_HOST": c.host,
+                "LLMSVC_GATEWAY_USAGE_JOURNAL_DIR": str(c.home / "gateway-usage"),
                 "LLMSVC_GATEWAY_PORT": str(c.gateway_port),
-                "LLMSVC_GATEWAY_AUTH_ADDR": f"{c.host}:{c.auth_port}",
-                "LLMSVC_GATEWAY_ROUTER_ADDR": f"{c.host}:{c.router_port}",
-                "LLMSVC_GATEWAY_EVAL_ADDR": f"{c.host}:{c.eval_port}",
-                "LLMSVC_GATEWAY_TRAINER_ADDR": f"{c.host}:{c.trainer_port}",
+                "LLMSVC_GATEWAY_AUTH_ADDR": f"{c.internal_host}:{c.auth_port}",
+                "LLMSVC_GATEWAY_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",
+                "LLMSVC_GATEWAY_EVAL_ADDR": f"{c.internal_host}:{c.eval_port}",
+                "LLMSVC_GATEWAY_TRAINER_ADDR": f"{c.internal_host}:{c.trainer_port}",
             }
         elif service == "eval":
             env = self._eval_env()
@@ -214,12 +243,12 @@ class Stack:
         c = self.cfg
         env = self._common_env("eval")
         # Every router address is a slot: a drained worker's address can host the next version.
-        slots = [f"{c.host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
+        slots = [f"{c.internal_host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
         env.setdefault("LLMSVC_WORKER_CPU_NICE", str(c.worker_cpu_nice))  # for the workers it starts
         env |= {
-            "LLMSVC_EVAL_HOST": c.host, "LLMSVC_EVAL_PORT": str(c.eval_port),
-            "LLMSVC_EVAL_ROUTER_ADDR": f"{c.host}:{c.router_port}",
-            "LLMSVC_EVAL_GATEWAY_URL": f"http://{c.host}:{c.gateway_port}", "LLMSVC_EVAL_API_KEY": c.api_key,
+            "LLMSVC_EVAL_HOST": c.internal_host, "LLMSVC_EVAL_PORT": str(c.eval_port),
+            "LLMSVC_EVAL_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",
+            "LLMSVC_EVAL_GATEWAY_URL": c.base_url.removesuffix("/v1"), "LLMSVC_EVAL_API_KEY": c.api_key,
             "LLMSVC_EVAL_DATABASE_URL": c.db_url, "LLMSVC_EVAL_HOME": str(c.home),
             "LLMSVC_EVAL_WORKER_SLOTS": json.dumps(slots if c.spare_worker_ports else []),
             "LLMSVC_EVAL_WORKER_SLOT_CPUS": json.dumps(slot_cpus(len(c.worker_ports), len(slots))
@@ -232,7 +261,7 @@ class Stack:
         c = self.cfg
         env = self._common_env("trainer")
         env |= {
-            "LLMSVC_TRAINER_HOST": c.host, "LLMSVC_TRAINER_PORT": str(c.trainer_port),
+            "LLMSVC_TRAINER_HOST": c.internal_host, "LLMSVC_TRAINER_PORT": str(c.trainer_port),
             "LLMSVC_TRAINER_DATABASE_URL": c.db_url, "LLMSVC_TRAINER_MIGRATE_ON_START": "false",  # start() migrates
             "LLMSVC_MODEL_STORE": os.environ.get("LLMSVC_MODEL_STORE", str(c.home / "models")),
         }

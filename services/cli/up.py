@@ -80,12 +80,13 @@ def run_up(args) -> int:
         cfg.served_model_name, cfg.model_aliases = ensure_default_version(cfg.db_url, model)
     internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, cfg.trainer_port, *cfg.worker_ports,
                 *cfg.spare_worker_ports]
-    if any(port_in_use(p, args.host) for p in internal):
+    if any(port_in_use(p, cfg.internal_host) for p in internal):
         # Another stack (or anything else) holds the default internal ports: take free ones.
-        cfg.auth_port, cfg.router_port = free_port(args.host), free_port(args.host)
-        cfg.worker_ports = [free_port(args.host) for _ in range(args.workers)]
-        cfg.eval_port, cfg.spare_worker_ports = free_port(args.host), [free_port(args.host)]
-        cfg.trainer_port = free_port(args.host)
+        ih = cfg.internal_host
+        cfg.auth_port, cfg.router_port = free_port(ih), free_port(ih)
+        cfg.worker_ports = [free_port(ih) for _ in range(args.workers)]
+        cfg.eval_port, cfg.spare_worker_ports = free_port(ih), [free_port(ih)]
+        cfg.trainer_port = free_port(ih)
     stack = Stack(cfg)
     stopping = False
 

@@ -8,6 +8,7 @@ interceptor, then runs it with :func:`serve_until_signalled`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import time
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from .identity import SECRET_ENV, SERVICE_TOKEN_KEY, service_token
 from .logging import request_id_var
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,92 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class InternalCallGuard(grpc.aio.ServerInterceptor):
+    """Refuses (UNAUTHENTICATED) every call that lacks the deployment's service token, health checks aside:
+    a pod that can open a service's port but does not hold the internal secret (a training or eval job, a
+    stranger in the namespace) cannot call Admit, Generate, Drain, Promote or anything else."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        for key, value in details.invocation_metadata or ():
+            if key == SERVICE_TOKEN_KEY and hmac.compare_digest(str(value), self._token):
+                return handler
+        return _refusal(handler, details.method)
+
+
+def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    message = (f"{method} is internal: the call carries no valid service token (services of one deployment "
+               f"share {SECRET_ENV}).")
+
+    async def deny(_request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(_request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # an async generator, as the streaming handler kinds need
+
+    ser, de = handler.response_serializer, handler.request_deserializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(deny, de, ser)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, de, ser)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(deny, de, ser)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, de, ser)
+
+
+def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if SERVICE_TOKEN_KEY not in metadata:
+        metadata.add(SERVICE_TOKEN_KEY, token)
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                      details.wait_for_ready)
+
+
+class _TokenUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(_with_token(details, self.token), request)
+
+
+class _TokenUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(_with_token(details, self.token), request)
+
+
+class _TokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        return await continuation(_with_token(details, self.token), request_iterator)
+
+
+class _TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        return await continuation(_with_token(details, self.token), request_iterator)
+
+
+def token_interceptors(token: str) -> list:
+    """Client interceptors that add the service token to every call of a channel (none without a token)."""
+    if not token:
+        return []
+    return [cls(token) for cls in (_TokenUnaryUnary, _TokenUnaryStream, _TokenStreamUnary, _TokenStreamStream)]
+
+
 # One message size limit on every hop, both directions, servers and channels alike. gRPC's default lets a
 # channel send any size but a server receive only 4 MiB: one large request then ended the whole multiplexed
 # call it travelled on, and every other stream on it. The gateway caps bodies well below this
@@ -128,8 +216,12 @@ def build_server(
     ``servicers`` holds ``(add_XServicer_to_server, servicer, full_service_name)``.
     Each named service starts NOT_SERVING; call ``set_serving`` once ready.
     """
+    token = service_token()
+    guard = [InternalCallGuard(token)] if token else []
+    if not token:
+        log.warning("%s is not set: %s accepts calls from anyone who can reach its port", SECRET_ENV, service)
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor(service), *interceptors],
+        interceptors=[*guard, ObservabilityInterceptor(service), *interceptors],
         options=[("grpc.so_reuseport", 0), *MESSAGE_LIMITS, *options],
     )
     health_servicer = health.aio.HealthServicer()
@@ -183,10 +275,12 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def insecure_channel(address: str) -> grpc.aio.Channel:
-    """A channel with keepalive so that a dead peer is noticed within seconds."""
+def insecure_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
+    """A channel with keepalive so that a dead peer is noticed within seconds, whose calls carry the
+    deployment's service token (``token``; None: the one derived from ``LLMSVC_INTERNAL_SECRET``)."""
     return grpc.aio.insecure_channel(
         address,
+        interceptors=token_interceptors(service_token() if token is None else token),
         options=[
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),

@@ -1,4 +1,5 @@
-"""Who a call is made for, carried from the gateway to the services behind it in signed call metadata.
+"""Who a call is made for, carried from the gateway to the services behind it in signed call metadata; and
+the token that makes a call an internal one at all.
 
 The gateway learns the caller's identity from auth (``Admit``: key id, owner, scopes) and sends it on every
 call it makes for the request as two metadata entries: the identity and an HMAC-SHA256 of it under the
@@ -28,8 +29,17 @@ log = logging.getLogger(__name__)
 
 IDENTITY_KEY = "x-llmsvc-identity"
 SIGNATURE_KEY = "x-llmsvc-identity-sig"
+SERVICE_TOKEN_KEY = "x-llmsvc-service-token"
 SECRET_ENV = "LLMSVC_INTERNAL_SECRET"
 TTL_S = 3600.0
+
+
+def service_token(secret: str | None = None) -> str:
+    """The token every internal gRPC call carries (``services.common.grpcutil`` adds it to each call on our
+    channels and refuses calls without it): derived from the internal secret, so only the deployment's
+    services hold it. Empty without a secret."""
+    raw = os.environ.get(SECRET_ENV, "") if secret is None else secret
+    return hmac.new(raw.encode(), b"llmsvc internal call v1", hashlib.sha256).hexdigest() if raw else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +87,8 @@ class IdentityCodec:
         doc = {"o": identity.owner, "k": identity.key_id, "a": identity.admin,
                "e": int((now or time.time()) + TTL_S)}
         payload = base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
-        return ((IDENTITY_KEY, payload), (SIGNATURE_KEY, _sign(self._secret, payload.encode())))
+        return ((IDENTITY_KEY, payload), (SIGNATURE_KEY, _sign(self._secret, payload.encode())),
+                (SERVICE_TOKEN_KEY, service_token(self._secret.decode())))
 
     def verify(self, metadata, now: float | None = None) -> Identity:
         """The identity a call's metadata carries; :class:`InvalidIdentity` when it is missing, forged or

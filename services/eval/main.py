@@ -73,7 +73,7 @@ async def serve(settings: EvalSettings) -> None:
 def main() -> None:
     settings = EvalSettings()
     setup_logging("eval", settings.log_level, settings.log_format)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.host)  # beside the service: loopback locally
     asyncio.run(serve(settings))
 
 

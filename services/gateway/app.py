@@ -20,7 +20,9 @@ from .upstream import Upstreams
 def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr, settings.multiplex)
+        app.state.upstreams = Upstreams.connect(settings.router_addr, settings.auth_addr, settings.multiplex,
+                                                journal_dir=settings.usage_journal_dir or None)
+        app.state.upstreams.usage_reports.start()
         app.state.upstreams.extra["eval"] = insecure_channel(settings.eval_addr)
         app.state.upstreams.extra["trainer"] = insecure_channel(settings.trainer_addr)
         yield

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import ServiceSettings
+
+
+def _default_journal() -> Path:
+    return Path(os.environ.get("LLMSVC_HOME", Path.home() / ".llmsvc")) / "gateway-usage"
 
 
 class GatewaySettings(ServiceSettings):
@@ -37,3 +45,6 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest multipart upload (``POST /v1/files``), as OpenAI's 512 MB; refused with 413 from its
     Content-Length before a byte is read, or as soon as a body sent without one passes it."""
+    usage_journal_dir: Path | None = Field(default_factory=_default_journal)
+    """Where each finished request's usage report is written before it is sent to auth, so a killed gateway
+    loses none (the next gateway to start on this folder sends them); empty: no journal."""

@@ -22,6 +22,15 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 BODY_SEND = "llmsvc.body_send"
 
 
+def metric_model(scope, model: str) -> str:
+    """The ``model`` label of a request's metrics: a model the router lists, or ``other`` for any other name
+    (a client can send any string, even without a valid key; each would otherwise become a new series)."""
+    if not model:
+        return ""
+    upstreams = getattr(getattr(scope.get("app"), "state", None), "upstreams", None)
+    return model if upstreams is not None and model in upstreams.known_models else "other"
+
+
 class RequestContextMiddleware:
     def __init__(self, app) -> None:
         self.app = app
@@ -62,7 +71,7 @@ class RequestContextMiddleware:
             if tracked:
                 route = scope.get("route")
                 label = getattr(route, "path", path) if route is not None else "unmatched"
-                model = scope["state"].get("model", "")
+                model = metric_model(scope, scope["state"].get("model", ""))
                 metrics.IN_FLIGHT.labels("gateway").dec()
                 metrics.REQUESTS.labels("gateway", label, model, str(status)).inc()
                 metrics.LATENCY.labels("gateway", label, model).observe(time.perf_counter() - start)

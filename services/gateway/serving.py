@@ -22,7 +22,7 @@ from . import metrics
 from .admission import Admission, admit, report_usage
 from .config import GatewaySettings
 from .errors import APIError
-from .middleware import BODY_SEND
+from .middleware import BODY_SEND, metric_model
 from .openai_format import sse
 from .routing_hints import RoutingHints
 from .upstream import Generation, Upstreams
@@ -111,7 +111,8 @@ class GenerationFlow:
             if isinstance(exc, APIError):
                 exc.headers = {**self.admission.headers, **exc.headers}
             raise
-        metrics.TTFT.labels(self.model).observe(self.generations[0].first_token_at - self.started)
+        ttft = self.generations[0].first_token_at - self.started
+        metrics.TTFT.labels(metric_model(self.request.scope, self.model)).observe(ttft)
         headers = {"x-request-id": self.request_id, **self.admission.headers}
         if self.stream:
             return _SSEResponse(self._sse(), {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -196,11 +197,12 @@ class GenerationFlow:
         prompt = sum(g.usage.prompt_tokens for g in self.generations)
         completion = sum(g.usage.completion_tokens for g in self.generations)
         elapsed = time.perf_counter() - self.started
-        metrics.TOKENS.labels(self.model, "prompt").inc(prompt)
-        metrics.TOKENS.labels(self.model, "completion").inc(completion)
+        label = metric_model(self.request.scope, self.model)
+        metrics.TOKENS.labels(label, "prompt").inc(prompt)
+        metrics.TOKENS.labels(label, "completion").inc(completion)
         first = self.generations[0].first_token_at if self.generations else None
         if first and completion > 1:
-            metrics.ITL.labels(self.model).observe((time.perf_counter() - first) / (completion - 1))
+            metrics.ITL.labels(label).observe((time.perf_counter() - first) / (completion - 1))
         if self.admission is not None:
             report_usage(self.upstreams, self.admission, request_id=self.request_id, model=self.model,
                          prompt_tokens=prompt, completion_tokens=completion, status=status, latency_s=elapsed)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from services.common.pb import inference_pb2 as pb
 from services.common.relay import Inbox, merged
 
 from .errors import APIError, from_grpc
+from .usage_journal import UsageJournal
 from .usage_reports import UsageReporter
 
 _LIMITS_TTL_S = 5.0
@@ -45,15 +47,19 @@ class Upstreams:
     # model id -> context window, refreshed from the router at most every _LIMITS_TTL_S.
     _limits: dict[str, int] = field(default_factory=dict)
     _limits_at: float = -1e9
+    # Every model id the router listed at the last refresh: metric labels take only these.
+    known_models: frozenset[str] = frozenset()
 
     @classmethod
-    def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True) -> Upstreams:
+    def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True,
+                journal_dir: Path | None = None) -> Upstreams:
         rc, ac = insecure_channel(router_addr), insecure_channel(auth_addr)
         raw = rc.unary_stream(_ROUTER_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
                               response_deserializer=None)
         mux = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else None
         auth = auth_pb2_grpc.AuthStub(ac)
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, UsageReporter(auth), generate_raw=raw, mux=mux)
+        reporter = UsageReporter(auth, UsageJournal(journal_dir) if journal_dir else None)
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, generate_raw=raw, mux=mux)
 
     def open_stream(self, request: pb.GenerateRequest, timeout_s: float):
         """Start a generation at the router: a stream of the multiplexed call, or a Generate call of its own."""
@@ -79,6 +85,7 @@ class Upstreams:
             try:
                 resp = await self.router.ListModels(pb.ListModelsRequest(), timeout=2.0, metadata=request_metadata())
                 self._limits = {m.id: m.max_model_len for m in resp.models if m.max_model_len}
+                self.known_models = frozenset(m.id for m in resp.models)
             except grpc.aio.AioRpcError:
                 pass
         return self._limits.get(model)

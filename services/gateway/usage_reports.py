@@ -1,4 +1,5 @@
-"""The gateway's usage reports to auth: in the background, batched, retried."""
+"""The gateway's usage reports to auth: journaled to disk first, then sent in the background, batched,
+retried (see :mod:`.usage_journal` for what survives a killed gateway)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import grpc
 from services.common.grpcutil import request_metadata
 from services.common.pb import auth_pb2 as pb
 from services.common.pb import auth_pb2_grpc
+
+from .usage_journal import UsageJournal
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +31,35 @@ class UsageReporter:
     logged as lost; an auth without ReportUsageBatch (an older replica) gets one ReportUsage per report.
     """
 
-    def __init__(self, auth: auth_pb2_grpc.AuthStub) -> None:
+    def __init__(self, auth: auth_pb2_grpc.AuthStub, journal: UsageJournal | None = None) -> None:
         self._auth = auth
         self._queue: list[pb.ReportUsageRequest] = []
         self._task: asyncio.Task | None = None
         self._batch_rpc = True
+        self._journal = journal
+        self._undelivered = 0  # reports given up on: their journal must not be emptied
+        if journal is not None:
+            for message in journal.adopt():  # a killed gateway's reports, sent again (auth dedupes)
+                self.add(message, running=False)
 
-    def add(self, message: pb.ReportUsageRequest) -> None:
+    def add(self, message: pb.ReportUsageRequest, running: bool = True) -> None:
+        if self._journal is not None:
+            self._journal.append(message)  # on disk before anything can lose it
         self._queue.append(message)
-        if self._task is None or self._task.done():
+        if running and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    def start(self) -> None:
+        """Send what :meth:`add` queued before the event loop ran (adopted reports)."""
+        if self._queue and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
             await self._send(batch)
+        if self._journal is not None and not self._undelivered:
+            self._journal.all_delivered()  # nothing queued or in flight: all in the file reached auth
 
     async def _send(self, batch: list[pb.ReportUsageRequest]) -> None:
         for delay in (*_REPORT_BACKOFF_S, None):
@@ -51,9 +68,13 @@ class UsageReporter:
                 return
             except grpc.aio.AioRpcError as exc:
                 if delay is None or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    log.error("usage report failed (%s): %d requests' usage lost (%d tokens): %s", exc.code().name,
-                              len(batch), sum(m.prompt_tokens + m.completion_tokens for m in batch),
-                              ", ".join(m.request_id for m in batch[:5]) + (" …" if len(batch) > 5 else ""))
+                    kept = (f"; kept in {self._journal.path} for the next start" if self._journal is not None
+                            and exc.code() != grpc.StatusCode.INVALID_ARGUMENT else "")
+                    if kept:
+                        self._undelivered += len(batch)
+                    log.error("usage report failed (%s): %d requests' usage not delivered (%d tokens)%s: %s",
+                              exc.code().name, len(batch), sum(m.prompt_tokens + m.completion_tokens for m in batch),
+                              kept, ", ".join(m.request_id for m in batch[:5]) + (" …" if len(batch) > 5 else ""))
                     return
                 log.warning("usage report of %d requests failed (%s); retrying in %.1fs", len(batch),
                             exc.code().name, delay)
@@ -75,6 +96,10 @@ class UsageReporter:
                                for m in batch))
 
     async def drain(self, timeout_s: float = 10.0) -> None:
-        """At shutdown: give queued reports time to land before the channel closes."""
+        """At shutdown: give queued reports time to land before the channel closes; the journal is removed
+        only when they all did (else the next gateway to start sends them)."""
         if self._task is not None and not self._task.done():
             await asyncio.wait([self._task], timeout=timeout_s)
+        if self._journal is not None:
+            done = (self._task is None or self._task.done()) and not self._queue and not self._undelivered
+            self._journal.close(delivered=done)

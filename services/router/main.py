@@ -87,7 +87,7 @@ async def serve(settings: RouterSettings) -> None:
 def main() -> None:
     settings = RouterSettings()
     setup_logging("router", settings.log_level, settings.log_format)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.host)  # beside the service: loopback locally
     run_service(serve(settings))
 
 

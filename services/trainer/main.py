@@ -29,7 +29,7 @@ async def serve(settings: TrainerSettings) -> None:
 def main() -> None:
     settings = TrainerSettings()
     setup_logging("trainer", settings.log_level, settings.log_format)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.host)  # beside the service: loopback locally
     asyncio.run(serve(settings))
 
 

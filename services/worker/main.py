@@ -51,7 +51,7 @@ async def serve(settings: WorkerSettings) -> None:
 def main() -> None:
     settings = WorkerSettings()
     setup_logging("worker", settings.log_level, settings.log_format)
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.host)  # beside the service: loopback locally
     run_service(serve(settings))
 
 

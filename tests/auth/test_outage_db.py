@@ -95,7 +95,8 @@ async def test_spooled_usage_survives_a_restart_and_replays_exactly_once(tmp_pat
     proxy = await TcpProxy("127.0.0.1", PG_PORT).start()
     replica = {"replica_id": "restart-me", "spool_dir": tmp_path / "spool", "db_timeout_s": 1.5}
     try:
-        async with auth_server(tmp_path, auth_db, admin_secret) as direct:
+        # Its own spool folder: a live replica on the same one would adopt restart-me's spool (next test).
+        async with auth_server(tmp_path, auth_db, admin_secret, spool_dir=tmp_path / "direct-spool") as direct:
             key = await create_key(direct.admin, direct.admin_md, name="db-restart")
             async with auth_server(tmp_path, via(proxy, auth_db), admin_secret, **replica) as a:
                 admitted = [await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=5))
@@ -117,5 +118,40 @@ async def test_spooled_usage_survives_a_restart_and_replays_exactly_once(tmp_pat
             assert REGISTRY.get_sample_value("llmsvc_auth_usage_records_total",
                                              {"outcome": "duplicate"}) - duplicates == 10
             assert await usage_of(direct.runtime.store, key.key.id) == (10, 10, 10 * 2 + sum(range(10)))
+    finally:
+        await proxy.close()
+
+
+async def test_a_gone_replicas_spool_is_adopted_by_a_live_one_on_the_shared_volume(tmp_path, auth_db, admin_secret):
+    """The chart keeps the spool on a volume the replicas share. A replica that spooled records and never
+    came back (a Deployment's pods get new names) leaves its files unlocked; a live replica adopts them as
+    soon as the database answers, writes each record once, and removes them. A live replica's spool is left
+    to its owner."""
+    proxy = await TcpProxy("127.0.0.1", PG_PORT).start()
+    shared = tmp_path / "shared-spool"
+    try:
+        async with auth_server(tmp_path, auth_db, admin_secret, spool_dir=tmp_path / "direct-spool") as direct:
+            key = await create_key(direct.admin, direct.admin_md, name="adopt")
+            async with auth_server(tmp_path, via(proxy, auth_db), admin_secret, replica_id="gone",
+                                   spool_dir=shared, db_timeout_s=1.5) as gone:
+                admitted = [await gone.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=5))
+                            for _ in range(6)]
+                proxy.block()
+                outcomes = [(await gone.auth.ReportUsage(pb.ReportUsageRequest(
+                    reservation_id=r.reservation_id, request_id=f"a{i}", key_id=r.key_id, model="m",
+                    prompt_tokens=1, completion_tokens=i, status="ok"))).outcome for i, r in enumerate(admitted)]
+                assert set(outcomes) == {"spooled"}
+                async with auth_server(tmp_path, auth_db, admin_secret, replica_id="heir", spool_dir=shared) as heir:
+                    assert heir.runtime.gate.recorder.orphans() == ["gone"]
+                    assert await heir.runtime.gate.recorder.adopt_orphans() == 0  # alive: its lock is held
+                    assert (shared / "usage-gone.jsonl").exists()
+            # gone has exited for good, its records only on the shared volume
+            async with auth_server(tmp_path, auth_db, admin_secret, replica_id="heir", spool_dir=shared):
+                await wait_for_rows(direct.runtime.store, key.key.id, 6)
+                deadline = asyncio.get_running_loop().time() + 30
+                while (shared / "usage-gone.jsonl").exists():
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
+            assert await usage_of(direct.runtime.store, key.key.id) == (6, 6, 6 + sum(range(6)))
     finally:
         await proxy.close()

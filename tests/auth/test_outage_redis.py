@@ -102,3 +102,48 @@ async def test_fail_open_still_limits_per_replica(tmp_path, auth_db, admin_secre
             assert all(r.reservation_id.startswith("m.") for r in got[:5])
     finally:
         await proxy.close()
+
+
+async def test_settlements_missed_during_an_outage_free_the_slots_when_redis_returns(tmp_path, auth_db,
+                                                                                    admin_secret, redis_prefix):
+    """A key with max_concurrent=2 holds both slots when Redis goes away; its two requests end during the
+    outage, so their settlements cannot reach Redis. Before, those slots stayed taken until the 15-minute
+    lease ran out. Now the settlements wait in auth and are replayed when Redis answers: the key's first two
+    admissions after the outage both succeed, and a third is refused by the concurrency limit."""
+    target = urlsplit(REDIS_URL)
+    proxy = await TcpProxy(target.hostname, target.port).start()
+    url = f"redis://127.0.0.1:{proxy.port}{target.path}"
+    try:
+        async with auth_server(tmp_path, auth_db, admin_secret, redis_url=url, redis_prefix=redis_prefix,
+                               redis_failure_policy="closed", redis_timeout_s=1.0, redis_retry_s=0.2) as a:
+            key = await create_key(a.admin, a.admin_md, name="settle-replay", rpm=10**6, tpm=10**9,
+                                   max_concurrent=2)
+            held = [await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=10)) for _ in range(2)]
+            assert [h.decision for h in held] == [pb.DECISION_ALLOWED] * 2
+            third = await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=10))
+            assert third.code == "concurrency_limit"
+            proxy.block()
+            for i, h in enumerate(held):  # the requests end while Redis is unreachable
+                await a.auth.ReportUsage(pb.ReportUsageRequest(reservation_id=h.reservation_id, request_id=f"s{i}",
+                                                               key_id=h.key_id, model="m", prompt_tokens=1,
+                                                               completion_tokens=1, status="ok"))
+            assert len(a.runtime.gate.limiter.pending) == 2
+            assert REGISTRY.get_sample_value("llmsvc_auth_settles_pending") == 2
+            proxy.unblock()
+            after = []
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(after) < 2:  # the first tries may still meet the outage policy (503), never the limit
+                r = await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=10))
+                assert r.code != "concurrency_limit", "a missed settlement still holds a slot"
+                if r.decision == pb.DECISION_ALLOWED:
+                    after.append(r)
+                else:
+                    assert r.decision == pb.DECISION_UNAVAILABLE
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
+            assert (await a.auth.Admit(pb.AdmitRequest(api_key=key.secret, reserve_tokens=10))).code \
+                == "concurrency_limit"
+            assert not a.runtime.gate.limiter.pending
+            assert REGISTRY.get_sample_value("llmsvc_auth_settles_pending") == 0
+    finally:
+        await proxy.close()

@@ -85,9 +85,10 @@ def test_the_check_catches_a_misspelt_variable():
     assert "LLMSVC_TRAINER_DATABASE_URL" in _names(TrainerSettings)
 
 
-def test_only_the_gateway_trainer_and_eval_hold_the_internal_secret():
-    """The gateway signs identities with it and the trainer and eval services check them: no other pod (a
-    worker, a training or eval job) gets it, so none can claim to be a user."""
+def test_only_the_service_pods_hold_the_internal_secret():
+    """Internal calls carry a token derived from it and the gateway signs identities with it: every service
+    pod gets it, and no job pod (migrations, helm test, training or eval jobs), so none of those can call
+    a service or claim to be a user."""
     import base64
 
     docs = manifests(EVERYTHING | {"trainer": {"enabled": True}, "modelStore": {"type": "pvc"}})
@@ -101,6 +102,25 @@ def test_only_the_gateway_trainer_and_eval_hold_the_internal_secret():
             if refs:
                 assert refs == [secrets[0]["metadata"]["name"]]
                 holders.add(component(d))
-    assert holders == {"gateway", "trainer", "eval"}
+    assert holders == {"gateway", "auth", "router", "worker", "trainer", "eval"}
     mentioned = [d["kind"] for d in docs if "LLMSVC_INTERNAL_SECRET" in str(d) and d["kind"] != "Deployment"]
     assert mentioned == []  # no Job template or ConfigMap carries it
+
+
+def test_the_auth_spool_lives_on_a_volume_the_replicas_share():
+    """Usage spooled during a database outage outlives its pod: every auth replica mounts one ReadWriteMany
+    claim at the spool folder (a live replica adopts a gone one's files, services/auth/usage.py)."""
+    docs = manifests({})
+    auth = next(d for d in by_kind(docs, "Deployment") if component(d) == "auth")
+    spec = auth["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "spool")
+    claim = next(c for c in by_kind(docs, "PersistentVolumeClaim")
+                 if c["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and auth["spec"]["replicas"] >= 2
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "spool")
+    assert env["LLMSVC_AUTH_SPOOL_DIR"] == mount["mountPath"]
+    off = manifests({"auth": {"spool": {"persistence": {"enabled": False}}}})
+    auth_off = next(d for d in by_kind(off, "Deployment") if component(d) == "auth")
+    assert "emptyDir" in next(v for v in auth_off["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool")
+    assert not [c for c in by_kind(off, "PersistentVolumeClaim") if "spool" in c["metadata"]["name"]]

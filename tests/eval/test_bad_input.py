@@ -6,7 +6,6 @@ import time
 
 import grpc
 
-from services.common.grpcutil import insecure_channel
 from services.common.pb import inference_pb2 as ipb
 from services.common.pb import inference_pb2_grpc, router_pb2, router_pb2_grpc
 
@@ -55,12 +54,12 @@ def _drain(eval_stack, version: str) -> None:
     import asyncio
 
     async def drain():
-        router = insecure_channel(f"{eval_stack.cfg.host}:{eval_stack.cfg.router_port}")
+        router = eval_stack.channel(eval_stack.cfg.router_port)
         workers = (await router_pb2_grpc.RouterStub(router).ListWorkers(router_pb2.ListWorkersRequest())).workers
         await router.close()
         for w in workers:
             if w.healthy and w.load.models and w.load.models[0] == version:
-                ch = insecure_channel(w.address)
+                ch = eval_stack.channel(w.address)
                 try:
                     await inference_pb2_grpc.InferenceStub(ch).Drain(ipb.DrainRequest(), timeout=10)
                 except grpc.aio.AioRpcError:

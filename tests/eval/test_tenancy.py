@@ -9,7 +9,6 @@ import grpc
 import httpx
 import pytest
 
-from services.common.grpcutil import insecure_channel
 from services.common.identity import Identity, IdentityCodec
 from services.common.pb import eval_pb2 as pb
 from services.common.pb import eval_pb2_grpc
@@ -51,7 +50,7 @@ def test_another_owners_eval_run_is_404_and_runs_on(tenants, gw, lifecycle):
 
 async def test_the_eval_service_refuses_calls_without_a_valid_internal_identity(eval_stack, lifecycle):
     stack = eval_stack
-    channel = insecure_channel(f"{stack.cfg.host}:{stack.cfg.eval_port}")
+    channel = stack.channel(stack.cfg.eval_port)
     stub = eval_pb2_grpc.EvalStub(channel)
     try:
         forged = IdentityCodec("not-the-deployment-secret").metadata(Identity(owner="x", admin=True))

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
-
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc
 
 
 def _worker_load(stack) -> pb.Load:
     async def get() -> pb.Load:
-        async with grpc.aio.insecure_channel(f"{stack.cfg.host}:{stack.cfg.worker_ports[0]}") as ch:
+        async with stack.channel(stack.cfg.worker_ports[0]) as ch:
             return await inference_pb2_grpc.InferenceStub(ch).GetLoad(pb.GetLoadRequest(), timeout=5)
 
     return asyncio.run(get())

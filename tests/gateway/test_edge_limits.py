@@ -127,3 +127,23 @@ async def test_four_streams_finish_while_another_key_sends_a_6_mib_prompt(stack,
     for r in results:
         assert r.status == 200 and r.done and r.error is None, r
         assert r.finish_reason == "length" and r.tokens > 0  # ran to max_tokens, unbroken
+
+
+def test_unknown_model_names_share_one_metric_label(stack, api_key, model_name):
+    """A client can send any string as ``model``, with or without a valid key; each would become a new
+    series in every gateway metric. Names the router does not list count as ``other``."""
+    import uuid
+
+    names = [f"no-such-model-{uuid.uuid4().hex}" for _ in range(10)]
+    for i, name in enumerate(names):
+        headers = {"Authorization": f"Bearer {api_key}"} if i % 2 else {}
+        r = httpx.post(f"{stack.cfg.base_url}/chat/completions", headers=headers, timeout=30,
+                       json={"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert r.status_code in (401, 404), r.text
+    ok = httpx.post(f"{stack.cfg.base_url}/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                    json={"model": model_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                    timeout=60)
+    assert ok.status_code == 200, ok.text
+    text = httpx.get(f"http://{stack.cfg.host}:{stack.cfg.gateway_port}/metrics", timeout=10).text
+    assert not [line for line in text.splitlines() if any(name in line for name in names)]
+    assert 'model="other"' in text and f'model="{model_name}"' in text

@@ -97,7 +97,7 @@ async def router_workers(stack) -> list:
     """The router's view of its workers (ListWorkers over gRPC)."""
     from services.common.pb import router_pb2
 
-    channel = insecure_channel(f"{stack.cfg.host}:{stack.cfg.router_port}")
+    channel = stack.channel(stack.cfg.router_port)
     try:
         resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
         return list(resp.workers)

@@ -18,7 +18,6 @@ import pytest
 
 from services.cli.stack import Stack, StackConfig
 from services.common.db.migrate import upgrade
-from services.common.grpcutil import insecure_channel
 from services.common.identity import Identity, IdentityCodec
 from services.common.pb import trainer_pb2 as pb
 from services.common.pb import trainer_pb2_grpc
@@ -124,7 +123,7 @@ def test_another_owners_job_is_404_on_every_route_and_keeps_running(clients, ten
 async def test_the_trainer_refuses_calls_without_a_valid_internal_identity(tenancy_stack):
     stack = tenancy_stack
     secret = stack.internal_secret()
-    channel = insecure_channel(f"{stack.cfg.host}:{stack.cfg.trainer_port}")
+    channel = stack.channel(stack.cfg.trainer_port)
     stub = trainer_pb2_grpc.TrainerStub(channel)
     try:
         forged = IdentityCodec("not-the-deployment-secret").metadata(Identity(owner="team-a", admin=True))

@@ -66,6 +66,7 @@ spec:
               value: {{ $v.port | quote }}
             - name: {{ $prefix }}_GRACE_S
               value: {{ $v.drainSeconds | quote }}
+            {{- include "llmsvc.internalSecretEnv" $root | nindent 12 }}
             {{- include "llmsvc.commonEnv" (dict "root" $root "prefix" $prefix "metrics" true) | nindent 12 }}
             {{- with .env }}
             {{- . | nindent 12 }}
