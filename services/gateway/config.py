@@ -42,6 +42,9 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body (JSON) the gateway reads; a larger one is refused with 413 before it is parsed or
     its key is checked. It stays well under the gRPC message limit of every hop behind the gateway."""
+    body_idle_timeout_s: float = 20.0
+    """A request body that sends nothing for this long is cut off with 408 (a slow client, or one holding
+    connections open on purpose, cannot tie the gateway up)."""
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest multipart upload (``POST /v1/files``), as OpenAI's 512 MB; refused with 413 from its
     Content-Length before a byte is read, or as soon as a body sent without one passes it."""

@@ -60,7 +60,9 @@ def from_grpc(exc: grpc.aio.AioRpcError, model: str | None = None) -> APIError:
 
 
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    # pydantic puts the union member it tried in the location ("constrained-str", "list[str]",
+    # "function-after[...]"); no OpenAI field is named like that.
+    parts = [str(p) for p in loc if p != "body" and not any(c in str(p) for c in "-[(")]
     if not parts:
         return None
     out = parts[0]
@@ -88,9 +90,14 @@ def install_handlers(app: FastAPI) -> None:
         return APIError(400, f"Invalid request: {msg}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: "Unknown route.", 405: "Method not allowed."}.get(exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message, type=_TYPES.get(exc.status_code, "invalid_request_error")).response()
+        param = None
+        if exc.status_code == 400 and request.headers.get("content-type", "").startswith("multipart/"):
+            # FastAPI's answer to a multipart body its parser refused (bad framing, oversized part headers)
+            message, param = f"Could not read the multipart upload ({exc.detail}).", "file"
+        return APIError(exc.status_code, message, param=param,
+                        type=_TYPES.get(exc.status_code, "invalid_request_error")).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

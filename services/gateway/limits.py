@@ -1,5 +1,5 @@
 """Limits at the edge: a request body larger than the gateway accepts is refused with 413 before it is
-parsed, buffered or its key checked.
+parsed, buffered or its key checked; one that stops arriving is cut off with 408.
 
 Pure ASGI, as the other middleware. A declared ``Content-Length`` over the limit is answered at once
 without reading the body; a body sent without one (chunked) is counted as it arrives, and the moment it
@@ -9,6 +9,7 @@ so nothing past the limit is ever held.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 UPLOAD_PATHS = ("/v1/files",)
@@ -21,11 +22,18 @@ def _error(limit: int) -> bytes:
         "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
 
 
+def _timeout_error(seconds: float) -> bytes:
+    return json.dumps({"error": {
+        "message": f"The request body stopped arriving: nothing came for {seconds:g} seconds.",
+        "type": "invalid_request_error", "param": None, "code": "request_timeout"}}).encode()
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app, max_body_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(self, app, max_body_bytes: int, max_upload_bytes: int, idle_timeout_s: float = 20.0) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
+        self.idle_timeout_s = idle_timeout_s
 
     def limit_for(self, scope) -> int:
         return self.max_upload if scope.get("path", "") in UPLOAD_PATHS else self.max_body
@@ -48,13 +56,24 @@ class BodyLimitMiddleware:
         seen = 0
         refused = False
         started = False
+        body_done = False
 
         async def counting_receive():
-            nonlocal seen, refused
+            nonlocal seen, refused, body_done
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:  # past the body, receive() waits for the client to go: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                refused = True
+                if not started:
+                    await self._answer(send, 408, _timeout_error(self.idle_timeout_s))
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     refused = True
@@ -78,10 +97,13 @@ class BodyLimitMiddleware:
                 raise
             # the application failed on the disconnect it was handed; the client has its answer
 
+    @classmethod
+    async def _refuse(cls, send, limit: int) -> None:
+        await cls._answer(send, 413, _error(limit))
+
     @staticmethod
-    async def _refuse(send, limit: int) -> None:
-        body = _error(limit)
-        await send({"type": "http.response.start", "status": 413,
+    async def _answer(send, status: int, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = 16
+# Prompts in one /v1/completions request, and generations it may start (prompts × n): each is a stream on
+# the worker, and a request must not be able to fill a worker's batch by itself.
+MAX_PROMPTS = 256
+MAX_CHOICES = 256
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
 
@@ -94,8 +98,8 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_leng
 
 
 class CompletionRequest(_SamplingBody):
-    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | TokenIds
-             | Annotated[list[TokenIds], Field(min_length=1)])
+    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+             | TokenIds | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
     # 0 is allowed with echo, to score the prompt only (lm-evaluation-harness does this).
     max_tokens: Annotated[int, Field(ge=0, lt=2**31)] | None = 16
     echo: bool = False
@@ -104,6 +108,16 @@ class CompletionRequest(_SamplingBody):
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_choices(cls, prompt, info):
+        count = 1 if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else len(prompt)
+        n = info.data.get("n", 1)
+        if count * n > MAX_CHOICES:
+            raise ValueError(f"{count} prompts × n={n} would start {count * n} generations; at most {MAX_CHOICES} "
+                             "per request: send fewer prompts or a smaller n")
+        return prompt
 
     def prompts(self) -> list[str | list[int]]:
         """The batch of prompts: one string, several strings, one id list or several id lists."""

@@ -16,10 +16,12 @@ from fastapi.responses import StreamingResponse
 from services.common.pb import trainer_pb2 as pb
 
 from ..deps import SettingsDep, TrainCaller, UpstreamsDep
+from ..errors import APIError
 from .fine_tuning import call, page, trainer_error, trainer_stub
 
 router = APIRouter(prefix="/v1", tags=["files"])
 CHUNK = 256 * 1024
+MAX_FILENAME = 255
 
 
 def file_obj(f: pb.TrainingFile) -> dict:
@@ -31,6 +33,9 @@ def file_obj(f: pb.TrainingFile) -> dict:
 @router.post("/files")
 async def upload_file(caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep,
                       file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
+    if len(file.filename or "") > MAX_FILENAME:
+        raise APIError(400, f"The file name is {len(file.filename)} characters long; at most {MAX_FILENAME}.",
+                       param="file")
 
     async def chunks():
         yield pb.UploadFileChunk(header=pb.UploadFileHeader(filename=file.filename or "upload.jsonl",

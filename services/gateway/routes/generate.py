@@ -29,15 +29,18 @@ def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
     return p
 
 
-async def _reserve(upstreams, model: str, prompt_bytes: int, max_tokens: int | None, n: int, settings) -> int:
-    # Byte-level BPE never yields more tokens than bytes, so bytes bound the prompt from above;
-    # the reservation is reconciled to the real counts when the request ends. Nothing can exceed the
-    # model's context window, so neither does the reservation: a max_tokens past it is the worker's 400
-    # to give, not a rate-limit refusal.
+async def _reserve(upstreams, model: str, prompt_bytes: list[int], max_tokens: int | None, n: int,
+                   settings) -> int:
+    """Tokens to reserve at admission: every prompt's, and n completions for each prompt.
+
+    Byte-level BPE never yields more tokens than bytes, so bytes bound a prompt from above; the reservation
+    is reconciled to the real counts when the request ends. No prompt or completion can exceed the model's
+    context window, so neither does its share of the reservation (a max_tokens past it is the worker's 400
+    to give, not a rate-limit refusal), but each prompt of a batch is bounded on its own."""
     completion = max_tokens or settings.default_reserve_tokens
     if window := await upstreams.context_window(model):
-        prompt_bytes, completion = min(prompt_bytes, window), min(completion, window)
-    return prompt_bytes + n * completion
+        prompt_bytes, completion = [min(b, window) for b in prompt_bytes], min(completion, window)
+    return sum(prompt_bytes) + len(prompt_bytes) * n * completion
 
 
 @router.post("/chat/completions")
@@ -56,7 +59,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=True)
-    reserve = await _reserve(upstreams, body.model, prompt_bytes, body.token_limit, body.n, settings)
+    reserve = await _reserve(upstreams, body.model, [prompt_bytes], body.token_limit, body.n, settings)
     return await flow.run([gen], reserve)
 
 
@@ -69,19 +72,19 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
         params.logprobs = body.logprobs
         if body.echo:
             params.prompt_logprobs = body.logprobs
-    gens, prompt_bytes = [], 0
+    gens, prompt_bytes = [], []
     for i, prompt in enumerate(body.prompts()):
         g = pb.GenerateRequest(request_id=f"{request.state.request_id}-{i}" if i else request.state.request_id,
                                model=body.model, params=params, user=body.user or "", return_prompt=body.echo)
         if isinstance(prompt, str):
             g.prompt = prompt
-            prompt_bytes += len(prompt.encode())
+            prompt_bytes.append(len(prompt.encode()))
         else:
             g.prompt_token_ids.ids.extend(prompt)
-            prompt_bytes += len(prompt)
+            prompt_bytes.append(len(prompt))
         gens.append(g)
     fmt = CompletionFormatter(body.model, body.include_usage, body.logprobs is not None, body.echo, prompt_only)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=False)
-    reserve = await _reserve(upstreams, body.model, prompt_bytes, body.max_tokens, body.n * len(gens), settings)
+    reserve = await _reserve(upstreams, body.model, prompt_bytes, body.max_tokens, body.n, settings)
     return await flow.run(gens, reserve)
