@@ -12,9 +12,9 @@ Bounds (the revocation guarantee):
   After a failure the database is retried at most every ``retry_s``, so an
   outage does not add the database timeout to every request.
 
-Unknown prefixes are cached too (as ``None``), so a client that keeps sending a
-wrong key costs one query per ``ttl_s``, not one per request; the cache is an
-LRU of at most ``max_entries``.
+Unknown prefixes are cached too, so a client that keeps sending a wrong key costs one query per
+``ttl_s``, not one per request. They live in a small LRU of their own (``max_unknown``): a flood of random
+keys evicts other random keys, never the records of real ones (an LRU of at most ``max_entries``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class _Entry:
 
 class KeyCache:
     def __init__(self, store: Store, *, ttl_s: float = 5.0, stale_s: float = 3600.0, max_entries: int = 100_000,
-                 retry_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_unknown: int = 10_000, retry_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.retry_s = retry_s
         """After a database failure, look-ups skip the database (cache or refuse) for this long."""
@@ -47,7 +48,10 @@ class KeyCache:
         self.stale_s = stale_s
         self.max_entries = max_entries
         self.clock = clock
+        self.max_unknown = max_unknown
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        """Prefixes no key has → until when that answer is fresh."""
         self._inflight: dict[str, asyncio.Future] = {}
         self._generation = 0
         """Bumped by every invalidation, so a read that raced with one is not cached."""
@@ -55,6 +59,11 @@ class KeyCache:
     async def lookup(self, prefix: str) -> KeyRecord | None:
         """The record for ``prefix`` or None if no such key; raises StoreUnavailable if that cannot be known."""
         now = self.clock()
+        unknown_until = self._unknown.get(prefix)
+        if unknown_until is not None and now < unknown_until:
+            self._unknown.move_to_end(prefix)
+            metrics.KEY_CACHE.labels("hit").inc()
+            return None
         entry = self._entries.get(prefix)
         if entry is not None and now < entry.fresh_until:
             self._entries.move_to_end(prefix)
@@ -88,6 +97,14 @@ class KeyCache:
         return await asyncio.shield(fut)
 
     def _put(self, prefix: str, record: KeyRecord | None, now: float) -> None:
+        if record is None:
+            self._entries.pop(prefix, None)
+            self._unknown[prefix] = now + self.ttl_s
+            self._unknown.move_to_end(prefix)
+            while len(self._unknown) > self.max_unknown:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(prefix, None)
         self._entries[prefix] = _Entry(record, now, now + self.ttl_s)
         self._entries.move_to_end(prefix)
         while len(self._entries) > self.max_entries:
@@ -97,6 +114,7 @@ class KeyCache:
         """Forget one key entirely (revoked): not even an outage may serve it from cache now."""
         self._generation += 1
         self._entries.pop(prefix, None)
+        self._unknown.pop(prefix, None)
 
     def expire_all(self) -> None:
         """Make every entry re-read on next use, keeping them for outage serving.
@@ -106,3 +124,4 @@ class KeyCache:
         self._generation += 1
         for entry in self._entries.values():
             entry.fresh_until = 0.0
+        self._unknown.clear()

@@ -61,6 +61,9 @@ class AuthSettings(ServiceSettings):
     """A cached key is re-read after this long: the bound on revocation and expiry changes without Redis."""
     key_cache_stale_s: float = Field(3600.0, ge=0)
     """While the database is down, keys verified within this long keep working."""
+    key_cache_max_unknown: int = Field(10_000, ge=1)
+    """Unknown key prefixes remembered (for ``key_cache_ttl_s``), apart from the real keys' records: a flood of
+    random keys costs one query each per TTL and never evicts a real key from the cache."""
 
     spool_dir: Path = Field(default_factory=_default_spool)
     """Where usage records wait while the database is down (one append-only file per replica)."""

@@ -63,7 +63,7 @@ class AuthRuntime:
             log.warning("no LLMSVC_REDIS_URL: limits are enforced in this process only, exact with ONE auth replica")
         limiter = GuardedLimiter(shared, MemoryLimiter(window), settings.redis_failure_policy, settings.redis_retry_s)
         cache = KeyCache(store, ttl_s=settings.key_cache_ttl_s, stale_s=settings.key_cache_stale_s,
-                         retry_s=settings.db_retry_s)
+                         max_unknown=settings.key_cache_max_unknown, retry_s=settings.db_retry_s)
         recorder = UsageRecorder(store, settings.spool_dir, settings.replica, retry_s=settings.db_retry_s)
         invalidation = Invalidation(cache, _pubsub_client(settings), settings.redis_prefix + "revoked")
         rt = cls(settings, store, Gate(cache, limiter, recorder), invalidation, client)

@@ -79,3 +79,29 @@ async def test_bootstrap_key_is_upserted_and_a_new_secret_replaces_the_old(tmp_p
         assert await decision(b, admin_secret) == pb.DECISION_UNAUTHENTICATED
     async with auth_server(tmp_path / "c", auth_db, admin_secret) as c:  # and back, for the other tests
         assert await decision(c, admin_secret) == pb.DECISION_ALLOWED
+
+
+async def test_a_flood_of_unknown_keys_never_evicts_a_real_one(tmp_path, auth_db, admin_secret):
+    """Unknown key prefixes are remembered apart (``key_cache_max_unknown``): 300 random keys against a limit
+    of 50 evict each other, and the real key admitted before them is still answered from the cache (no
+    database read); each wrong key is refused as before, and a repeated one is a cache hit."""
+    import secrets
+
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("llmsvc_auth_key_cache_total", {"outcome": outcome}) or 0.0
+
+    async with auth_server(tmp_path, auth_db, admin_secret, key_cache_ttl_s=3600, key_cache_max_unknown=50) as a:
+        key = await create_key(a.admin, a.admin_md, name="real")
+        assert (await a.auth.Admit(pb.AdmitRequest(api_key=key.secret))).decision == pb.DECISION_ALLOWED
+        wrong = [f"sk-{secrets.token_urlsafe(32)}" for _ in range(300)]
+        for w in wrong:
+            assert (await a.auth.Admit(pb.AdmitRequest(api_key=w))).decision == pb.DECISION_UNAUTHENTICATED
+        cache = a.runtime.gate.cache
+        assert len(cache._unknown) == 50 and len(cache._entries) >= 1
+        hits, misses = count("hit"), count("miss")
+        assert (await a.auth.Admit(pb.AdmitRequest(api_key=key.secret))).decision == pb.DECISION_ALLOWED
+        assert (count("hit"), count("miss")) == (hits + 1, misses)
+        assert (await a.auth.Admit(pb.AdmitRequest(api_key=wrong[-1]))).decision == pb.DECISION_UNAUTHENTICATED
+        assert (count("hit"), count("miss")) == (hits + 2, misses)
