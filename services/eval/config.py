@@ -38,6 +38,9 @@ class EvalSettings(ServiceSettings):
     """Extra folders suites may read datasets from, besides the built-in ``services/eval/data``."""
     concurrency: int = 4
     """Requests one run keeps in flight; results do not depend on it at temperature 0."""
+    max_active_runs_per_owner: int = 4
+    """Eval runs one owner (team) may have queued or running; one more is a 429 ``too_many_active_runs``.
+    Admin keys are not bound by it."""
     request_timeout_s: float = 120.0
     """Deadline of one scoring or generation request."""
     serve_timeout_s: float = 300.0

@@ -65,6 +65,12 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
 
     async def CreateRun(self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext) -> pb.EvalRun:
         who = await self.identity.caller(context)
+        most = self.runs.settings.max_active_runs_per_owner
+        if not who.admin and (active := await self.runs.store.active_count(who.owner)) >= most:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"Your organization has {active} eval runs queued or running; at most {most} at "
+                                "once. Wait for one to finish or cancel one.",
+                                trailing_metadata=(("error-code", "too_many_active_runs"),))
         try:
             params = json.loads(request.params_json) if request.params_json else {}
             if not isinstance(params, dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.base import utcnow
@@ -52,6 +52,13 @@ class RunStore:
             stmt = stmt.where(EvalRun.suite == suite)
         async with self.sessions() as s:
             return list(await s.scalars(stmt))
+
+    async def active_count(self, owner: str) -> int:
+        """Runs of ``owner`` not yet ended."""
+        stmt = select(func.count()).select_from(EvalRun).where(EvalRun.owner == owner,
+                                                               EvalRun.status.in_(("queued", "running")))
+        async with self.sessions() as s:
+            return int(await s.scalar(stmt) or 0)
 
     async def latest_succeeded(self, model_version: str, suite: str, params_hash: str) -> EvalRun | None:
         stmt = (select(EvalRun).where(EvalRun.model_version == model_version, EvalRun.suite == suite,

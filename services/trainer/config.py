@@ -68,6 +68,18 @@ class TrainerSettings(ServiceSettings):
     """Where jobs run: a local process (embedded mode) or a Kubernetes Job."""
     max_concurrent_jobs: int = 1
     """Jobs running at once; the rest wait as ``queued``."""
+    max_active_jobs_per_owner: int = 4
+    """Jobs one owner (team) may have not yet ended (validating, queued or running); one more is a 429
+    ``too_many_active_jobs``. Admin keys are not bound by it."""
+    max_steps: int = 1_000_000
+    """Optimizer steps one job may ask for (or its epochs come to); more is a 400 naming ``hyperparameters``."""
+    max_nodes: int = 16
+    """Pods one Kubernetes job may ask for (``resources.nodes``)."""
+    max_nproc_per_node: int = 8
+    """Processes per pod one job may ask for (``resources.nproc_per_node``)."""
+    max_job_hours: float = 72.0
+    """A job still running this long after it started is stopped (after a checkpoint) and fails with
+    ``deadline_exceeded``."""
     python: str = Field(default_factory=lambda: __import__("sys").executable)
     """Interpreter for local jobs (the one with the ``trainer`` package)."""
     trainer_module: str = "trainer.run"

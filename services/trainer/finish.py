@@ -40,7 +40,12 @@ class Finisher:
         succeeded = state.phase == "succeeded" or (state.phase == "gone" and job.trainer_status == "succeeded")
         # Stopped by us (service shutdown) rather than by the user: the trainer checkpointed; run it again.
         stopped_by_us = suspended or (state.phase == "gone" and job.trainer_status == "cancelled")
-        if job.cancel_requested:
+        if job.cancel_requested and (job.extra or {}).get("deadline_exceeded"):
+            remove_tree(paths.output)
+            error = {"code": "deadline_exceeded", "param": None,
+                     "message": "The job ran past the longest a job may run and was stopped."}
+            await repo.set_status(session, job, "failed", error["message"], level="error", error=error)
+        elif job.cancel_requested:
             remove_tree(paths.output)
             await repo.set_status(session, job, "cancelled", "Fine-tuning job cancelled")
         elif succeeded:

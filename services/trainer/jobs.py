@@ -13,9 +13,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.db.job_tables import Job, TrainingFile
+from services.common.db.job_tables import TERMINAL_STATUSES, Job, TrainingFile
 
 from . import memory, repo
 from .datafile import InvalidFile, check_recipe_format
@@ -23,11 +24,22 @@ from .spec import SpecError, check_extra, choose_recipe, resolve_hyperparameters
 from .store import NAME_RE, ModelStore
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """Fair use: what one owner's jobs may ask for (``TrainerSettings``)."""
+
+    max_active_per_owner: int = 4
+    max_steps: int = 1_000_000
+    max_nodes: int = 16
+    max_nproc_per_node: int = 8
+
+
 class RequestError(Exception):
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 not_found: bool = False) -> None:
+                 not_found: bool = False, exhausted: bool = False) -> None:
         super().__init__(message)
         self.message, self.param, self.code, self.not_found = message, param, code, not_found
+        self.exhausted = exhausted  # a fair-use cap, not a bad request: 429
 
 
 @dataclass
@@ -55,8 +67,9 @@ class DataRef:
 
 
 class JobFactory:
-    def __init__(self, store: ModelStore, runner, data_dirs: list[Path]) -> None:
+    def __init__(self, store: ModelStore, runner, data_dirs: list[Path], limits: JobLimits | None = None) -> None:
         self.store, self.runner = store, runner
+        self.limits = limits or JobLimits()
         self.data_roots = [store.root.resolve(), *(Path(d).resolve() for d in data_dirs)]
 
     async def data_ref(self, session: AsyncSession, ref: str, param: str, req: NewJob) -> DataRef:
@@ -106,12 +119,29 @@ class JobFactory:
                     raise RequestError(f"Invalid {param}: {exc}.", param=param, code="invalid_file") from None
         return train, val
 
+    async def _check_fair_use(self, session: AsyncSession, req: NewJob, extra: dict) -> None:
+        lim = self.limits
+        res = extra.get("resources") or {}
+        for key, most in (("nodes", lim.max_nodes), ("nproc_per_node", lim.max_nproc_per_node)):
+            if res.get(key, 0) > most:
+                raise RequestError(f"resources.{key}={res[key]} is more than this service allows ({most}).",
+                                   param=f"resources.{key}")
+        if req.admin:
+            return
+        active = await session.scalar(select(func.count()).select_from(Job).where(
+            Job.owner == req.owner, Job.status.not_in(TERMINAL_STATUSES)))
+        if active >= lim.max_active_per_owner:
+            raise RequestError(f"Your organization has {active} fine-tuning jobs that have not ended; at most "
+                               f"{lim.max_active_per_owner} may be active at once. Wait for one to finish or cancel "
+                               "one.", code="too_many_active_jobs", exhausted=True)
+
     async def create(self, session: AsyncSession, req: NewJob) -> Job:
         try:
             extra = check_extra(req.extra)
             recipe = choose_recipe(req.method, extra)
         except SpecError as exc:
             raise RequestError(str(exc), param=exc.param) from None
+        await self._check_fair_use(session, req, extra)
         base = await self.store.resolve_base(session, req.model)
         if base is None:
             raise RequestError(f"The model '{req.model}' does not exist: name a registered model version or alias, "
@@ -126,6 +156,9 @@ class JobFactory:
             hparams = resolve_hyperparameters(req.hyperparameters, req.method, recipe, train.examples, seed)
         except SpecError as exc:
             raise RequestError(str(exc), param=exc.param) from None
+        if (hparams.get("steps") or 0) > self.limits.max_steps:
+            raise RequestError(f"The job would run {hparams['steps']} steps; at most {self.limits.max_steps}. Ask "
+                               "for fewer epochs or steps.", param="hyperparameters")
         self._check_memory(base.spec, recipe, hparams, *self._check_resources(extra))
         job = Job(id=f"ftjob-{secrets.token_hex(12)}", status="validating_files", model=req.model,
                   base={**base.spec, "parent": base.parent}, recipe=recipe, training_file=req.training_file,

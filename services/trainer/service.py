@@ -16,7 +16,7 @@ from services.common.pb import trainer_pb2_grpc
 
 from .config import TrainerSettings
 from .files import FileStore
-from .jobs import JobFactory
+from .jobs import JobFactory, JobLimits
 from .notifier import Notifier
 from .runners import Runner, build_runner
 from .servicer import TrainerServicer
@@ -52,9 +52,12 @@ async def start(settings: TrainerSettings, runner: Runner | None = None) -> Trai
     store = ModelStore(settings.model_store)
     notifier = Notifier()
     supervisor = Supervisor(sessions, store, runner, notifier, SupervisorConfig(
-        settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s, settings.lease_ttl_s))
+        settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s, settings.lease_ttl_s,
+        max_job_s=settings.max_job_hours * 3600))
+    limits = JobLimits(settings.max_active_jobs_per_owner, settings.max_steps, settings.max_nodes,
+                       settings.max_nproc_per_node)
     servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),
-                               JobFactory(store, runner, settings.data_dirs), supervisor, notifier)
+                               JobFactory(store, runner, settings.data_dirs, limits), supervisor, notifier)
     server, health_servicer = build_server(
         "trainer", [(trainer_pb2_grpc.add_TrainerServicer_to_server, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

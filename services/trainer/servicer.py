@@ -116,7 +116,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             try:
                 job = await self.factory.create(session, req)
             except RequestError as exc:
-                code = grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.INVALID_ARGUMENT
+                code = (grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.RESOURCE_EXHAUSTED
+                        if exc.exhausted else grpc.StatusCode.INVALID_ARGUMENT)
                 await _abort(context, code, exc.message, exc.param, exc.code)
         self.supervisor.wake()
         return job_msg(job)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.db.base import utcnow
 from services.common.db.job_tables import Job
 
 from . import events, metrics, repo
@@ -39,6 +40,8 @@ class SupervisorConfig:
     grace_s: float = 60.0
     lease_ttl_s: float = 15.0
     """An instance that stops renewing the lease (it crashed) is replaced after this long."""
+    max_job_s: float = 72 * 3600.0
+    """A job running longer is stopped and fails with ``deadline_exceeded``."""
 
 
 class Supervisor:
@@ -186,6 +189,13 @@ class Supervisor:
 
     async def _follow(self, session: AsyncSession, job: Job, *, suspending: bool = False) -> None:
         await self._ingest(session, job)
+        if (not job.cancel_requested and job.started_at is not None and not suspending
+                and (utcnow() - job.started_at).total_seconds() > self.cfg.max_job_s):
+            job.cancel_requested = True
+            job.extra = {**job.extra, "deadline_exceeded": True}
+            await repo.add_event(session, job.id, f"The job ran past its deadline ({self.cfg.max_job_s / 3600:g} h): "
+                                 "stopping it", level="error")
+            await session.commit()
         if job.cancel_requested and job.id not in self._stopping:
             self._stopping.add(job.id)
             await repo.add_event(session, job.id, "Cancelling: the job stops after saving a checkpoint")

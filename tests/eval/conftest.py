@@ -91,6 +91,7 @@ def eval_stack(tmp_path_factory, eval_models, lifecycle, eval_pg_url, api_key, e
         # being free again (another test's stack may have taken it by then).
         spare_worker_ports=[free_port(), free_port(), free_port()],
         extra_env={"LLMSVC_EVAL_DATA_DIRS": json.dumps([str(eval_data)]), "LLMSVC_EVAL_GATE": json.dumps(gate),
+                   "LLMSVC_EVAL_MAX_ACTIVE_RUNS_PER_OWNER": "1",
                    "LLMSVC_WORKER_DTYPE": "float32", "LLMSVC_WORKER_GRACE_S": "60"})
     with Stack(cfg).running(stop_timeout_s=60) as s:
         yield s

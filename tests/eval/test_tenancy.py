@@ -73,3 +73,19 @@ async def test_the_eval_service_refuses_calls_without_a_valid_internal_identity(
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await channel.close()
+
+
+def test_an_owner_may_have_only_so_many_runs_active(tenants, lifecycle):
+    """This stack allows one queued or running run per owner (admin keys are not bound): a second is a 429
+    ``too_many_active_runs`` while the first runs, and is accepted once it has ended."""
+    bob = tenants["bob"]
+    slow = {"model": lifecycle["v1"], "suite": "perplexity", "params": {"dataset": "heldout.txt", "window": 8,
+                                                                        "stride": 1}}
+    first = bob.post("/v1/evals", json=slow)
+    assert first.status_code == 200, first.text
+    second = bob.post("/v1/evals", json=slow)
+    assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_active_runs", second.text
+    assert bob.post(f"/v1/evals/{first.json()['id']}/cancel").status_code == 200
+    again = bob.post("/v1/evals", json={**slow, "params": {"dataset": "heldout.txt", "limit": 1}})
+    assert again.status_code == 200, again.text
+    wait_run(bob, again.json()["id"])

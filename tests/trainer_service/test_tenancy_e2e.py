@@ -32,7 +32,8 @@ def tenancy_stack(tmp_path_factory, default_model, api_key, pg_database):
     home = tmp_path_factory.mktemp("tenancy-stack")
     (home / "models").mkdir()
     (home / "models" / "tiny-random").symlink_to(default_model, target_is_directory=True)
-    stack = Stack(StackConfig.ephemeral(home, default_model, api_key, database_url=pg_database()))
+    stack = Stack(StackConfig.ephemeral(home, default_model, api_key, database_url=pg_database(),
+                                        extra_env={"LLMSVC_TRAINER_MAX_ACTIVE_JOBS_PER_OWNER": "2"}))
     upgrade(stack.cfg.db_url)
     for name in ("auth", "trainer", "gateway"):
         stack.spawn(name, f"services.{name}.main", stack.env_for(name))
@@ -54,7 +55,7 @@ def clients(tenancy_stack, api_key) -> dict[str, openai.OpenAI]:
         return r.json()["key"]
 
     keys = {"alice": key("alice", "team-a"), "alice2": key("alice2", "team-a"), "bob": key("bob", "team-b"),
-            "admin": api_key}
+            "carol": key("carol", "team-c"), "admin": api_key}
     return {who: openai.OpenAI(base_url=base, api_key=k, max_retries=0, timeout=60) for who, k in keys.items()}
 
 
@@ -138,3 +139,32 @@ async def test_the_trainer_refuses_calls_without_a_valid_internal_identity(tenan
         assert list((await stub.ListFiles(pb.ListFilesRequest(), metadata=good)).files) == []
     finally:
         await channel.close()
+
+
+def test_an_owner_may_have_only_so_many_jobs_active_and_ask_only_so_much(clients):
+    """Fair use (this stack allows 2 active jobs per owner): a third is a 429 ``too_many_active_jobs`` until one
+    ends; steps or pods past the service's caps are a 400 naming the parameter."""
+    carol = clients["carol"]
+    f = carol.files.create(file=("carol.jsonl", jsonl(CHAT)), purpose="fine-tune")
+    big = {"steps": 100000, "batch_size": 2}
+    with pytest.raises(openai.BadRequestError) as err:
+        carol.fine_tuning.jobs.create(model="tiny-random", training_file=f.id,
+                                      hyperparameters={"steps": 10_000_000, "batch_size": 2})
+    assert err.value.body["param"] == "hyperparameters"
+    with pytest.raises(openai.BadRequestError) as err:
+        carol.fine_tuning.jobs.create(model="tiny-random", training_file=f.id, hyperparameters=big,
+                                      extra_body={"resources": {"nodes": 64}})
+    assert err.value.body["param"] in ("resources.nodes", "resources")
+    jobs = [carol.fine_tuning.jobs.create(model="tiny-random", training_file=f.id, hyperparameters=big)
+            for _ in range(2)]
+    with pytest.raises(openai.RateLimitError) as err:
+        carol.fine_tuning.jobs.create(model="tiny-random", training_file=f.id, hyperparameters=big)
+    assert err.value.status_code == 429 and err.value.body["code"] == "too_many_active_jobs"
+    carol.fine_tuning.jobs.cancel(jobs[0].id)
+    deadline = time.monotonic() + 60
+    while carol.fine_tuning.jobs.retrieve(jobs[0].id).status != "cancelled":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    third = carol.fine_tuning.jobs.create(model="tiny-random", training_file=f.id, hyperparameters=big)
+    for job in (jobs[1], third):
+        carol.fine_tuning.jobs.cancel(job.id)

@@ -50,6 +50,8 @@ def grpc_error(exc: grpc.aio.AioRpcError) -> APIError:
         return APIError(404, details, code="not_found")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return APIError(403, details, code="permission_denied")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return APIError(429, details, code=dict(exc.trailing_metadata() or ()).get("error-code") or None)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return APIError(409, details, code="conflict", type="invalid_request_error")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

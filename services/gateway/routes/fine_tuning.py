@@ -66,6 +66,8 @@ def trainer_error(exc: grpc.aio.AioRpcError) -> APIError:
         return APIError(400, details, param=param, code=err_code)
     if code == grpc.StatusCode.NOT_FOUND:
         return APIError(404, details, param=param, code=err_code)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return APIError(429, details, param=param, code=err_code)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return APIError(503, f"The trainer service is unavailable: {details}", code="service_unavailable",
                         headers={"retry-after": "1"})
