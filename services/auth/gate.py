@@ -120,7 +120,7 @@ class Gate:
         if d.allowed:
             return pb.AdmitResponse(decision=pb.DECISION_ALLOWED, rate_limit=state, key_id=record.id,
                                     reservation_id=d.reservation_id, scopes=list(record.scopes),
-                                    owner=record.owner or record.id)
+                                    owner=record.owner or record.id, allowed_models=list(record.allowed_models))
         lim = record.limits
         text = _LIMIT_TEXT.get(d.code, "Rate limit reached").format(
             rpm=lim.rpm, tpm=lim.tpm, quota=lim.daily_tokens, conc=lim.max_concurrent, reserve=reserve)

@@ -54,7 +54,7 @@ def _code_of(context: grpc.aio.ServicerContext) -> str:
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id from metadata and records count and latency per method."""
+    """Sets the request id from metadata and records count and latency per method, for every call kind."""
 
     def __init__(self, service: str) -> None:
         self._service = service
@@ -105,6 +105,43 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                request_id_var.set(rid)
+                start = time.perf_counter()
+                try:
+                    return await inner_su(requests, context)
+                finally:
+                    GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                    GRPC_REQUESTS.labels(service, method, _code_of(context)).inc()
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                # A multiplexed call (GenerateMany) is counted as one call for as long as it stays open; its
+                # streams are counted by the services' own metrics.
+                request_id_var.set(rid)
+                start = time.perf_counter()
+                code = "OK"
+                try:
+                    async for item in inner_ss(requests, context):
+                        yield item
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                finally:
+                    GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
+                    GRPC_REQUESTS.labels(service, method, code if code != "OK" else _code_of(context)).inc()
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
 

@@ -58,6 +58,17 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         self.identity = IdentityCodec()
         self.identity.warn_if_open("the eval service")
 
+    async def _owners(self, *names: str) -> list[str | None]:
+        """The registry owner of each name (a version id or alias; None: not in the registry)."""
+        from services.common.db import registry
+
+        out = []
+        async with self.runs.sessions() as session:
+            for name in names:
+                row = await registry.resolve(session, name)  # as RunManager.resolve reads it
+                out.append(None if row is None else row.owner or "")
+        return out
+
     def _actor(self, who: Identity, claimed: str) -> str:
         """Who acts: the signed identity's key; the name a message gives counts only without an internal
         secret (every caller is the operator)."""
@@ -65,6 +76,11 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
 
     async def CreateRun(self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext) -> pb.EvalRun:
         who = await self.identity.caller(context)
+        if not who.admin:
+            (owner,) = await self._owners(request.model)
+            if owner and owner != who.owner:  # another owner's model: as absent as one that never was
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' is neither a "
+                                    "registered version or alias nor served by any worker.")
         most = self.runs.settings.max_active_runs_per_owner
         if not who.admin and (active := await self.runs.store.active_count(who.owner)) >= most:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -123,6 +139,18 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         who = await self.identity.caller(context)
         if request.force and not who.admin:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Only an admin key may force a promotion.")
+        if not who.admin:
+            from services.common.db import registry
+
+            (version_owner,) = await self._owners(request.version)
+            async with self.runs.sessions() as session:
+                alias = await session.get(registry.ModelAlias, request.alias)
+            if version_owner is not None and version_owner != who.owner:
+                await context.abort(grpc.StatusCode.NOT_FOUND,
+                                    f"The model version '{request.version}' is not registered.")
+            if (alias.owner if alias is not None else version_owner) != who.owner:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"Only the owner of the alias '{request.alias}' (or an admin key) may move it.")
         try:
             outcome = await self.promoter.promote(request.alias, request.version,
                                                   actor=self._actor(who, request.actor) or "unknown",

@@ -59,8 +59,16 @@ class Admission:
     scopes: list[str]
     headers: dict[str, str] = field(default_factory=dict)
     owner: str = ""
+    allowed_models: tuple[str, ...] = ()
     # Outgoing metadata for the calls made for this request: its id and its signed identity.
     metadata: tuple[tuple[str, str], ...] = ()
+
+    def may_use(self, model: str, owned_by: str) -> bool:
+        """Whether this key may see and use ``model`` (listed as owned by ``owned_by``): a shared model
+        ("llmsvc") or its owner's, within its allow-list; admin keys see every owner's."""
+        if self.allowed_models and model not in self.allowed_models:
+            return False
+        return owned_by in ("", "llmsvc") or self.identity.admin or owned_by == self.identity.owner
 
     @property
     def identity(self) -> Identity:
@@ -97,7 +105,8 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
     # Every later response to this request carries them (see RateLimitHeadersMiddleware).
     request.scope.setdefault("state", {})["ratelimit_headers"] = headers
     if resp.decision == pb.DECISION_ALLOWED:
-        admission = Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers, resp.owner)
+        admission = Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers, resp.owner,
+                              tuple(resp.allowed_models))
         admission.metadata = request_metadata(rid) + upstreams.identity.metadata(admission.identity)
         return admission
     if resp.decision == pb.DECISION_UNAUTHENTICATED:

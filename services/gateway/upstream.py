@@ -49,6 +49,8 @@ class Upstreams:
     _limits_at: float = -1e9
     # Every model id the router listed at the last refresh: metric labels take only these.
     known_models: frozenset[str] = frozenset()
+    # model id -> its owner as listed (owned_by: "llmsvc" for shared models), refreshed with the windows.
+    model_owners: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True,
@@ -86,6 +88,7 @@ class Upstreams:
                 resp = await self.router.ListModels(pb.ListModelsRequest(), timeout=2.0, metadata=request_metadata())
                 self._limits = {m.id: m.max_model_len for m in resp.models if m.max_model_len}
                 self.known_models = frozenset(m.id for m in resp.models)
+                self.model_owners = {m.id: m.owned_by for m in resp.models}
             except grpc.aio.AioRpcError:
                 pass
         return self._limits.get(model)

@@ -55,6 +55,7 @@ class AdapterCatalog:
                  max_entries: int = 4096) -> None:
         self.sessions, self.ttl_s, self.max_entries = sessions, ttl_s, max_entries
         self._cache: OrderedDict[str, tuple[float, Adapter | None]] = OrderedDict()
+        self._owners: tuple[float, dict[str, str], dict[str, str]] | None = None
 
     async def resolve(self, model: str) -> Adapter | None:
         now = time.monotonic()
@@ -72,6 +73,23 @@ class AdapterCatalog:
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return adapter
+
+    async def owners(self) -> tuple[dict[str, str], dict[str, str]]:
+        """``({version id or alias: owner}, {alias: version id})`` from the registry; the owner of an alias is
+        its version's (empty: shared). Cached for ``ttl_s``; ``({}, {})`` while the registry is down."""
+        now = time.monotonic()
+        if self._owners is not None and now - self._owners[0] < self.ttl_s:
+            return self._owners[1], self._owners[2]
+        try:
+            async with self.sessions() as session:
+                versions = {v.id: v.owner or "" for v in await registry.list_versions(session)}
+                aliases = {a.alias: a.version_id for a in await session.scalars(select(registry.ModelAlias))}
+        except Exception as exc:
+            log.warning("model registry unavailable (%s); models listed without their owners", exc)
+            return {}, {}
+        owners = {**versions, **{a: versions.get(v, "") for a, v in aliases.items()}}
+        self._owners = (now, owners, aliases)
+        return owners, aliases
 
     async def all(self) -> list[Adapter]:
         """Every registered adapter version (for the model list)."""

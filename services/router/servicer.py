@@ -173,14 +173,26 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         for worker in sorted(healthy, key=lambda w: w.load.draining):
             for info in worker.model_infos:
                 seen.setdefault(info.id, info)
+        owners, aliases = await self.adapters.owners() if self.adapters else ({}, {})
         for adapter in await self.adapters.all() if self.adapters else ():
             # Listed when a healthy worker serves its base: what a request to it would reach.
             base = self.pool.base_name(adapter.base_names, adapter.base_paths)
             if base is not None and base in seen:
                 seen.setdefault(adapter.name, pb.ModelInfo(id=adapter.name, root=adapter.path, parent=base,
                                                            max_model_len=seen[base].max_model_len,
-                                                           created=adapter.created, owned_by="llmsvc"))
-        return pb.ListModelsResponse(models=sorted(seen.values(), key=lambda m: m.id))
+                                                           created=adapter.created))
+        for alias, version in aliases.items():  # an alias of a listed adapter reaches it too
+            if version in seen and alias not in seen and seen[version].parent:
+                seen[alias] = pb.ModelInfo(id=alias, root=seen[version].root, parent=version,
+                                           max_model_len=seen[version].max_model_len, created=seen[version].created)
+        # owned_by: the owner (team) of a fine-tuned version and its aliases; "llmsvc" for shared models
+        models = []
+        for info in sorted(seen.values(), key=lambda m: m.id):
+            listed = pb.ModelInfo()
+            listed.CopyFrom(info)
+            listed.owned_by = owners.get(info.id) or "llmsvc"
+            models.append(listed)
+        return pb.ListModelsResponse(models=models)
 
     async def _unary(self, method: str, request, context: grpc.aio.ServicerContext):
         served = await self._served_as(request, context)

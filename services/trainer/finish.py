@@ -84,7 +84,7 @@ class Finisher:
                 session, job.output_name, paths.output, parent=job.base.get("parent"), recipe=job.recipe,
                 config=meta.get("config") if isinstance(meta.get("config"), dict) else {"hyperparameters":
                                                                                         job.hyperparameters},
-                data_hash=str(meta.get("data_hash") or ""), metrics=final, job_id=job.id,
+                data_hash=str(meta.get("data_hash") or ""), metrics=final, job_id=job.id, owner=job.owner,
             )
         except (IncompleteModel, OSError) as exc:
             log.warning("job %s: output not publishable: %s", job.id, exc)

@@ -143,6 +143,8 @@ class JobFactory:
             raise RequestError(str(exc), param=exc.param) from None
         await self._check_fair_use(session, req, extra)
         base = await self.store.resolve_base(session, req.model)
+        if base is not None and not req.admin and not await self.store.usable_by(session, base, req.owner):
+            base = None  # another owner's model: as absent as one that never was
         if base is None:
             raise RequestError(f"The model '{req.model}' does not exist: name a registered model version or alias, "
                                "a model folder in the store, or preset:<name>.", param="model",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import struct
@@ -120,6 +121,16 @@ class ModelStore:
             return BaseModel({"base": str(path)}, model, str(path))
         return None
 
+    async def usable_by(self, session: AsyncSession, base: BaseModel, owner: str) -> bool:
+        """Whether a key of ``owner`` may train from ``base``: a registered version must be shared or its
+        owner's; a folder of the store counts as the version registered there, if any (else shared)."""
+        row = await registry.get_version(session, base.parent) if base.parent else None
+        if row is None and base.spec.get("base"):
+            where = os.path.realpath(base.spec["base"])
+            row = next((v for v in await registry.list_versions(session)
+                        if os.path.realpath(v.path) == where), None)
+        return row is None or registry.visible(row.owner, owner)
+
     def _clear_slot(self, target: Path) -> None:
         # A folder at an unregistered number is a leftover of a crash between rename and register:
         # set it aside (never delete what we did not register) so the number can be used.
@@ -129,8 +140,28 @@ class ModelStore:
             log.warning("moving unregistered %s aside to %s", target, aside)
             target.rename(aside)
 
+    async def _recover_staging(self, session: AsyncSession, name: str, staging: Path, job_id: str) -> None:
+        """A crash between moving a job's output to its slot and registering it left an unregistered folder
+        that names the job: move it back, so publishing can run again."""
+        registered = {os.path.realpath(v.path) for v in await registry.list_versions(session, name)}
+        for slot in sorted(self.root.joinpath(name).glob("*")) if self.root.joinpath(name).is_dir() else []:
+            marker = slot / PUBLISH_MARKER
+            if (os.path.realpath(slot) not in registered and marker.is_file()
+                    and marker.read_text().strip() == job_id):
+                log.warning("moving %s back to %s: its registration never happened", slot, staging)
+                slot.rename(staging)
+                return
+
     async def publish(self, session: AsyncSession, name: str, staging: Path, **meta) -> registry.ModelVersion:
-        """Move a complete ``staging`` folder to its version slot and register it; commits."""
+        """Move a complete ``staging`` folder to its version slot and register it; commits.
+
+        The folder and its registry row never end up apart: if registering fails (a database error), the
+        folder goes back to ``staging`` and the call raises, so a retry publishes it again; if the process
+        dies in between, the next try finds the folder by the job id written in it and moves it back."""
+        job_id = str(meta.get("job_id") or "")
+        async with _publish_lock:
+            if job_id and not staging.exists():
+                await self._recover_staging(session, name, staging, job_id)
         if problems := completeness_problems(staging):
             raise IncompleteModel("; ".join(problems))
         if (adapter := adapter_summary(staging)) is not None:  # the router serves it on its base's workers
@@ -141,8 +172,16 @@ class ModelStore:
             target = self.version_dir(name, version)
             target.parent.mkdir(parents=True, exist_ok=True)
             self._clear_slot(target)
+            if job_id:
+                (staging / PUBLISH_MARKER).write_text(job_id)
             staging.rename(target)
-            row = await registry.register_version(session, name, str(target), **meta)
+            try:
+                row = await registry.register_version(session, name, str(target), **meta)
+            except BaseException:
+                await session.rollback()
+                if target.exists() and not staging.exists():
+                    target.rename(staging)  # back where the next try looks
+                raise
             if row.version != version:  # another process registered this name meanwhile
                 final = self.version_dir(name, row.version)
                 self._clear_slot(final)
@@ -150,6 +189,10 @@ class ModelStore:
                 row.path = str(final)
                 await session.commit()
             return row
+
+
+PUBLISH_MARKER = ".llmsvc-job"
+"""Written into a job's output as it is published: which job's model a folder is."""
 
 
 def adapter_summary(path: Path) -> dict | None:

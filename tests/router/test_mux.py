@@ -282,3 +282,19 @@ async def test_a_request_larger_than_any_hop_carries_fails_alone_before_it_is_se
         for reply in await asyncio.gather(*others):
             assert reply[-1].finished and reply[-1].usage.completion_tokens == 10
         assert len(standins[0].servicer.seen) == 4  # the big one never reached the worker
+
+
+async def test_the_observability_interceptor_counts_multiplexed_calls_too():
+    """Every call kind is counted and timed (``llmsvc_grpc_requests_total``), the long-lived GenerateMany
+    calls of both hops included, once each when they end."""
+    from prometheus_client import REGISTRY
+
+    def total(service: str) -> float:
+        return sum(REGISTRY.get_sample_value("llmsvc_grpc_requests_total",
+                                             {"service": service, "method": "GenerateMany", "code": code}) or 0
+                   for code in ("OK", "CANCELLED", "UNAVAILABLE"))
+
+    before = total("router")
+    async with router_mux(1, {"token_delay_s": 0.01}) as (client, _, _standins):
+        assert (await client.generate(chat("q", max_tokens=3)))[-1].finished
+    await until(lambda: total("router") > before)

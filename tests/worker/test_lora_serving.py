@@ -53,17 +53,17 @@ def client(lora_stack):
 def register(lora_stack, default_model):
     """Register an adapter folder as a version, as the trainer's publish does (parent: the base's folder)."""
 
-    async def _register(name: str, path: Path, parent: str) -> str:
+    async def _register(name: str, path: Path, parent: str, owner: str) -> str:
         engine = make_engine(lora_stack.cfg.db_url)
         try:
             async with session_factory(engine)() as session:
                 row = await registry.register_version(session, name, str(path), parent=parent or None,
-                                                      recipe="lora" if parent else "")
+                                                      recipe="lora" if parent else "", owner=owner)
                 return row.id
         finally:
             await engine.dispose()
 
-    return lambda name, path, parent=str(default_model): asyncio.run(_register(name, path, parent))
+    return lambda name, path, parent=str(default_model), owner="": asyncio.run(_register(name, path, parent, owner))
 
 
 def _chat(client, model: str, **kw):
@@ -277,3 +277,41 @@ def test_prompt_logprobs_on_the_base_and_on_an_adapter_leave_the_engine_running(
         assert len(lp.token_logprobs) > 3 and all(x is not None for x in lp.token_logprobs[1:])
     assert scored[BASE].token_logprobs != scored[adapter].token_logprobs  # the adapter is applied when scoring
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_fine_tune_is_its_owners_alone(client, lora_stack, default_model, tmp_path, register):
+    """A version made by a job of team-a (registered with that owner, as the trainer's publish does) is listed
+    for, and answers, team-a's keys and admin keys only. Another owner's key gets the answers of a model that
+    does not exist: not listed, 404 on retrieve and on chat, a 404 when it fine-tunes or evaluates from it."""
+    tuned = register("amber", make_adapter(default_model, tmp_path / "amber", seed=3), owner="team-a")
+    base_url, admin = lora_stack.cfg.base_url, lora_stack.cfg.api_key
+
+    def key(name: str, owner: str) -> openai.OpenAI:
+        r = httpx.post(f"{base_url}/admin/keys", json={"name": name, "owner": owner,
+                                                       "scopes": ["chat", "train", "eval"]},
+                       headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        assert r.status_code == 201, r.text
+        return openai.OpenAI(base_url=base_url, api_key=r.json()["key"], max_retries=0, timeout=120)
+
+    alice, bob = key("alice", "team-a"), key("bob", "team-b")
+    listed = {m.id: m for m in alice.models.list().data}
+    assert listed[tuned].owned_by == "team-a" and BASE in listed
+    assert _chat(alice, tuned).model == tuned
+    assert tuned in {m.id for m in client.models.list().data}  # the admin key
+
+    assert tuned not in {m.id for m in bob.models.list().data} and BASE in {m.id for m in bob.models.list().data}
+    for call in (lambda: bob.models.retrieve(tuned), lambda: _chat(bob, tuned),
+                 lambda: bob.chat.completions.create(model=tuned, messages=PROMPT, max_tokens=4, stream=True)):
+        with pytest.raises(openai.NotFoundError) as err:
+            r = call()
+            list(r) if hasattr(r, "__iter__") and not hasattr(r, "choices") else None
+        assert err.value.body["code"] == "model_not_found"
+    f = bob.files.create(file=("b.jsonl", json.dumps({"messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}).encode() + b"\n"),
+        purpose="fine-tune")
+    with pytest.raises(openai.NotFoundError) as err:
+        bob.fine_tuning.jobs.create(model=tuned, training_file=f.id)
+    assert err.value.body["code"] == "model_not_found"
+    r = httpx.post(f"{base_url}/evals", json={"model": tuned, "suite": "perplexity"},
+                   headers={"Authorization": f"Bearer {bob.api_key}"}, timeout=30)
+    assert r.status_code == 404, r.text

@@ -34,6 +34,8 @@ class ModelVersion(Base):
     data_hash: Mapped[str] = mapped_column(String(128), default="")
     metrics: Mapped[dict] = mapped_column(JSONType, default=dict)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner: Mapped[str] = mapped_column(String(200), default="", server_default="", index=True)
+    """The owner (team) of the key whose job made it; empty: shared (a base model the operator added)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -46,6 +48,8 @@ class ModelAlias(Base):
     """The version before the last change, for ``rollback``."""
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(64), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    """The owner of the version it was made for; empty: shared. Only that owner (or an admin) moves it."""
 
 
 class AuditEvent(Base):
@@ -60,6 +64,11 @@ class AuditEvent(Base):
     details: Mapped[dict] = mapped_column(JSONType, default=dict)
 
 
+def visible(owner: str, viewer_owner: str, admin: bool = False) -> bool:
+    """Whether a key of ``viewer_owner`` may see and use what ``owner`` holds (shared: empty owner)."""
+    return admin or not owner or owner == viewer_owner
+
+
 def is_adapter(row: ModelVersion) -> bool:
     """A LoRA adapter version (served by the workers of its ``parent``), not a full model."""
     if isinstance(row.config, dict) and row.config.get("lora_adapter"):
@@ -69,14 +78,15 @@ def is_adapter(row: ModelVersion) -> bool:
 
 async def register_version(session: AsyncSession, name: str, path: str, *, parent: str | None = None,
                            recipe: str = "", config: dict | None = None, data_hash: str = "",
-                           metrics: dict | None = None, job_id: str | None = None, attempts: int = 5) -> ModelVersion:
+                           metrics: dict | None = None, job_id: str | None = None, owner: str = "",
+                           attempts: int = 5) -> ModelVersion:
     """Add the next version of ``name``; commits. Retries when another writer took the number."""
     for _ in range(attempts):
         current = await session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
         version = (current or 0) + 1
         row = ModelVersion(id=f"{name}-v{version}", name=name, version=version, path=path, parent=parent,
                            recipe=recipe, config=config or {}, data_hash=data_hash, metrics=metrics or {},
-                           job_id=job_id)
+                           job_id=job_id, owner=owner)
         session.add(row)
         try:
             await session.commit()
@@ -121,7 +131,9 @@ async def set_alias(session: AsyncSession, alias: str, version_id: str, *, actor
     """Point ``alias`` at ``version_id`` and record who did it; commits."""
     row = await session.get(ModelAlias, alias)
     if row is None:
-        row = ModelAlias(alias=alias, version_id=version_id, updated_by=actor)
+        target = await session.get(ModelVersion, version_id)
+        row = ModelAlias(alias=alias, version_id=version_id, updated_by=actor,
+                         owner=target.owner if target is not None else "")
         session.add(row)
     else:
         row.previous_version_id, row.version_id = row.version_id, version_id

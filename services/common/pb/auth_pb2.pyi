@@ -53,7 +53,7 @@ class AdmitRequest(_message.Message):
     def __init__(self, api_key: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., scope: _Optional[str] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
 
 class AdmitResponse(_message.Message):
-    __slots__ = ("decision", "code", "message", "rate_limit", "retry_after_s", "key_id", "reservation_id", "scopes", "owner")
+    __slots__ = ("decision", "code", "message", "rate_limit", "retry_after_s", "key_id", "reservation_id", "scopes", "owner", "allowed_models")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class AdmitResponse(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     code: str
     message: str
@@ -72,7 +73,8 @@ class AdmitResponse(_message.Message):
     reservation_id: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     owner: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., retry_after_s: _Optional[float] = ..., key_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ...) -> None: ...
+    allowed_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., rate_limit: _Optional[_Union[RateLimitState, _Mapping]] = ..., retry_after_s: _Optional[float] = ..., key_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportUsageRequest(_message.Message):
     __slots__ = ("reservation_id", "request_id", "key_id", "model", "prompt_tokens", "completion_tokens", "status", "latency_s")

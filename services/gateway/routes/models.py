@@ -21,12 +21,15 @@ def _model_obj(m: pb.ModelInfo) -> dict:
 
 
 async def _list(request: Request, settings, upstreams) -> list[pb.ModelInfo]:
-    await admit(upstreams, request, model="", scope="chat", reserve_tokens=0, timeout_s=settings.auth_timeout_s)
+    """The models this key may use: shared ones and its owner's fine-tunes, within its allow-list."""
+    admission = await admit(upstreams, request, model="", scope="chat", reserve_tokens=0,
+                            timeout_s=settings.auth_timeout_s)
     try:
         resp = await upstreams.router.ListModels(pb.ListModelsRequest(), timeout=5.0, metadata=request_metadata())
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc) from None
-    return list(resp.models)
+    upstreams.model_owners = {**upstreams.model_owners, **{m.id: m.owned_by for m in resp.models}}
+    return [m for m in resp.models if admission.may_use(m.id, m.owned_by)]
 
 
 @router.get("/models")
