@@ -77,8 +77,3 @@ class Relay(Inbox):
     def close(self) -> None:
         self._task.cancel()
 
-
-def merged(call) -> Inbox:
-    """``call``'s messages, handed over merged when they pile up: the call itself when it already does
-    that (a multiplexed stream), else a :class:`Relay` over it."""
-    return call if isinstance(call, Inbox) else Relay(call)

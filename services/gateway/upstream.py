@@ -16,7 +16,7 @@ from services.common.identity import IdentityCodec
 from services.common.mux import MuxChannel
 from services.common.pb import auth_pb2_grpc, router_pb2_grpc
 from services.common.pb import inference_pb2 as pb
-from services.common.relay import Inbox, merged
+from services.common.transport import CallTransport, ChunkStream, Transport
 
 from .errors import APIError, from_grpc
 from .usage_journal import UsageJournal
@@ -37,10 +37,9 @@ class Upstreams:
     auth: auth_pb2_grpc.AuthStub
     # Usage reports to auth, batched.
     usage_reports: UsageReporter
-    # Router.Generate whose stream yields undecoded chunk bytes, for :class:`Relay`.
-    generate_raw: object = None
-    # Generations multiplexed over one Router.GenerateMany call (None: one Generate call each).
-    mux: MuxChannel | None = None
+    # How generations reach the router: multiplexed over one Router.GenerateMany call, or one Generate
+    # call each (services.common.transport).
+    transport: Transport | None = None
     extra: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     # Signs the identity of each admitted request for the trainer and eval services (LLMSVC_INTERNAL_SECRET).
     identity: IdentityCodec = field(default_factory=IdentityCodec)
@@ -56,18 +55,10 @@ class Upstreams:
     def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True,
                 journal_dir: Path | None = None) -> Upstreams:
         rc, ac = insecure_channel(router_addr), insecure_channel(auth_addr)
-        raw = rc.unary_stream(_ROUTER_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
-                              response_deserializer=None)
-        mux = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else None
+        transport = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else CallTransport(rc, _ROUTER_GENERATE)
         auth = auth_pb2_grpc.AuthStub(ac)
         reporter = UsageReporter(auth, UsageJournal(journal_dir) if journal_dir else None)
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, generate_raw=raw, mux=mux)
-
-    def open_stream(self, request: pb.GenerateRequest, timeout_s: float):
-        """Start a generation at the router: a stream of the multiplexed call, or a Generate call of its own."""
-        if self.mux is not None:
-            return self.mux.open(request, timeout_s)
-        return self.generate_raw(request, timeout=timeout_s, metadata=request_metadata(request.request_id))
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, transport=transport)
 
     async def healthy(self, timeout: float = 1.0) -> dict[str, bool]:
         async def check(channel: grpc.aio.Channel) -> bool:
@@ -95,8 +86,8 @@ class Upstreams:
 
     async def close(self) -> None:
         await self.usage_reports.drain()  # queued reports land before the auth channel closes
-        if self.mux is not None:
-            self.mux.close()
+        if self.transport is not None:
+            self.transport.close()
         for ch in (self.router_channel, self.auth_channel, *self.extra.values()):
             await ch.close()
 
@@ -108,7 +99,7 @@ class Generation:
     front (prompt too long, unknown model) become a proper HTTP status before
     any SSE bytes are sent. Iterating yields the first chunk, then the rest;
     chunks that piled up while the client or this process was busy come as one
-    merged chunk (see :class:`Relay`), so a lagging stream costs one message,
+    merged chunk (see :mod:`services.common.transport`), so a lagging stream costs one message,
     one parse and one SSE write per batch instead of per token, as vLLM's own
     server merges deltas a slow consumer has not taken yet. ``close`` cancels
     the gRPC call, which the router and worker see as a cancellation and which
@@ -119,17 +110,14 @@ class Generation:
         self.request = request
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
-        self._call = upstreams.open_stream(request, timeout_s)
-        self._relay: Inbox | None = None
+        self._stream: ChunkStream = upstreams.transport.open(request, timeout_s)
         self._first: pb.GenerateChunk | None = None
         self.usage = pb.Usage()
         self.finished = False
 
     async def _next(self) -> pb.GenerateChunk | None:
-        if self._relay is None:
-            self._relay = merged(self._call)
         try:
-            raw = await self._relay.next()
+            raw = await self._stream.next()
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc, self.request.model) from None
         if raw is None:
@@ -162,7 +150,4 @@ class Generation:
             yield chunk
 
     def close(self) -> None:
-        if self._relay is not None:
-            self._relay.close()
-        if not self._call.done():
-            self._call.cancel()
+        self._stream.close()

@@ -21,13 +21,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Gauge
 
-from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.grpcutil import insecure_channel
 from services.common.mux import MuxChannel
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import inference_pb2_grpc as pb_grpc
+from services.common.transport import CallTransport, ChunkStream
 
 from .adapters import norm_path
-from .wire import raw_generate, worker_tag
+from .wire import GENERATE, worker_tag
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class Worker:
     channel: grpc.aio.Channel
     stub: pb_grpc.InferenceStub
     health: health_pb2_grpc.HealthStub
-    # Generate with undecoded chunks, and the bytes that mark a chunk as served here (see wire.py).
-    generate: object = None
+    # One Generate call per stream (undecoded chunks), and the bytes that mark a chunk as served here (wire.py).
+    calls: CallTransport | None = None
     tag: bytes = b""
     # Streams multiplexed over one GenerateMany call, used when the worker says it serves it (mux.py).
     mux: MuxChannel | None = None
@@ -73,11 +74,11 @@ class Worker:
         others = self.load.running + self.load.waiting - self.in_flight_at_poll
         return max(0, others) + self.in_flight
 
-    def open_stream(self, request: pb.GenerateRequest, timeout_s: float | None):
+    def open_stream(self, request: pb.GenerateRequest, timeout_s: float | None) -> ChunkStream:
         """Start a Generate stream here: over the multiplexed call when the worker offers it, else its own call."""
         if self.mux is not None and self.load.multiplex:
             return self.mux.open(request, timeout_s)
-        return self.generate(request, timeout=timeout_s, metadata=request_metadata(request.request_id))
+        return self.calls.open(request, timeout_s)
 
     def close_streams(self) -> None:
         if self.mux is not None:
@@ -112,7 +113,7 @@ class WorkerPool:
             channel = insecure_channel(address)
             self.workers[address] = Worker(
                 address, channel, pb_grpc.InferenceStub(channel), health_pb2_grpc.HealthStub(channel),
-                generate=raw_generate(channel), tag=worker_tag(address),
+                calls=CallTransport(channel, GENERATE), tag=worker_tag(address),
                 mux=MuxChannel(channel, "/llmsvc.v1.Inference/GenerateMany") if self.multiplex else None,
             )
             log.info("discovered worker %s", address)

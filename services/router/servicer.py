@@ -11,7 +11,6 @@ from services.common.grpcutil import request_metadata
 from services.common.mux import MuxSession, StreamContext, stream_timeout
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2, router_pb2_grpc
-from services.common.relay import merged
 
 from .adapters import AdapterCatalog
 from .admission import AdmissionControl, Rejected
@@ -87,22 +86,19 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self._candidates(served, policy.name, context)
         try:
             async with self.admission.slot(served, request.priority, context.time_remaining()):
-                worker, call, first = await self._open(request, served, policy, context)
-                relay = None if first is grpc.aio.EOF else merged(call)
+                worker, stream, first = await self._open(request, served, policy, context)
                 try:
-                    if relay is None:
+                    if first is None:
                         return
                     tag = worker.tag
                     yield first + tag
-                    while (raw := await relay.next()) is not None:
+                    while (raw := await stream.next()) is not None:
                         yield raw + tag
                 except grpc.aio.AioRpcError as exc:
                     await self._fail_mid_stream(worker, exc, context)
                 finally:
                     # Our caller may have gone away (CancelledError): cancel hop by hop so vLLM aborts.
-                    if relay is not None:
-                        relay.close()
-                    call.cancel()
+                    stream.close()
                     worker.in_flight -= 1
         except Rejected as exc:
             ROUTED.labels(policy.name, request.model, "rejected").inc()
@@ -124,7 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     context: grpc.aio.ServicerContext):
         """Start the stream on a worker and read its first chunk, retrying on another worker before it.
 
-        Returns ``(worker, call, first chunk bytes or EOF)`` with ``worker.in_flight`` counted."""
+        Returns ``(worker, stream, first chunk bytes or None at once-ended)`` with ``worker.in_flight`` counted."""
         tried: set[str] = set()
         for attempt in range(self.max_attempts):
             workers = [w for w in await self._candidates(served, policy.name, context) if w.address not in tried]
@@ -134,9 +130,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             tried.add(worker.address)
             ROUTED.labels(policy.name, request.model, "retry" if attempt else outcome).inc()
             worker.in_flight += 1
-            call = worker.open_stream(request, context.time_remaining())
+            stream = worker.open_stream(request, context.time_remaining())
             try:
-                return worker, call, await call.read()
+                return worker, stream, await stream.next()
             except grpc.aio.AioRpcError as exc:
                 worker.in_flight -= 1
                 code = exc.code()
@@ -151,7 +147,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                             "retrying elsewhere" if more else "giving up")
             except BaseException:
                 worker.in_flight -= 1
-                call.cancel()
+                stream.close()
                 raise
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             f"No worker could serve '{request.model}'; tried {len(tried)}.")

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import grpc
 
-from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2_grpc
 
-_GENERATE = "/llmsvc.v1.Inference/Generate"
+GENERATE = "/llmsvc.v1.Inference/Generate"
 _WORKER_FIELD = 9  # GenerateChunk.worker
 
 
@@ -32,12 +31,6 @@ def worker_tag(address: str) -> bytes:
     """``GenerateChunk.worker = address`` as bytes to append to a serialized chunk."""
     data = address.encode()
     return _varint(_WORKER_FIELD << 3 | 2) + _varint(len(data)) + data
-
-
-def raw_generate(channel: grpc.aio.Channel):
-    """A Generate callable on ``channel`` whose stream yields undecoded chunk bytes."""
-    return channel.unary_stream(_GENERATE, request_serializer=pb.GenerateRequest.SerializeToString,
-                                response_deserializer=None)
 
 
 class _Capture:

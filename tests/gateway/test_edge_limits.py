@@ -147,3 +147,13 @@ def test_unknown_model_names_share_one_metric_label(stack, api_key, model_name):
     text = httpx.get(f"http://{stack.cfg.host}:{stack.cfg.gateway_port}/metrics", timeout=10).text
     assert not [line for line in text.splitlines() if any(name in line for name in names)]
     assert 'model="other"' in text and f'model="{model_name}"' in text
+
+
+def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(stack):
+    """A 100 MiB upload (under the cap) from a client without a valid key: 401 with only the headers sent,
+    so no one without a key can make the gateway spool an upload to disk."""
+    for auth in ("", "Authorization: Bearer sk-not-a-key-000000000000000000000000000000\r\n"):
+        head = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {100 * MiB}\r\n\r\n").encode()
+        status, body, _ = _raw(stack, head)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", body

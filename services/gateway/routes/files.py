@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import grpc
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
 
 from services.common.pb import trainer_pb2 as pb
 
@@ -31,24 +32,42 @@ def file_obj(f: pb.TrainingFile) -> dict:
 
 
 @router.post("/files")
-async def upload_file(caller: TrainCaller, settings: SettingsDep, upstreams: UpstreamsDep,
-                      file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
-    if len(file.filename or "") > MAX_FILENAME:
-        raise APIError(400, f"The file name is {len(file.filename)} characters long; at most {MAX_FILENAME}.",
+async def upload_file(caller: TrainCaller, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
+    """Multipart ``file`` and ``purpose``, as OpenAI's. The key is checked before a byte of the body is read
+    (the body is parsed here, after the ``TrainCaller`` dependency, not by FastAPI ahead of it), so a client
+    without a valid key cannot make the gateway spool an upload."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise APIError(400, "Send the upload as multipart/form-data with the fields 'file' and 'purpose'.",
                        param="file")
-
-    async def chunks():
-        yield pb.UploadFileChunk(header=pb.UploadFileHeader(filename=file.filename or "upload.jsonl",
-                                                            purpose=purpose))
-        while data := await file.read(CHUNK):
-            yield pb.UploadFileChunk(data=data)
-
     try:
-        stored = await trainer_stub(upstreams, settings).UploadFile(chunks(), timeout=600,
-                                                                    metadata=caller.metadata)
-    except grpc.aio.AioRpcError as exc:
-        raise trainer_error(exc) from None
-    return file_obj(stored)
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # noqa: BLE001 - Starlette's parse errors: the client's framing
+        raise APIError(400, f"Could not read the multipart upload ({getattr(exc, 'detail', exc)}).",
+                       param="file") from None
+    try:
+        file, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(file, UploadFile):
+            raise APIError(400, "The upload has no 'file' part.", param="file")
+        if not isinstance(purpose, str) or not purpose:
+            raise APIError(400, "The upload has no 'purpose' field.", param="purpose")
+        if len(file.filename or "") > MAX_FILENAME:
+            raise APIError(400, f"The file name is {len(file.filename)} characters long; at most {MAX_FILENAME}.",
+                           param="file")
+
+        async def chunks():
+            yield pb.UploadFileChunk(header=pb.UploadFileHeader(filename=file.filename or "upload.jsonl",
+                                                                purpose=purpose))
+            while data := await file.read(CHUNK):
+                yield pb.UploadFileChunk(data=data)
+
+        try:
+            stored = await trainer_stub(upstreams, settings).UploadFile(chunks(), timeout=600,
+                                                                        metadata=caller.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise trainer_error(exc) from None
+        return file_obj(stored)
+    finally:
+        await form.close()
 
 
 @router.get("/files")
