@@ -79,6 +79,7 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
         if not who.admin:
             (owner,) = await self._owners(request.model)
             if owner and owner != who.owner:  # another owner's model: as absent as one that never was
+                # (shared models, owner "", are everyone's)
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' is neither a "
                                     "registered version or alias nor served by any worker.")
         most = self.runs.settings.max_active_runs_per_owner
@@ -145,7 +146,7 @@ class EvalServicer(eval_pb2_grpc.EvalServicer):
             (version_owner,) = await self._owners(request.version)
             async with self.runs.sessions() as session:
                 alias = await session.get(registry.ModelAlias, request.alias)
-            if version_owner is not None and version_owner != who.owner:
+            if version_owner is not None and not registry.visible(version_owner, who.owner):
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     f"The model version '{request.version}' is not registered.")
             if (alias.owner if alias is not None else version_owner) != who.owner:

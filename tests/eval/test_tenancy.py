@@ -89,3 +89,44 @@ def test_an_owner_may_have_only_so_many_runs_active(tenants, lifecycle):
     again = bob.post("/v1/evals", json={**slow, "params": {"dataset": "heldout.txt", "limit": 1}})
     assert again.status_code == 200, again.text
     wait_run(bob, again.json()["id"])
+
+
+def test_a_key_moves_only_its_owners_aliases_to_its_owners_versions(tenants, lifecycle, eval_models, eval_pg_url):
+    """Promotion without ``force`` is for the alias's owner: another owner's key gets 403 on a shared or
+    foreign alias, and 404 for a version it may not see (as for one that does not exist); nothing moves."""
+    import asyncio
+    import uuid
+
+    from services.common.db import registry
+    from services.common.db.engine import make_engine, session_factory
+
+    name = f"own{uuid.uuid4().hex[:6]}"
+
+    async def setup() -> tuple[str, str]:
+        engine = make_engine(eval_pg_url)
+        try:
+            async with session_factory(engine)() as s:
+                row = await registry.register_version(s, name, str(eval_models["v1"]), owner="team-a")
+                await registry.set_alias(s, f"{name}-prod", row.id, actor="test", action="create")
+                return row.id, f"{name}-prod"
+        finally:
+            await engine.dispose()
+
+    version, alias = asyncio.run(setup())
+    bob = tenants["bob"]
+    shared = bob.post(f"/v1/models/{lifecycle['alias']}/promote", json={"version": lifecycle["v3"]})
+    assert shared.status_code == 403 and shared.json()["error"]["code"] == "permission_denied", shared.text
+    foreign = bob.post(f"/v1/models/{alias}/promote", json={"version": version})
+    assert foreign.status_code == 404, foreign.text
+    hidden = tenants["alice"].post(f"/v1/models/{alias}/promote", json={"version": lifecycle["garbage"] + "-nope"})
+    assert hidden.status_code == 404, hidden.text
+
+    async def alias_target() -> str:
+        engine = make_engine(eval_pg_url)
+        try:
+            async with session_factory(engine)() as s:
+                return (await s.get(registry.ModelAlias, alias)).version_id
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(alias_target()) == version
