@@ -40,5 +40,6 @@ class RoutingHints:
     def apply(self, requests: list[pb.GenerateRequest], scopes: list[str]) -> None:
         priority = max(self.priority, PRIORITIES["batch"] if "batch" in scopes else 0)
         for r in requests:
-            r.session_id = self.session_id
+            if self.session_id:  # the header wins over the body's prompt_cache_key
+                r.session_id = self.session_id
             r.priority = priority

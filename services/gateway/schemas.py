@@ -7,7 +7,7 @@ clients that send newer OpenAI fields keep working.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +33,20 @@ class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    # OpenAI's, refused while tool calling is not built (see unsupported()): history must not be lost.
+    tool_calls: Any = None
+    tool_call_id: Any = None
+    function_call: Any = None
+    audio: Any = None
+    refusal: str | None = None  # an earlier assistant turn's refusal text: read back as nothing to say
+
+    def unsupported(self) -> str | None:
+        for name in ("tool_calls", "tool_call_id", "function_call", "audio"):
+            if getattr(self, name) not in (None, [], {}):
+                return name
+        if self.role == "tool":
+            return "role"
+        return None
 
     def text(self) -> str:
         if self.content is None:
@@ -81,12 +95,56 @@ class _SamplingBody(_Body):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
+# Fields OpenAI defines that this server does not honour yet, with the values that ask for nothing (and so
+# may be sent): any other value is a 400 naming the field, never a silent 200.
+_CHAT_UNSUPPORTED: dict[str, tuple] = {
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "logit_bias": (None, {}), "audio": (None,),
+    "modalities": (None, ["text"]), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
+    "web_search_options": (None,), "service_tier": (None, "auto", "default"), "store": (None, False),
+}
+_COMPLETION_UNSUPPORTED: dict[str, tuple] = {"logit_bias": (None, {}), "suffix": (None, ""), "best_of": (None, 1)}
+
+
 class ChatCompletionRequest(_SamplingBody):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1, lt=2**31)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1, lt=2**31)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    # Honoured as routing hints: requests with one key go to the same worker (its prefix cache); the identifier
+    # counts as ``user`` when that is not set.
+    prompt_cache_key: Annotated[str, Field(max_length=256)] | None = None
+    safety_identifier: Annotated[str, Field(max_length=256)] | None = None
+    # Accepted and not acted on: with ``parallel_tool_calls`` only tools matter (refused above), and
+    # ``metadata`` describes a stored completion, which ``store`` (refused unless false) would make.
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    logit_bias: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    service_tier: Any = None
+    store: Any = None
+
+    def unsupported(self) -> str | None:
+        """The first OpenAI parameter this request sets to something this server does not do, as its param
+        path; None when everything it asks for is honoured."""
+        for name, harmless in _CHAT_UNSUPPORTED.items():
+            if getattr(self, name) not in harmless:
+                return name
+        for i, m in enumerate(self.messages):
+            if (field := m.unsupported()) is not None:
+                return f"messages[{i}].{field}"
+        return None
 
     @property
     def token_limit(self) -> int | None:
@@ -104,10 +162,19 @@ class CompletionRequest(_SamplingBody):
     max_tokens: Annotated[int, Field(ge=0, lt=2**31)] | None = 16
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    logit_bias: Any = None
+    suffix: Any = None
+    best_of: Any = None
 
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    def unsupported(self) -> str | None:
+        for name, harmless in _COMPLETION_UNSUPPORTED.items():
+            if getattr(self, name) not in harmless:
+                return name
+        return None
 
     @field_validator("prompt")
     @classmethod

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from services.common.pb import inference_pb2 as pb
 
 from ..deps import SettingsDep, UpstreamsDep
+from ..errors import APIError
 from ..openai_format import ChatFormatter, CompletionFormatter
 from ..schemas import ChatCompletionRequest, CompletionRequest, _SamplingBody
 from ..serving import GenerationFlow
@@ -29,6 +30,14 @@ def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
     return p
 
 
+def refuse_unsupported(body) -> None:
+    """No silent drops: an OpenAI parameter this server does not honour yet is a 400 that names it."""
+    if (param := body.unsupported()) is not None:
+        raise APIError(400, f"'{param}' is not supported by this server yet; leave it out. The parameters it "
+                       "honours are listed in the README (\"API: what is honoured\").", param=param,
+                       code="unsupported_parameter")
+
+
 async def _reserve(upstreams, model: str, prompt_bytes: list[int], max_tokens: int | None, n: int,
                    settings) -> int:
     """Tokens to reserve at admission: every prompt's, and n completions for each prompt.
@@ -47,6 +56,7 @@ async def _reserve(upstreams, model: str, prompt_bytes: list[int], max_tokens: i
 async def chat_completions(body: ChatCompletionRequest, request: Request, settings: SettingsDep,
                            upstreams: UpstreamsDep):
     request.state.model = body.model
+    refuse_unsupported(body)
     params = _params(body, body.token_limit)
     if body.logprobs:
         params.logprobs = body.top_logprobs or 0
@@ -54,7 +64,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     for m in body.messages:
         chat.messages.add(role=m.role, content=m.text(), name=m.name or "")
     gen = pb.GenerateRequest(request_id=request.state.request_id, model=body.model, chat=chat, params=params,
-                             user=body.user or "")
+                             user=body.user or body.safety_identifier or "",
+                             session_id=body.prompt_cache_key or "")
     prompt_bytes = sum(len(m.text().encode()) + _TEMPLATE_TOKENS_PER_MESSAGE for m in body.messages)
     fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
     flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
@@ -66,6 +77,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, settings: SettingsDep, upstreams: UpstreamsDep):
     request.state.model = body.model
+    refuse_unsupported(body)
     prompt_only = body.echo and body.max_tokens == 0
     params = _params(body, 1 if prompt_only else body.max_tokens)
     if body.logprobs is not None:
