@@ -102,12 +102,11 @@ class GenerationFlow:
         self.admission = await admit(self.upstreams, self.request, model=self.model, scope="chat",
                                      reserve_tokens=reserve_tokens, timeout_s=self.settings.auth_timeout_s)
         hints.apply(requests, self.admission.scopes)
-        owned_by = self.upstreams.model_owners.get(self.model)
-        if owned_by is not None and not self.admission.may_use(self.model, owned_by):
-            # another owner's fine-tune: the same answer as for a model that does not exist
+        try:
+            self.upstreams.check_owner(self.admission, self.model)
+        except APIError:
             self._report("error")
-            raise APIError(404, f"The model '{self.model}' does not exist or you do not have access to it.",
-                           code="model_not_found", param="model", headers=self.admission.headers)
+            raise
         try:
             self.generations = [Generation(self.upstreams, r, self.settings.request_timeout_s) for r in requests]
             await asyncio.gather(*(g.start() for g in self.generations))

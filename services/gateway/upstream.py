@@ -84,6 +84,13 @@ class Upstreams:
                 pass
         return self._limits.get(model)
 
+    def check_owner(self, admission, model: str) -> None:
+        """404 (as for a model that does not exist) when ``model`` is another owner's fine-tune."""
+        owned_by = self.model_owners.get(model)
+        if owned_by is not None and not admission.may_use(model, owned_by):
+            raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                           code="model_not_found", param="model", headers=admission.headers)
+
     async def close(self) -> None:
         await self.usage_reports.drain()  # queued reports land before the auth channel closes
         if self.transport is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def trailers(exc: grpc.aio.AioRpcError) -> dict:
 
 def versions_dir(store: Path, name: str) -> list[Path]:
     return sorted((store / name).glob("*")) if (store / name).exists() else []
+
+
+@contextlib.contextmanager
+def trainer_only_stack(home: Path, default_model: Path, api_key: str, **cfg):
+    """gateway → auth → trainer as processes (no router or worker), the store holding the tiny base model as
+    ``tiny-random``; ``cfg`` goes to :meth:`StackConfig.ephemeral`."""
+    from services.cli.stack import Stack, StackConfig
+    from services.common.db.migrate import upgrade
+
+    (home / "models").mkdir()
+    (home / "models" / "tiny-random").symlink_to(default_model, target_is_directory=True)
+    stack = Stack(StackConfig.ephemeral(home, default_model, api_key, **cfg))
+    upgrade(stack.cfg.db_url)
+    for name in ("auth", "trainer", "gateway"):
+        stack.spawn(name, f"services.{name}.main", stack.env_for(name))
+    try:
+        stack.wait_for("/fine_tuning/jobs")
+        yield stack
+    finally:
+        stack.stop()

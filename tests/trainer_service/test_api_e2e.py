@@ -11,26 +11,14 @@ import openai
 import pytest
 
 from services.cli.main import main as llmsvc
-from services.cli.stack import Stack, StackConfig
-from services.common.db.migrate import upgrade
 
-from .helpers import CHAT, jsonl
+from .helpers import CHAT, jsonl, trainer_only_stack
 
 
 @pytest.fixture(scope="module")
 def trainer_stack(tmp_path_factory, default_model, api_key):
-    home = tmp_path_factory.mktemp("trainer-stack")
-    (home / "models").mkdir()
-    (home / "models" / "tiny-random").symlink_to(default_model, target_is_directory=True)
-    stack = Stack(StackConfig.ephemeral(home, default_model, api_key))
-    upgrade(stack.cfg.db_url)
-    for name in ("auth", "trainer", "gateway"):
-        stack.spawn(name, f"services.{name}.main", stack.env_for(name))
-    try:
-        stack.wait_for("/fine_tuning/jobs")
+    with trainer_only_stack(tmp_path_factory.mktemp("trainer-stack"), default_model, api_key) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

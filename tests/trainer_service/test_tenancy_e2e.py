@@ -16,32 +16,21 @@ import httpx
 import openai
 import pytest
 
-from services.cli.stack import Stack, StackConfig
-from services.common.db.migrate import upgrade
 from services.common.identity import Identity, IdentityCodec
 from services.common.pb import trainer_pb2 as pb
 from services.common.pb import trainer_pb2_grpc
 
-from .helpers import CHAT, jsonl
+from .helpers import CHAT, jsonl, trainer_only_stack
 
 SCOPES = ["chat", "train", "eval"]
 
 
 @pytest.fixture(scope="module")
 def tenancy_stack(tmp_path_factory, default_model, api_key, pg_database):
-    home = tmp_path_factory.mktemp("tenancy-stack")
-    (home / "models").mkdir()
-    (home / "models" / "tiny-random").symlink_to(default_model, target_is_directory=True)
-    stack = Stack(StackConfig.ephemeral(home, default_model, api_key, database_url=pg_database(),
-                                        extra_env={"LLMSVC_TRAINER_MAX_ACTIVE_JOBS_PER_OWNER": "2"}))
-    upgrade(stack.cfg.db_url)
-    for name in ("auth", "trainer", "gateway"):
-        stack.spawn(name, f"services.{name}.main", stack.env_for(name))
-    try:
-        stack.wait_for("/fine_tuning/jobs")
+    with trainer_only_stack(tmp_path_factory.mktemp("tenancy-stack"), default_model, api_key,
+                            database_url=pg_database(),
+                            extra_env={"LLMSVC_TRAINER_MAX_ACTIVE_JOBS_PER_OWNER": "2"}) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

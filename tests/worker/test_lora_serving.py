@@ -315,3 +315,8 @@ def test_a_fine_tune_is_its_owners_alone(client, lora_stack, default_model, tmp_
     r = httpx.post(f"{base_url}/evals", json={"model": tuned, "suite": "perplexity"},
                    headers={"Authorization": f"Bearer {bob.api_key}"}, timeout=30)
     assert r.status_code == 404, r.text
+    root = base_url.removesuffix("/v1")
+    for who, status in ((bob, 404), (alice, 200)):  # tokenizing names the model too
+        r = httpx.post(f"{root}/tokenize", json={"model": tuned, "prompt": "hi"},
+                       headers={"Authorization": f"Bearer {who.api_key}"}, timeout=30)
+        assert r.status_code == status, r.text

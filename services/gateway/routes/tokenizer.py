@@ -43,8 +43,8 @@ class DetokenizeBody(_Body):
 
 
 async def _model(body_model: str | None, request: Request, settings, upstreams) -> str:
-    await admit(upstreams, request, model=body_model or "", scope="chat", reserve_tokens=0,
-                timeout_s=settings.auth_timeout_s)
+    admission = await admit(upstreams, request, model=body_model or "", scope="chat", reserve_tokens=0,
+                            timeout_s=settings.auth_timeout_s)
     chosen = body_model or getattr(settings, "default_model", "")
     if not chosen:
         try:
@@ -57,6 +57,8 @@ async def _model(body_model: str | None, request: Request, settings, upstreams) 
                                 f"({', '.join(versions) or 'none is served'}).", param="model")
         chosen = versions[0]
     request.state.model = chosen
+    await upstreams.context_window(chosen)  # refreshes the owners of newly listed models
+    upstreams.check_owner(admission, chosen)
     return chosen
 
 
