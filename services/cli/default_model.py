@@ -15,12 +15,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from trainer.data.tokenizer import chat_template
+
+CHAT_TEMPLATE = chat_template(bos=False)
+"""The same ChatML-with-tools template as trained models, without the BOS token (this model never saw one)."""
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
 PAD, BOS, EOS, IM_START, IM_END = SPECIAL_TOKENS
 
@@ -116,7 +114,8 @@ def build_default_model(out_dir: Path, seed: int = 0, progress=None, size: str =
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     ).save_pretrained(tmp)
-    (tmp / "llmsvc.json").write_text(json.dumps({"name": f"{size}-random", "recipe": "random-init", "seed": seed}))
+    (tmp / "llmsvc.json").write_text(json.dumps({"name": f"{size}-random", "recipe": "random-init", "seed": seed,
+                                                        "tool_parser": "hermes"}))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     report(3, steps, "done")

@@ -14,13 +14,49 @@ from collections.abc import Iterable
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
 PAD, BOS, EOS, IM_START, IM_END = SPECIAL_TOKENS
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+
+
+def chat_template(bos: bool = True) -> str:
+    """ChatML with Hermes-style tool calls, the format vLLM's ``hermes`` tool parser reads.
+
+    - ``tools`` (OpenAI's list) becomes a system turn listing each function's signature, compactly:
+      ``<tools>\nadd(a, b)\nget_city(name)\n</tools>`` (names and parameter names only, so a tiny
+      model's context is not spent on JSON Schema).
+    - An assistant turn's ``tool_calls`` follow its text as
+      ``<tool_call>{"name": "add", "arguments": {"a": 12, "b": 7}}</tool_call>``, one per call. Arguments
+      given as a JSON string are written as they are; given as a mapping, with ``tojson``
+      (``json.dumps``'s default separators, which is also how the model writes them).
+    - A ``tool`` turn holds the tool's result as its content.
+    """
+    head = "{{ bos_token }}" if bos else ""
+    return head + (
+        "{%- if tools %}"
+        "{{ '<|im_start|>system\n<tools>\n' }}"
+        "{%- for t in tools %}{%- set f = t.function if t.function is defined else t %}"
+        "{%- set props = f.parameters.properties if f.parameters is defined and f.parameters "
+        "and f.parameters.properties is defined else {} %}"
+        "{{ f.name + '(' + (props | list | join(', ')) + ')\n' }}"
+        "{%- endfor %}"
+        "{{ '</tools><|im_end|>\n' }}"
+        "{%- endif %}"
+        "{%- for m in messages %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' }}"
+        "{%- if m['content'] is string %}{{ m['content'] }}{%- endif %}"
+        "{%- if m['tool_calls'] is defined and m['tool_calls'] %}"
+        "{%- for tc in m['tool_calls'] %}{%- set f = tc.function if tc.function is defined else tc %}"
+        "{{ '<tool_call>{\"name\": ' + (f.name | tojson) + ', \"arguments\": ' }}"
+        "{%- if f.arguments is string %}{{ f.arguments }}{%- else %}{{ f.arguments | tojson }}{%- endif %}"
+        "{{ '}</tool_call>' }}"
+        "{%- endfor %}"
+        "{%- endif %}"
+        "{{ '<|im_end|>\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 
 def _wrap(tok):
