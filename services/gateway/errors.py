@@ -62,7 +62,10 @@ def from_grpc(exc: grpc.aio.AioRpcError, model: str | None = None) -> APIError:
 def _param_of(loc: tuple) -> str | None:
     # pydantic puts the union member it tried in the location ("constrained-str", "list[str]",
     # "function-after[...]"); no OpenAI field is named like that.
+    # A discriminated union puts the tag it matched in the location too ("response_format.json_schema" then
+    # the model's own "json_schema" field): one of two equal neighbours is the tag.
     parts = [str(p) for p in loc if p != "body" and not any(c in str(p) for c in "-[(")]
+    parts = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
     if not parts:
         return None
     out = parts[0]

@@ -43,6 +43,32 @@ class _Delta:
     text: list[str] = field(default_factory=list)
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     finish_reason: str = ""
+    tool_calls: list[pb.ToolCallDelta] = field(default_factory=list)
+
+
+def _text(d: pb.ChoiceDelta) -> str:
+    """The message text of a delta: the parsed content when the worker parsed tool calls out of it."""
+    return d.content if d.HasField("content") else d.text
+
+
+def tool_call_pieces(pieces: list[pb.ToolCallDelta]) -> list[dict]:
+    """Tool-call deltas in OpenAI's streaming shape, consecutive pieces of one call joined: ``index``, then
+    ``id``, ``type`` and ``function.name`` in a call's first piece only, and ``function.arguments`` text."""
+    out: list[dict] = []
+    for p in pieces:
+        if out and out[-1]["index"] == p.index and not p.id:
+            fn = out[-1]["function"]
+            fn["arguments"] = fn.get("arguments", "") + p.arguments
+            continue
+        entry: dict = {"index": p.index}
+        if p.id:
+            entry["id"] = p.id
+            entry["type"] = p.type or "function"
+            entry["function"] = {"name": p.name, "arguments": p.arguments}
+        else:
+            entry["function"] = {"arguments": p.arguments}
+        out.append(entry)
+    return out
 
 
 def deltas_by_choice(chunk: pb.GenerateChunk, offset: int = 0) -> dict[int, _Delta]:
@@ -55,8 +81,9 @@ def deltas_by_choice(chunk: pb.GenerateChunk, offset: int = 0) -> dict[int, _Del
         g = out.get(offset + d.index)
         if g is None:
             g = out[offset + d.index] = _Delta()
-        g.text.append(d.text)
+        g.text.append(_text(d))
         g.logprobs.extend(d.logprobs)
+        g.tool_calls.extend(d.tool_calls)
         if d.finish_reason:
             g.finish_reason = d.finish_reason
     return out
@@ -78,6 +105,19 @@ class _Choice:
     logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     tokens: int = 0
+    # Tool calls by index, folded from their pieces: id, type, name and the arguments' text pieces.
+    calls: dict[int, dict] = field(default_factory=dict)
+
+    def add_call_piece(self, p: pb.ToolCallDelta) -> None:
+        call = self.calls.setdefault(p.index, {"id": "", "type": "function", "name": "", "arguments": []})
+        if p.id:
+            call["id"], call["type"], call["name"] = p.id, p.type or "function", p.name
+        call["arguments"].append(p.arguments)
+
+    def tool_calls(self) -> list[dict]:
+        return [{"id": c["id"], "type": c["type"],
+                 "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+                for _, c in sorted(self.calls.items())]
 
 
 class _Base:
@@ -133,10 +173,12 @@ class ChatFormatter(_Base):
     object_full = "chat.completion"
     prefix = "chatcmpl"
 
-    def __init__(self, model: str, include_usage: bool, n: int, want_logprobs: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, n: int, want_logprobs: bool, tools: bool = False) -> None:
         super().__init__(model, include_usage)
         self.n = n
         self.want_logprobs = want_logprobs
+        # Tools were offered: deltas may carry tool calls, so events are built as dicts, not from the frame.
+        self.tools = tools
 
     @staticmethod
     def _logprob_entry(lp: pb.TokenLogprob) -> dict:
@@ -158,9 +200,12 @@ class ChatFormatter(_Base):
         out = []
         for idx, d in deltas_by_choice(chunk, offset).items():
             text = "".join(d.text)
-            if text or d.logprobs:
+            if text or d.logprobs or d.tool_calls:
                 lp = {"content": [self._logprob_entry(x) for x in d.logprobs]} if self.want_logprobs else None
-                out.append(self._envelope([{"index": idx, "delta": {"content": text}, "logprobs": lp,
+                delta: dict = {"content": text} if text or not d.tool_calls else {}
+                if d.tool_calls:
+                    delta["tool_calls"] = tool_call_pieces(d.tool_calls)
+                out.append(self._envelope([{"index": idx, "delta": delta, "logprobs": lp,
                                             "finish_reason": None}], obj=self.object_stream))
             if d.finish_reason:
                 out.append(self._envelope([{"index": idx, "delta": {}, "logprobs": None,
@@ -174,7 +219,7 @@ class ChatFormatter(_Base):
 
         The token path: once per choice per engine step. Without logprobs, an event is the stream's cached
         frame (:meth:`_event_frame`) around the index, the text and the finish reason."""
-        if self.want_logprobs:
+        if self.want_logprobs or self.tools:
             return b"".join(sse(doc) for doc in self.stream_chunks(chunk, offset))
         if chunk.model:
             self.model = chunk.model
@@ -195,8 +240,10 @@ class ChatFormatter(_Base):
             self.model = chunk.model
         for d in chunk.choices:
             c = self.choices.setdefault(offset + d.index, _Choice())
-            c.text.append(d.text)
+            c.text.append(_text(d))
             c.logprobs.extend(d.logprobs)
+            for p in d.tool_calls:
+                c.add_call_piece(p)
             if d.finish_reason:
                 c.finish_reason = d.finish_reason
         if chunk.finished:
@@ -207,8 +254,11 @@ class ChatFormatter(_Base):
         for idx in sorted(self.choices):
             c = self.choices[idx]
             lp = {"content": [self._logprob_entry(x) for x in c.logprobs]} if self.want_logprobs else None
-            choices.append({"index": idx, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
-                            "logprobs": lp, "finish_reason": c.finish_reason})
+            text = "".join(c.text)
+            message: dict = {"role": "assistant", "content": text if text or not c.calls else None, "refusal": None}
+            if c.calls:
+                message["tool_calls"] = c.tool_calls()
+            choices.append({"index": idx, "message": message, "logprobs": lp, "finish_reason": c.finish_reason})
         doc = self._envelope(choices, obj=self.object_full)
         doc["usage"] = usage_dict(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
         return doc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 16
 # Prompts in one /v1/completions request, and generations it may start (prompts × n): each is a stream on
@@ -18,6 +18,24 @@ MAX_PROMPTS = 256
 MAX_CHOICES = 256
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
+MAX_LOGIT_BIAS = 1024
+
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+"""OpenAI's rule for function and schema names: letters, digits, underscores and dashes, at most 64."""
+
+
+def check_json_schema(schema: dict) -> dict:
+    """A JSON Schema that is not one (by the 2020-12 meta-schema) is the client's error, named where it is."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise ValueError(f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else "")) from None
+    return schema
 
 
 class _Body(BaseModel):
@@ -29,23 +47,58 @@ class TextPart(_Body):
     text: str
 
 
+class MediaPart(BaseModel):
+    """An image, audio or file part: OpenAI defines them; the models served here read text only."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url", "input_audio", "file"]
+
+
+class FunctionCallIn(_Body):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    arguments: Annotated[str, Field(max_length=1 << 20)]
+
+
+class ToolCallIn(_Body):
+    """A call an earlier assistant turn made (``messages[i].tool_calls[j]``)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"]
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[Annotated[TextPart | MediaPart, Field(discriminator="type")]] | None = None
     name: str | None = None
-    # OpenAI's, refused while tool calling is not built (see unsupported()): history must not be lost.
-    tool_calls: Any = None
-    tool_call_id: Any = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    # OpenAI's, and not honoured (see unsupported()): refused, so that history is never lost.
     function_call: Any = None
     audio: Any = None
     refusal: str | None = None  # an earlier assistant turn's refusal text: read back as nothing to say
 
+    def problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) when the message's tool fields do not fit its role, or it has media parts."""
+        for i, part in enumerate(self.content if isinstance(self.content, list) else ()):
+            if isinstance(part, MediaPart):
+                return f"content[{i}].type", (f"'{part.type}' content parts are not supported: the models served "
+                                              "here read text only; send text parts")
+        if self.role == "tool":
+            if self.tool_call_id is None:
+                return "tool_call_id", "a 'tool' message needs 'tool_call_id', the id of the call it answers"
+            if self.content is None:
+                return "content", "a 'tool' message needs 'content', the tool's result"
+        elif self.tool_call_id is not None:
+            return "tool_call_id", "'tool_call_id' belongs on 'tool' messages only"
+        if self.tool_calls and self.role != "assistant":
+            return "tool_calls", "'tool_calls' belongs on 'assistant' messages only"
+        return None
+
     def unsupported(self) -> str | None:
-        for name in ("tool_calls", "tool_call_id", "function_call", "audio"):
+        for name in ("function_call", "audio"):
             if getattr(self, name) not in (None, [], {}):
                 return name
-        if self.role == "tool":
-            return "role"
         return None
 
     def text(self) -> str:
@@ -53,11 +106,106 @@ class ChatMessageIn(_Body):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+
+
+class FunctionDef(_Body):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, v):
+        return check_json_schema(v) if v is not None else v
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Body):
+    name: FunctionName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(_Body):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Body):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(_Body):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v):
+        return check_json_schema(v)
+
+
+class JSONSchemaFormat(_Body):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
+
+
+class StructuredOutputsIn(_Body):
+    """vLLM's ``structured_outputs`` extension: one constraint (``json``, ``regex``, ``choice``, ``grammar``,
+    ``json_object`` or ``structural_tag``) and the options of its JSON grammar."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: Annotated[str, Field(min_length=1)] | None = None
+    choice: Annotated[list[str], Field(min_length=1, max_length=1024)] | None = None
+    grammar: Annotated[str, Field(min_length=1)] | None = None
+    json_object: bool | None = None
+    structural_tag: Annotated[str, Field(min_length=1)] | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("json_", "regex", "choice", "grammar", "json_object", "structural_tag")
+                 if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("set exactly one of json, regex, choice, grammar, json_object, structural_tag "
+                             f"(got {[k.rstrip('_') for k in kinds] or 'none'})")
+        if isinstance(self.json_, str):
+            import json
+
+            try:
+                parsed = json.loads(self.json_)
+            except ValueError as exc:
+                raise ValueError(f"'json' is neither a JSON Schema object nor its JSON text: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("'json' must be a JSON Schema object")
+            self.json_ = parsed
+        if self.json_ is not None:
+            check_json_schema(self.json_)
+        return self
+
+
+LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]],
+                      Field(max_length=MAX_LOGIT_BIAS)]
+"""OpenAI's logit_bias: token ids (as JSON object keys) to a bias in [-100, 100]."""
 
 
 class _SamplingBody(_Body):
@@ -76,6 +224,12 @@ class _SamplingBody(_Body):
     stream_options: StreamOptions | None = None
     # vLLM's extension: generate exactly max_tokens (benchmarks use it so every side does the same work).
     ignore_eos: bool = False
+    logit_bias: LogitBias | None = None
+    # vLLM's extensions: a constraint on the output, and token filters.
+    structured_outputs: StructuredOutputsIn | None = None
+    allowed_token_ids: Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1,
+                                                                                   max_length=1 << 16)] | None = None
+    bad_words: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=1024)] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -98,12 +252,11 @@ class _SamplingBody(_Body):
 # Fields OpenAI defines that this server does not honour yet, with the values that ask for nothing (and so
 # may be sent): any other value is a 400 naming the field, never a silent 200.
 _CHAT_UNSUPPORTED: dict[str, tuple] = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}), "logit_bias": (None, {}), "audio": (None,),
+    "functions": (None, []), "function_call": (None, "none"), "audio": (None,),
     "modalities": (None, ["text"]), "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
     "web_search_options": (None,), "service_tier": (None, "auto", "default"), "store": (None, False),
 }
-_COMPLETION_UNSUPPORTED: dict[str, tuple] = {"logit_bias": (None, {}), "suffix": (None, ""), "best_of": (None, 1)}
+_COMPLETION_UNSUPPORTED: dict[str, tuple] = {"suffix": (None, ""), "best_of": (None, 1)}
 
 
 class ChatCompletionRequest(_SamplingBody):
@@ -116,16 +269,15 @@ class ChatCompletionRequest(_SamplingBody):
     # counts as ``user`` when that is not set.
     prompt_cache_key: Annotated[str, Field(max_length=256)] | None = None
     safety_identifier: Annotated[str, Field(max_length=256)] | None = None
-    # Accepted and not acted on: with ``parallel_tool_calls`` only tools matter (refused above), and
-    # ``metadata`` describes a stored completion, which ``store`` (refused unless false) would make.
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # Accepted and not acted on: ``metadata`` describes a stored completion, which ``store`` (refused unless
+    # false) would make.
     metadata: dict[str, str] | None = None
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
-    logit_bias: Any = None
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -134,6 +286,26 @@ class ChatCompletionRequest(_SamplingBody):
     web_search_options: Any = None
     service_tier: Any = None
     store: Any = None
+
+    def problem(self) -> tuple[str, str] | None:
+        """(param, what is wrong) for what the fields' own types cannot say: a tool choice naming a function
+        not offered, tool fields on the wrong role, two output constraints at once."""
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) < len(names):
+            return "tools", "function names in 'tools' must be unique"
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            return "tool_choice", (f"'tool_choice' names the function {choice.function.name!r}, which is not in "
+                                   f"'tools'" + (f" (offered: {sorted(names)})" if names else ""))
+        if choice == "required" and not names:
+            return "tool_choice", "'tool_choice': 'required' needs 'tools'"
+        if self.structured_outputs is not None and self.response_format is not None \
+                and not isinstance(self.response_format, TextFormat):
+            return "response_format", "give either 'response_format' or 'structured_outputs', not both"
+        for i, m in enumerate(self.messages):
+            if (found := m.problem()) is not None:
+                return f"messages[{i}].{found[0]}", found[1]
+        return None
 
     def unsupported(self) -> str | None:
         """The first OpenAI parameter this request sets to something this server does not do, as its param
@@ -162,7 +334,6 @@ class CompletionRequest(_SamplingBody):
     max_tokens: Annotated[int, Field(ge=0, lt=2**31)] | None = 16
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    logit_bias: Any = None
     suffix: Any = None
     best_of: Any = None
 

@@ -29,7 +29,11 @@ def render(request: pb.GenerateRequest) -> bytes:
     """The request's input as bytes in a stable layout (chat messages are joined in order)."""
     kind = request.WhichOneof("input")
     if kind == "chat":
-        parts = [f"{_SEP_MSG}{m.role}{_SEP_FIELD}{m.name}{_SEP_FIELD}{m.content}" for m in request.chat.messages]
+        # Offered tools come first, as templates render them before the conversation.
+        parts = [request.chat.tools_json]
+        for m in request.chat.messages:
+            parts.append(f"{_SEP_MSG}{m.role}{_SEP_FIELD}{m.name}{_SEP_FIELD}{m.content}")
+            parts.extend(f"{_SEP_FIELD}{c.name}{_SEP_FIELD}{c.arguments}" for c in m.tool_calls)
         return "".join(parts).encode("utf-8", "surrogatepass")
     if kind == "prompt":
         return request.prompt.encode("utf-8", "surrogatepass")

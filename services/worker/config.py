@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -48,6 +50,13 @@ class WorkerSettings(ServiceSettings):
     """Highest adapter rank served (vLLM ``max_lora_rank``); a higher one is refused with a 400."""
     max_cpu_loras: int = Field(default=4, ge=1)
     """Adapters held in memory; past it the least recently used idle one is evicted (vLLM ``max_cpu_loras``)."""
+    tool_parser: str | None = None
+    """vLLM tool parser for this model (``hermes``, ``llama3_json``, ``mistral`` …; ``none`` for none). Unset:
+    ``tool_parser`` in the model's ``llmsvc.json``, else none (then requests that offer tools get a 400)."""
+    tool_strict_level: Literal["auto", "function", "parameter"] = "parameter"
+    """vLLM's ``--tool-strict-level``: ``parameter`` decodes every tool call under its function's parameters
+    schema (arguments always validate); ``auto`` only for tools marked ``strict`` (OpenAI's rule), with the
+    call envelope still enforced for ``required`` and a named ``tool_choice``."""
     engine_args: dict = Field(default_factory=dict)
     """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
 

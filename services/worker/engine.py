@@ -23,6 +23,8 @@ from services.common.pb import inference_pb2 as pb
 from .adapters import AdapterCache, AdapterError, BaseShapes
 from .config import WorkerSettings
 from .load import LoadSnapshot, LoadTracker
+from .tools import ToolsError, ToolSession, load_parser_class, structured_outputs, template_messages, tools_of
+from .tools import tool_parser_name as resolve_tool_parser
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class EngineHost:
         self.tokenizer = None
         self.card: ModelCard | None = None
         self.adapters: AdapterCache | None = None
+        self.tool_parser = ""
+        self.parser_cls = None
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +106,8 @@ class EngineHost:
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
         self.tokenizer = self.engine.get_tokenizer()
         self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        self.tool_parser = resolve_tool_parser(s.tool_parser, s.model)
+        self.parser_cls = load_parser_class(self.tool_parser, self.tokenizer, s.model_name, s.tool_strict_level)
         if s.enable_lora:
             shapes = BaseShapes.from_config(self.engine.model_config.hf_config)
             self.adapters = AdapterCache(self.engine, shapes, capacity=s.max_cpu_loras, max_rank=s.max_lora_rank,
@@ -113,7 +119,8 @@ class EngineHost:
             max_model_len=self.engine.model_config.max_model_len,
             created=int(time.time()),
         )
-        log.info("engine ready: model=%s max_model_len=%d", s.model_name, self.card.max_model_len)
+        log.info("engine ready: model=%s max_model_len=%d tool_parser=%s", s.model_name, self.card.max_model_len,
+                 self.tool_parser or "none")
 
     def shutdown(self) -> None:
         if self.engine is not None:
@@ -131,11 +138,14 @@ class EngineHost:
     def encode_chat(self, chat: pb.ChatMessages) -> list[int]:
         if not chat.messages:
             raise InvalidRequest("'messages' must contain at least one message.", "messages")
-        messages = [{"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {})
-                    for m in chat.messages]
+        try:
+            tools = tools_of(chat)
+        except ToolsError as exc:
+            raise InvalidRequest(str(exc), exc.param) from None
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=chat.add_generation_prompt, tokenize=True, return_dict=False
+                template_messages(chat), tools=tools, add_generation_prompt=chat.add_generation_prompt,
+                tokenize=True, return_dict=False,
             )
         except Exception as exc:  # template errors are the client's message shape (e.g. bad role order)
             raise InvalidRequest(f"Could not apply the model's chat template: {exc}", "messages") from exc
@@ -152,7 +162,9 @@ class EngineHost:
         keeps a huge prompt from costing the tokenizer seconds before it gets the same 400."""
         kind = req.WhichOneof("input")
         if kind == "chat":
-            chars = sum(len(m.content) + len(m.name) for m in req.chat.messages)
+            chars = len(req.chat.tools_json) + sum(
+                len(m.content) + len(m.name) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)
+                for m in req.chat.messages)
         elif kind == "prompt":
             chars = len(req.prompt)
         else:
@@ -208,7 +220,7 @@ class EngineHost:
         return info, getattr(tok, "chat_template", None) or ""
 
     # -- generation ----------------------------------------------------------------
-    def sampling_params(self, p: pb.SamplingParams, prompt_len: int):
+    def sampling_params(self, p: pb.SamplingParams, prompt_len: int, tools: ToolSession | None = None):
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
@@ -220,6 +232,8 @@ class EngineHost:
                 f"{prompt_len} tokens, which leaves no room for a completion.",
                 "messages", code="context_length_exceeded",
             )
+        logit_bias = self._logit_bias(p)
+        structured = tools.structured_outputs if tools else self._structured(p)
         max_tokens = p.max_tokens or (limit - prompt_len)
         if prompt_len + max_tokens > limit:
             raise InvalidRequest(
@@ -245,15 +259,47 @@ class EngineHost:
                 prompt_logprobs=p.prompt_logprobs if p.HasField("prompt_logprobs") else None,
                 ignore_eos=p.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
+                structured_outputs=structured,
+                logit_bias=logit_bias,
+                allowed_token_ids=list(p.allowed_token_ids) or None,
+                bad_words=list(p.bad_words) or None,
+                skip_special_tokens=tools.skip_special_tokens if tools else True,
             )
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             raise InvalidRequest(str(exc), getattr(exc, "parameter", None)) from exc
 
+    @staticmethod
+    def _structured(p: pb.SamplingParams):
+        try:
+            return structured_outputs(p.structured_outputs)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), _structured_param(p.structured_outputs)) from None
+
+    def _logit_bias(self, p: pb.SamplingParams) -> dict[int, float] | None:
+        if not p.logit_bias:
+            return None
+        vocab = len(self.tokenizer)
+        bad = sorted(t for t in p.logit_bias if not 0 <= t < vocab)
+        if bad:
+            raise InvalidRequest(f"logit_bias names token ids outside this model's vocabulary [0, {vocab}): {bad[:5]}",
+                                 "logit_bias")
+        return dict(p.logit_bias)
+
+    def tool_session(self, req: pb.GenerateRequest, ids: list[int]) -> ToolSession | None:
+        if req.WhichOneof("input") != "chat":
+            return None
+        try:
+            return ToolSession.open(req.chat, self._structured(req.params), self.parser_cls, self.tokenizer,
+                                    self.engine.model_config, req.model or self.card.name, ids)
+        except ToolsError as exc:
+            raise InvalidRequest(str(exc), exc.param) from None
+
     async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
         ids = await self.prompt_ids_async(req)
-        params = self.sampling_params(req.params, len(ids))
+        tools = self.tool_session(req, ids)
+        params = self.sampling_params(req.params, len(ids), tools)
         if not req.HasField("adapter"):
-            async for chunk in self._generate(req, ids, params, None, self.card.name):
+            async for chunk in self._generate(req, ids, params, None, self.card.name, tools):
                 yield chunk
             return
         if self.adapters is None:
@@ -265,12 +311,13 @@ class EngineHost:
             raise InvalidRequest(f"The model '{req.model}' (LoRA adapter {req.adapter.name}) cannot be served: "
                                  f"{exc}.", "model") from None
         try:
-            async for chunk in self._generate(req, ids, params, lora, req.adapter.name):
+            async for chunk in self._generate(req, ids, params, lora, req.adapter.name, tools):
                 yield chunk
         finally:
             self.adapters.release(req.adapter.name)
 
-    async def _generate(self, req: pb.GenerateRequest, ids: list[int], params, lora, model: str):
+    async def _generate(self, req: pb.GenerateRequest, ids: list[int], params, lora, model: str,
+                        tools: ToolSession | None = None):
         # Engine ids must be unique among in-flight requests even if clients reuse theirs.
         engine_id = f"{req.request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         completion_tokens: dict[int, int] = {}
@@ -279,7 +326,7 @@ class EngineHost:
         stream = self.engine.generate({"prompt_token_ids": ids}, params, engine_id, priority=req.priority,
                                       lora_request=lora)
         try:
-            async for out in stream:
+            async for out in _refusals_as_invalid(stream, req.params):
                 chunk = pb.GenerateChunk(request_id=req.request_id, model=model)
                 if first:
                     first = False
@@ -297,6 +344,8 @@ class EngineHost:
                         delta.stop_reason = str(o.stop_reason)
                     if o.logprobs:
                         delta.logprobs.extend(self._logprobs(list(o.token_ids), o.logprobs, req.params.logprobs))
+                    if tools is not None:
+                        tools.feed(delta, list(o.token_ids), finished=o.finish_reason is not None)
                 if out.finished:
                     finished = True
                     chunk.finished = True
@@ -339,3 +388,28 @@ class EngineHost:
         if entry is not None and tid in entry and entry[tid].decoded_token is not None:
             return entry[tid].decoded_token
         return self.tokenizer.decode([tid])
+
+
+def _structured_param(so: pb.StructuredOutputs) -> str:
+    return "response_format" if so.WhichOneof("kind") in ("json", "json_object") else "structured_outputs"
+
+
+async def _refusals_as_invalid(stream, params: pb.SamplingParams):
+    """The engine's outputs; a request vLLM refuses before its first output (a grammar that does not
+    compile, a logit bias outside the vocabulary …) is the client's 400, naming what it sent."""
+    from vllm.exceptions import VLLMClientError
+
+    first = True
+    try:
+        async for out in stream:
+            first = False
+            yield out
+    except (ValueError, VLLMClientError) as exc:
+        if not first and not isinstance(exc, VLLMClientError):
+            raise
+        param = getattr(exc, "parameter", None)
+        if not param:
+            text = str(exc).lower()
+            param = ("logit_bias" if "logit_bias" in text or "logit bias" in text
+                     else _structured_param(params.structured_outputs))
+        raise InvalidRequest(str(exc), param) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Request
 
 from services.common.pb import inference_pb2 as pb
@@ -9,7 +11,14 @@ from services.common.pb import inference_pb2 as pb
 from ..deps import SettingsDep, UpstreamsDep
 from ..errors import APIError
 from ..openai_format import ChatFormatter, CompletionFormatter
-from ..schemas import ChatCompletionRequest, CompletionRequest, _SamplingBody
+from ..schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    JSONObjectFormat,
+    JSONSchemaFormat,
+    NamedToolChoice,
+    _SamplingBody,
+)
 from ..serving import GenerationFlow
 
 router = APIRouter(prefix="/v1", tags=["generation"])
@@ -27,7 +36,66 @@ def _params(body: _SamplingBody, max_tokens: int | None) -> pb.SamplingParams:
         value = getattr(body, name)
         if value is not None:
             setattr(p, name, value)
+    if body.logit_bias:
+        for token, bias in body.logit_bias.items():
+            token_id = int(token)
+            if token_id >= 2**31:
+                raise APIError(400, f"logit_bias: token id {token} is out of range.", param="logit_bias")
+            p.logit_bias[token_id] = bias
+    p.allowed_token_ids.extend(body.allowed_token_ids or ())
+    p.bad_words.extend(body.bad_words or ())
+    _structured(body, p.structured_outputs)
     return p
+
+
+def _structured(body: _SamplingBody, so: pb.StructuredOutputs) -> None:
+    """``response_format`` (chat) or vLLM's ``structured_outputs`` as the worker's one constraint."""
+    fmt = getattr(body, "response_format", None)
+    if isinstance(fmt, JSONSchemaFormat):
+        so.json = json.dumps(fmt.json_schema.schema_)
+    elif isinstance(fmt, JSONObjectFormat):
+        so.json_object = True
+    elif (x := body.structured_outputs) is not None:
+        if x.json_ is not None:
+            so.json = json.dumps(x.json_)
+        elif x.choice is not None:
+            so.choice.values.extend(x.choice)
+        else:
+            for kind in ("regex", "grammar", "json_object", "structural_tag"):
+                if getattr(x, kind) is not None:
+                    setattr(so, kind, getattr(x, kind))
+        so.disable_any_whitespace = x.disable_any_whitespace
+        so.disable_additional_properties = x.disable_additional_properties
+        so.whitespace_pattern = x.whitespace_pattern or ""
+
+
+def _chat(body: ChatCompletionRequest) -> pb.ChatMessages:
+    chat = pb.ChatMessages(add_generation_prompt=True)
+    for m in body.messages:
+        msg = chat.messages.add(role=m.role, content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "",
+                                content_null=m.content is None)
+        for c in m.tool_calls or ():
+            msg.tool_calls.add(id=c.id, type=c.type, name=c.function.name, arguments=c.function.arguments)
+    if body.tools:
+        chat.tools_json = json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in body.tools])
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        chat.tool_choice.mode, chat.tool_choice.function = "function", choice.function.name
+    elif choice is not None:
+        chat.tool_choice.mode = choice
+    if body.parallel_tool_calls is not None:
+        chat.parallel_tool_calls = body.parallel_tool_calls
+    return chat
+
+
+def _chat_bytes(chat: pb.ChatMessages) -> int:
+    """An upper bound of the prompt's tokens (see :func:`_reserve`): its text's bytes and the template's."""
+    total = len(chat.tools_json.encode())
+    for m in chat.messages:
+        total += len(m.content.encode()) + _TEMPLATE_TOKENS_PER_MESSAGE
+        total += sum(len(c.name.encode()) + len(c.arguments.encode()) + _TEMPLATE_TOKENS_PER_MESSAGE
+                     for c in m.tool_calls)
+    return total
 
 
 def refuse_unsupported(body) -> None:
@@ -57,17 +125,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
                            upstreams: UpstreamsDep):
     request.state.model = body.model
     refuse_unsupported(body)
+    if (problem := body.problem()) is not None:
+        raise APIError(400, problem[1], param=problem[0])
     params = _params(body, body.token_limit)
     if body.logprobs:
         params.logprobs = body.top_logprobs or 0
-    chat = pb.ChatMessages(add_generation_prompt=True)
-    for m in body.messages:
-        chat.messages.add(role=m.role, content=m.text(), name=m.name or "")
+    chat = _chat(body)
     gen = pb.GenerateRequest(request_id=request.state.request_id, model=body.model, chat=chat, params=params,
                              user=body.user or body.safety_identifier or "",
                              session_id=body.prompt_cache_key or "")
-    prompt_bytes = sum(len(m.text().encode()) + _TEMPLATE_TOKENS_PER_MESSAGE for m in body.messages)
-    fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs)
+    prompt_bytes = _chat_bytes(chat)
+    fmt = ChatFormatter(body.model, body.include_usage, body.n, body.logprobs, tools=bool(body.tools))
     flow = GenerationFlow(request, settings, upstreams, route="/v1/chat/completions", model=body.model,
                           formatter=fmt, stream=body.stream, role_chunks=True)
     reserve = await _reserve(upstreams, body.model, [prompt_bytes], body.token_limit, body.n, settings)
