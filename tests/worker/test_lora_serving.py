@@ -3,6 +3,7 @@
 gateway → auth → router (which reads the registry: which versions are adapters, of which base) → one vLLM-CPU
 worker with multi-LoRA on, each service its own process. The worker holds at most two adapters in memory and
 one per batch (``LLMSVC_WORKER_MAX_CPU_LORAS=2``, ``LLMSVC_WORKER_MAX_LORAS=1``), so a rotation of three evicts.
+This worker also runs without a tool parser (``LLMSVC_WORKER_TOOL_PARSER=none``): offered tools are refused.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def lora_stack(tmp_path_factory, default_model, api_key):
     (home / "models" / BASE).symlink_to(default_model, target_is_directory=True)
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports={"worker0": free_port()},
                                 extra_env={"LLMSVC_WORKER_MAX_LORAS": "1", "LLMSVC_WORKER_MAX_CPU_LORAS": "2",
+                                           "LLMSVC_WORKER_TOOL_PARSER": "none",
                                            "LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S": "0.5"})
     with Stack(cfg).running() as stack:
         stack.wait_for("/fine_tuning/jobs")
@@ -320,3 +322,21 @@ def test_a_fine_tune_is_its_owners_alone(client, lora_stack, default_model, tmp_
         r = httpx.post(f"{root}/tokenize", json={"model": tuned, "prompt": "hi"},
                        headers={"Authorization": f"Bearer {who.api_key}"}, timeout=30)
         assert r.status_code == status, r.text
+
+
+def test_tools_offered_to_a_model_without_a_tool_parser_are_a_400_naming_tools(client):
+    """No silent drop: a model served without a tool parser cannot call tools, so offering them (for any
+    choice but ``none``, streamed or not) is a 400 on ``tools``, not prose with a 200. With ``none`` the
+    tools are only shown to the template, which serves."""
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}]
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "add"}}):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                r = client.chat.completions.create(model=BASE, messages=PROMPT, tools=tools, tool_choice=choice,
+                                                   max_tokens=4, stream=stream)
+                list(r) if stream else None
+            assert info.value.body["param"] == "tools", info.value.body
+            assert "tool parser" in info.value.body["message"]
+    r = client.chat.completions.create(model=BASE, messages=PROMPT, tools=tools, tool_choice="none", max_tokens=2)
+    assert r.choices[0].message.tool_calls is None
