@@ -49,12 +49,9 @@ def ensure_cpu_version() -> str:
 def default_model(size: str = "tiny") -> Path:
     """A random Llama of ``size`` (``tiny``: the one ``llmsvc up`` serves by default), built once into the
     test cache."""
-    from services.cli.default_model import build_default_model
+    from services.cli.default_model import cached
 
-    path = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test")) / f"{size}-random"
-    if not (path / "config.json").exists():
-        build_default_model(path, size=size)
-    return path
+    return cached(Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test")), size)
 
 
 def vllm_bench(base_url: str, model: str, tokenizer: Path, args: list[str], api_key: str = "") -> dict:

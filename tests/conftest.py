@@ -20,17 +20,11 @@ MODEL_CACHE = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / 
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    """The random tiny Llama that ``llmsvc up`` serves by default, built once and cached (under a name that
+    """The random tiny Llama that ``llmsvc up`` serves by default, built once and cached (in a folder that
     changes with its chat template and settings, so a cache from older code is never served)."""
-    import hashlib
+    from services.cli.default_model import cached
 
-    from services.cli.default_model import CHAT_TEMPLATE, build_default_model
-
-    tag = hashlib.sha256(f"{CHAT_TEMPLATE}|tool_parser=hermes".encode()).hexdigest()[:8]
-    path = MODEL_CACHE / f"random-{tag}" / "tiny-random"
-    if not (path / "config.json").exists():
-        build_default_model(path)
-    return path
+    return cached(MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,16 @@ def build_default_model(out_dir: Path, seed: int = 0, progress=None, size: str =
     tmp.rename(out_dir)
     report(3, steps, "done")
     return out_dir
+
+
+def cached(cache_root: Path, size: str = "tiny") -> Path:
+    """The random model of ``size`` built once under ``cache_root``, in a folder named after what shapes it
+    (its chat template and tool parser), so a cache built by older code is never served. The model's own
+    folder is ``{size}-random``: its served name."""
+    import hashlib
+
+    tag = hashlib.sha256(f"{CHAT_TEMPLATE}|tool_parser=hermes".encode()).hexdigest()[:8]
+    path = Path(cache_root) / f"random-{tag}" / f"{size}-random"
+    if not (path / "config.json").exists():
+        build_default_model(path, size=size)
+    return path
