@@ -113,6 +113,31 @@ def test_required_streamed_calls_validate_and_match_the_response(openai_client, 
             [json.loads(calls[i]["arguments"]) for i in sorted(calls)]
 
 
+def test_parallel_calls_have_their_own_index_and_id_streamed_and_not(openai_client, model_name):
+    """``required`` with parallel calls allowed (the default): the grammar lets the model go on to another
+    call after each one. Among a few seeds the random model makes several; each is valid, with its own id,
+    and the stream numbers them 0, 1, … in order."""
+    several = None
+    for seed in range(1, 13):
+        kw = dict(model=model_name, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=MAX_TOKENS,
+                  temperature=1.0, seed=seed)
+        r = openai_client.chat.completions.create(**kw).choices[0]
+        if r.finish_reason == "tool_calls" and len(r.message.tool_calls) >= 2:
+            several = (kw, r)
+            break
+    assert several is not None, "no seed gave parallel calls"
+    kw, r = several
+    calls = r.message.tool_calls
+    assert len({c.id for c in calls}) == len(calls)
+    for c in calls:
+        _valid_call(c)
+    _, _, streamed, finishes, pieces = _streamed(openai_client, **kw)
+    assert finishes == ["tool_calls"] and sorted(streamed) == list(range(len(calls)))
+    assert [p.index for p in pieces] == sorted(p.index for p in pieces), "calls stream one after another"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+        [(streamed[i]["name"], json.loads(streamed[i]["arguments"])) for i in range(len(calls))]
+
+
 def test_tool_choice_none_answers_in_text(openai_client, model_name):
     r = openai_client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS, tool_choice="none",
                                               max_tokens=8, temperature=0)
@@ -120,8 +145,9 @@ def test_tool_choice_none_answers_in_text(openai_client, model_name):
 
 
 def test_a_conversation_with_tool_results_is_carried_to_the_template(openai_client, model_name, base_url, api_key):
-    """An assistant turn's calls and the tool turns answering them are rendered, not dropped: the prompt
-    grows by what they hold (usage.prompt_tokens), and the request is served."""
+    """An assistant turn's calls and the tool turns answering them reach the model's chat template, with the
+    offered tools: ``/tokenize`` renders the same conversation the chat route does, and what it renders
+    holds each of them. The chat request with that history is served."""
     history = ASK + [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 12, "b": 7}'}},
@@ -129,11 +155,20 @@ def test_a_conversation_with_tool_results_is_carried_to_the_template(openai_clie
         {"role": "tool", "tool_call_id": "call_1", "content": "19"},
         {"role": "tool", "tool_call_id": "call_2", "content": "paris"},
     ]
-    short = openai_client.chat.completions.create(model=model_name, messages=ASK, tools=TOOLS, max_tokens=1)
-    long = openai_client.chat.completions.create(model=model_name, messages=history, tools=TOOLS, max_tokens=1)
-    grown = long.usage.prompt_tokens - short.usage.prompt_tokens
-    rendered = len('<tool_call>{"name": "add", "arguments": {"a": 12, "b": 7}}</tool_call>')
-    assert grown > rendered // 2, (short.usage, long.usage)
+    root = base_url.removesuffix("/v1")
+    auth = {"Authorization": f"Bearer {api_key}"}
+    ids = httpx.post(f"{root}/tokenize", json={"model": model_name, "messages": history, "tools": TOOLS},
+                     headers=auth, timeout=60).json()["tokens"]
+    text = httpx.post(f"{root}/detokenize", json={"model": model_name, "tokens": ids}, headers=auth,
+                      timeout=60).json()["prompt"]
+    for piece in ("<tools>\nadd(a, b)\nget_city(name)\n</tools>",
+                  '<tool_call>{"name": "add", "arguments": {"a": 12, "b": 7}}</tool_call>'
+                  '<tool_call>{"name": "get_city", "arguments": {"name": "ann"}}</tool_call>',
+                  "<|im_start|>tool\n19<|im_end|>", "<|im_start|>tool\nparis<|im_end|>"):
+        assert piece in text, (piece, text)
+    assert text.endswith("<|im_start|>assistant\n")
+    r = openai_client.chat.completions.create(model=model_name, messages=history, tools=TOOLS, max_tokens=2)
+    assert r.usage.prompt_tokens == len(ids)
 
 
 def test_json_schema_samples_at_temperature_one_all_validate(openai_client, model_name):

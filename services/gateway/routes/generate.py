@@ -13,10 +13,12 @@ from ..errors import APIError
 from ..openai_format import ChatFormatter, CompletionFormatter
 from ..schemas import (
     ChatCompletionRequest,
+    ChatMessageIn,
     CompletionRequest,
     JSONObjectFormat,
     JSONSchemaFormat,
     NamedToolChoice,
+    Tool,
     _SamplingBody,
 )
 from ..serving import GenerationFlow
@@ -69,15 +71,21 @@ def _structured(body: _SamplingBody, so: pb.StructuredOutputs) -> None:
         so.whitespace_pattern = x.whitespace_pattern or ""
 
 
-def _chat(body: ChatCompletionRequest) -> pb.ChatMessages:
-    chat = pb.ChatMessages(add_generation_prompt=True)
-    for m in body.messages:
+def fill_chat(chat: pb.ChatMessages, messages: list[ChatMessageIn], tools: list[Tool] | None) -> None:
+    """The messages, with their tool calls and tool call ids, and the offered tools, as the worker's template
+    takes them (for generation and for ``/tokenize``)."""
+    for m in messages:
         msg = chat.messages.add(role=m.role, content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "",
                                 content_null=m.content is None)
         for c in m.tool_calls or ():
             msg.tool_calls.add(id=c.id, type=c.type, name=c.function.name, arguments=c.function.arguments)
-    if body.tools:
-        chat.tools_json = json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in body.tools])
+    if tools:
+        chat.tools_json = json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in tools])
+
+
+def _chat(body: ChatCompletionRequest) -> pb.ChatMessages:
+    chat = pb.ChatMessages(add_generation_prompt=True)
+    fill_chat(chat, body.messages, body.tools)
     choice = body.tool_choice
     if isinstance(choice, NamedToolChoice):
         chat.tool_choice.mode, chat.tool_choice.function = "function", choice.function.name

@@ -23,7 +23,8 @@ from services.common.pb import inference_pb2 as pb
 from ..admission import admit
 from ..deps import SettingsDep, UpstreamsDep
 from ..errors import APIError, from_grpc
-from ..schemas import ChatMessageIn, _Body
+from ..schemas import MAX_TOOLS, ChatMessageIn, Tool, _Body
+from .generate import fill_chat
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -32,6 +33,7 @@ class TokenizeBody(_Body):
     model: Annotated[str, Field(max_length=256)] | None = None
     prompt: str | None = None
     messages: list[ChatMessageIn] | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     return_token_strs: bool = False
@@ -75,8 +77,10 @@ async def tokenize(body: TokenizeBody, request: Request, settings: SettingsDep, 
     req = pb.TokenizeRequest(model=model, add_special_tokens=body.add_special_tokens)
     if body.messages is not None:
         req.chat.add_generation_prompt = body.add_generation_prompt
-        for m in body.messages:
-            req.chat.messages.add(role=m.role, content=m.text(), name=m.name or "")
+        for i, m in enumerate(body.messages):
+            if (problem := m.problem()) is not None:
+                raise APIError(400, problem[1], param=f"messages[{i}].{problem[0]}")
+        fill_chat(req.chat, body.messages, body.tools)
     elif body.prompt is not None:
         req.prompt = body.prompt
     else:
