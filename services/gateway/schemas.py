@@ -32,6 +32,8 @@ def check_json_schema(schema: dict) -> dict:
 
     try:
         Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise ValueError("the JSON Schema is nested too deeply") from None
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
         raise ValueError(f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else "")) from None
