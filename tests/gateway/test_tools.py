@@ -280,6 +280,9 @@ BAD = [
     ("response_format.json_schema.name", {"response_format": {"type": "json_schema", "json_schema": {
         "name": "not ok", "schema": {}}}}),
     ("response_format", {"response_format": {"type": "xml"}}),
+    # a valid JSON Schema no grammar can satisfy: the engine's compiler refuses it
+    ("response_format", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "integer", "minimum": 5, "maximum": 1}}}}),
     ("response_format", {"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}),
     ("structured_outputs", {"structured_outputs": {"regex": "a+", "choice": ["x"]}}),
     ("structured_outputs", {"structured_outputs": {"grammar": "root ::= ((("}}),
