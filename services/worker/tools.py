@@ -151,6 +151,7 @@ class ToolSession:
                              "leave out 'tools', or serve it with a tool parser (LLMSVC_WORKER_TOOL_PARSER, "
                              "or \"tool_parser\" in its llmsvc.json).", "tools")
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.exceptions import VLLMClientError
 
         body: dict = {"model": model_name, "messages": [{"role": "user", "content": ""}], "tools": tools,
                       "stream": True}
@@ -160,14 +161,14 @@ class ToolSession:
             body["parallel_tool_calls"] = chat.parallel_tool_calls
         try:
             request = ChatCompletionRequest.model_validate(body)
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise ToolsError(_first_error(exc), _param_of(exc, "tools")) from None
         if structured is not None:
             request.structured_outputs = structured
         session = cls(request, parser_cls, tokenizer, model_config, prompt_ids)
         try:
             session.request = session._parser(0).adjust_request(request)
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise ToolsError(str(exc), _param_of(exc, "tool_choice")) from None
         return session
 
