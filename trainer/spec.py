@@ -115,7 +115,7 @@ class LoraSpec(_Strict):
 
 
 class TinyChatSpec(_Strict):
-    examples: int = Field(120_000, ge=100)
+    examples: int = Field(200_000, ge=100)
     """Synthetic conversations to generate for training."""
     eval_per_task: int = Field(40, ge=0)
     """Held-out prompts per task for the final greedy-decoding accuracy."""
@@ -171,7 +171,7 @@ TINY_CHAT_DATA = {"tokenizer": "bytes", "filters": False, "dedup": False, "near_
                   "extra_tokens": list(TOKEN_WORDS)}
 """Synthetic data is clean by construction (and its digit lists would look like phone numbers to the PII
 scrubber). The extra tokens are the chat roles and the tasks' fixed words: about a third fewer tokens an example."""
-TINY_CHAT_HYPERPARAMETERS = {"steps": 1000, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "seq_len": 256,
+TINY_CHAT_HYPERPARAMETERS = {"steps": 1800, "batch_size": 16, "lr": 3e-3, "warmup_steps": 50, "seq_len": 256,
                              "weight_decay": 0.1, "log_every": 20}
 """Tuned for a few minutes on two CPU cores (see docs/benchmarks.md)."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trainer.data import synthetic
-from trainer.data.chat import encode_chat
+from trainer.data.chat import encode_chat, validate_record
 from trainer.data.dedup import ExactDedup, NearDedup
 from trainer.data.filters import QualityFilter
 from trainer.data.pack import PackedData, ShardWriter
@@ -134,6 +134,68 @@ def test_chat_encoding_matches_the_template_and_masks_assistant_turns(fast):
     ids, mask = encode_chat(tok, messages)
     assert ids == list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
     assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "cba<|im_end|>\ncba!<|im_end|>\n"
+
+
+_ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "integer"}}}}}
+_TOOL_CHAT = {"tools": [_ADD], "messages": [
+    {"role": "system", "content": "use tools"}, {"role": "user", "content": "What is 12 + 7?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"b": 7, "a": 12}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "19"},
+    {"role": "assistant", "content": "19"},
+    {"role": "user", "content": "and 1 + 1?"},
+    {"role": "assistant", "content": "Let me see.", "tool_calls": [
+        {"id": "c2", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 1}}}]},
+    {"role": "tool", "tool_call_id": "c2", "content": "2"}]}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_tool_conversations_encode_like_the_template_with_loss_on_calls_and_answers(fast):
+    tok = byte_tokenizer(synthetic.TOKEN_WORDS)
+    if not fast:
+        tok.chat_template = CHAT_TEMPLATE.replace("{{ bos_token }}", "{{bos_token}}")
+    rec = validate_record(_TOOL_CHAT, "r")
+    ids, mask = encode_chat(tok, rec["messages"], rec["tools"])
+    assert ids == list(tok.apply_chat_template(_TOOL_CHAT["messages"], tools=_TOOL_CHAT["tools"], tokenize=True,
+                                               return_dict=False))
+    assert tok.decode(ids).startswith("<|begin_of_text|><|im_start|>system\n<tools>\nadd(b, a)\n</tools>")
+    assert tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == (
+        '<tool_call>{"name": "add", "arguments": {"b": 7, "a": 12}}</tool_call><|im_end|>\n19<|im_end|>\n'
+        'Let me see.<tool_call>{"name": "add", "arguments": {"a": 1, "b": 1}}</tool_call><|im_end|>\n')
+    # The call pieces are whole tokens: vLLM's hermes parser needs <tool_call> and </tool_call> as tokens.
+    assert tok.tokenize('<tool_call>{"name": "add", "arguments": {"a": 12, "b": 7}}</tool_call>') == [
+        "<tool_call>", '{"name": "', "add", '", "arguments": {', '"a": ', "1", "2", ', "b": ', "7", "}}",
+        "</tool_call>"]
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda r: r.update(tools={"add": 1}), "'tools' must be a non-empty list"),
+    (lambda r: r["tools"].append({"type": "function", "function": {"description": "x"}}), "tool 1 must be"),
+    (lambda r: r["messages"][2]["tool_calls"][0]["function"].update(arguments="{a: 1"), "not valid JSON"),
+    (lambda r: r["messages"][2]["tool_calls"][0]["function"].update(arguments="[1]"), "must be a JSON object"),
+    (lambda r: r["messages"][2]["tool_calls"][0]["function"].update(name="mul"), "calls 'mul', which"),
+    (lambda r: r["messages"][2]["tool_calls"][0].pop("function"), "needs 'function'"),
+    (lambda r: r["messages"].pop(2), "message 2 \\(tool\\) answers no tool call"),
+    (lambda r: r["messages"][3].update(tool_call_id="c9"), "answers no tool call"),
+    (lambda r: r["messages"][3].update(content=None), "message 3 \\(tool\\) needs a string content"),
+    (lambda r: r["messages"][1].update(role="function"), "message 1 needs a role in"),
+])
+def test_bad_tool_records_are_data_errors_naming_the_problem(change, error):
+    rec = json.loads(json.dumps(_TOOL_CHAT))
+    change(rec)
+    with pytest.raises(DataError, match=error):
+        validate_record(rec, "chat.jsonl record 3")
+
+
+def test_prepared_tool_data_keeps_each_signature_in_its_order(tmp_path):
+    src = tmp_path / "tools.jsonl"
+    src.write_text(json.dumps(_TOOL_CHAT) + "\n")
+    spec = DataSpec(tokenizer="bytes", extra_tokens=list(synthetic.TOKEN_WORDS), scrub_pii=False)
+    prepared = prepare(str(src), spec, "chat", tmp_path / "prep", seq_len=256, show=False)
+    tokens = np.fromfile(tmp_path / "prep" / prepared.manifest["shards"][0]["tokens"], dtype=np.uint16)
+    text = prepared.tokenizer.decode(tokens.tolist())
+    assert "add(b, a)" in text and '{"b": 7, "a": 12}' in text and '{"a": 1, "b": 1}' in text
 
 
 def test_packed_windows_restart_positions_at_documents_and_keep_conversations_whole(tmp_path):

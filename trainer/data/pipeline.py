@@ -22,7 +22,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from ..spec import DataSpec
-from .chat import encode_chat, encode_preference, parse_preference, validate_messages
+from .chat import encode_chat, encode_preference, parse_preference, validate_record
 from .dedup import ExactDedup, NearDedup
 from .filters import QualityFilter
 from .pack import ShardWriter
@@ -58,9 +58,7 @@ def _normalise(record: dict, kind: Kind, data: DataSpec, where: str) -> dict:
             raise DataError(f"{where}: no string field {data.text_field!r} (fields: {sorted(record)})")
         return {"text": text}
     if kind == "chat":
-        if "messages" not in record:
-            raise DataError(f"{where}: chat data needs a 'messages' field (fields: {sorted(record)})")
-        return {"messages": validate_messages(record["messages"], where)}
+        return validate_record(record, where)
     p = parse_preference(record, where)
     return {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
 
@@ -69,7 +67,12 @@ def _texts(rec: dict) -> Iterator[str]:
     if "text" in rec:
         yield rec["text"]
     for m in rec.get("messages", ()) or rec.get("prompt", ()):
-        yield m["content"]
+        if isinstance(m.get("content"), str):
+            yield m["content"]
+        for c in m.get("tool_calls", ()):
+            yield json.dumps(c["function"], sort_keys=True)
+    if "tools" in rec:
+        yield json.dumps(rec["tools"], sort_keys=True)
     for key in ("chosen", "rejected"):
         if key in rec:
             yield rec[key]
@@ -111,7 +114,8 @@ def _map_texts(rec: dict, fn) -> dict:
         out["text"] = fn(out["text"])
     for key in ("messages", "prompt"):
         if key in out:
-            out[key] = [{**m, "content": fn(m["content"])} for m in out[key]]
+            out[key] = [{**m, "content": fn(m["content"])} if isinstance(m.get("content"), str) else m
+                        for m in out[key]]
     for key in ("chosen", "rejected"):
         if key in out:
             out[key] = fn(out[key])
@@ -129,7 +133,8 @@ def clean(path: str, data: DataSpec, kind: Kind, out: Path, show: bool = True) -
             rec = cleaner(_normalise(record, kind, data, f"{path} record {i}"))
             if rec is None:
                 continue
-            line = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+            # Sorted keys make the hash canonical; not with tools, whose parameters' order is their signature.
+            line = json.dumps(rec, ensure_ascii=False, sort_keys="tools" not in rec)
             digest.update(line.encode() + b"\n")
             f.write(line + "\n")
             kept += 1
@@ -163,7 +168,7 @@ def pack(clean_path: Path, kind: Kind, tokenizer, out: Path, seq_len: int, extra
         if kind == "text":
             writer.add([bos] + backend.encode(rec["text"], add_special_tokens=False).ids + [eos])
         else:
-            ids, mask = encode_chat(tokenizer, rec["messages"])
+            ids, mask = encode_chat(tokenizer, rec["messages"], rec.get("tools"))
             writer.add(ids + [eos], mask + [0])
     return writer.finish(vocab_size=vocab, bos=bos, eos=eos, pad=ids_of["pad"], **extra)
 

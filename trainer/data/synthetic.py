@@ -1,16 +1,25 @@
 """A synthetic chat corpus every machine can make: small tasks with one right answer each.
 
 Tasks: arithmetic (two-digit + and -), string reversal, sorting digits,
-counting a letter, copying text, question answering over a small table, and a
-greeting that says what the model can do. Generation is deterministic in the
-seed. Held-out prompts (:func:`held_out`) never occur in the training set, so
-accuracy on them measures generalisation, not memory.
+counting a letter, copying text, question answering over a small table, a
+greeting that says what the model can do, and tool use: with tools offered
+(``add``, ``subtract``, ``get_city``) arithmetic and "where does X live" are
+answered by calling the tool, reading its result and answering with it, and the
+other tasks are answered directly. Generation is deterministic in the seed.
+Held-out prompts (:func:`held_out`) never occur in the training set, so accuracy
+on them measures generalisation, not memory.
+
+Training records are OpenAI's chat fine-tuning format: ``messages`` (assistant
+turns may carry ``tool_calls``; ``tool`` turns answer them) and, when tools are
+offered, ``tools``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +29,11 @@ CITIES = ("paris rome oslo lima cairo delhi tokyo berlin madrid dublin quito seo
           "accra hanoi").split()
 WORDS = ("red green blue cat dog sun moon tree river stone apple bread milk tea book lamp door road ship bird fish "
          "rain snow wind fire cold warm fast slow big small happy quiet bright dark north south").split()
-_ENTITIES = set(NAMES) | set(CITIES)
+TOOL_NAMES = ("add", "subtract", "get_city")
+_ENTITIES = set(NAMES) | set(CITIES) | set(TOOL_NAMES) | {"system", "user", "assistant", "tool"}
 SYSTEM_HELP = ("Hello! I am tiny-chat, a very small model. I can add and subtract numbers, reverse a string, "
-               "sort digits, count a letter, repeat text, and tell where someone lives from a small table.")
+               "sort digits, count a letter, repeat text, tell where someone lives from a small table, "
+               "and call tools.")
 
 
 def arithmetic(rng: random.Random) -> tuple[str, str]:
@@ -80,32 +91,148 @@ def greet(rng: random.Random) -> tuple[str, str]:
                        "Who are you?", "help"]), SYSTEM_HELP
 
 
+def _params(**props: str) -> dict:
+    return {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}, "required": list(props)}
+
+
+TOOLS: dict[str, dict] = {
+    "add": {"type": "function", "function": {"name": "add", "description": "a + b",
+                                             "parameters": _params(a="integer", b="integer")}},
+    "subtract": {"type": "function", "function": {"name": "subtract", "description": "a - b",
+                                                  "parameters": _params(a="integer", b="integer")}},
+    "get_city": {"type": "function", "function": {"name": "get_city", "description": "the city a person lives in",
+                                                  "parameters": _params(name="string")}},
+}
+"""The functions tiny-chat learns to call, in OpenAI's ``tools`` format."""
+
+
+def get_city(name: str) -> str:
+    """The tool's directory: everyone, known name or not, lives in one city (a fixed hash of the name)."""
+    return CITIES[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(CITIES)]
+
+
+def run_tool(name: str, arguments: dict) -> str:
+    """What a tool returns (the content of the ``tool`` turn)."""
+    if name == "add":
+        return str(arguments["a"] + arguments["b"])
+    if name == "subtract":
+        return str(arguments["a"] - arguments["b"])
+    if name == "get_city":
+        return get_city(arguments["name"])
+    raise ValueError(f"unknown tool {name!r}")
+
+
+def _offer(rng: random.Random, needed: list[str], pool: tuple[str, ...] = TOOL_NAMES) -> list[str]:
+    """Tools offered: the needed ones plus any of the others, in random order."""
+    names = needed + [t for t in pool if t not in needed and rng.random() < 0.5]
+    rng.shuffle(names)
+    return names
+
+
+def tool_math(rng: random.Random) -> dict:
+    """Arithmetic with the tools offered: call add or subtract, then answer with its result."""
+    prompt, _ = arithmetic(rng)
+    a, op, b = prompt[len("What is "):-1].split(" ")
+    fn = "add" if op == "+" else "subtract"
+    call = {"name": fn, "arguments": {"a": int(a), "b": int(b)}}
+    result = run_tool(fn, call["arguments"])
+    return {"prompt": prompt, "answer": result, "tools": _offer(rng, [fn]), "call": call, "result": result}
+
+
+def tool_city(rng: random.Random) -> dict:
+    """"Where does X live?" with get_city offered (no table in the prompt): call it, answer with its result.
+    Half the names are the tables' (one token each), half made up (letters the call must copy)."""
+    name = rng.choice(NAMES) if rng.random() < 0.5 else _letters(rng, 3, 6)
+    call = {"name": "get_city", "arguments": {"name": name}}
+    result = run_tool("get_city", call["arguments"])
+    return {"prompt": f"Where does {name} live?", "answer": result, "tools": _offer(rng, ["get_city"]),
+            "call": call, "result": result}
+
+
+def tool_direct(rng: random.Random) -> dict:
+    """Tools offered, but none fits the question: answer directly (what ``tool_choice: auto`` must allow)."""
+    task = rng.choice(["reverse", "sort", "count", "copy", "arithmetic"])
+    prompt, answer = TASKS[task](rng)
+    tools = ["get_city"] if task == "arithmetic" else _offer(rng, [rng.choice(TOOL_NAMES)])
+    return {"prompt": prompt, "answer": answer, "tools": tools, "call": None, "result": None}
+
+
 TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "arithmetic": arithmetic, "reverse": reverse, "sort": sort, "count": count, "copy": copy, "table": table,
     "greet": greet,
 }
-TOKEN_WORDS = ("system", "user", "assistant", "What is", "Reverse:", "Sort:", "Count", "Repeat:", "name | city",
-               "Where does", "live?", *NAMES, *CITIES)
+"""Plain tasks: a prompt and its answer."""
+TOOL_TASKS: dict[str, Callable[[random.Random], dict]] = {
+    "tool_math": tool_math, "tool_city": tool_city, "tool_direct": tool_direct,
+}
+"""Tasks with tools offered: an item with ``tools`` (names offered), ``call`` (the expected call, or None to
+answer directly) and ``result`` (what the tool returns)."""
+ALL_TASKS = [*TASKS, *TOOL_TASKS]
+TOKEN_WORDS = ("system", "user", "assistant", "tool", "What is", "Reverse:", "Sort:", "Count", "Repeat:",
+               "name | city", "Where does", "live?", *NAMES, *CITIES,
+               "<tools>", "</tools>", "<tool_call>", "</tool_call>", "add(a, b)", "subtract(a, b)", "get_city(name)",
+               *TOOL_NAMES, '{"name": "', '", "arguments": {', '"a": ', ', "b": ', '"name": "', '"}}', "}}")
 """Whole tokens in tiny-chat's byte tokenizer: the chat roles, the tasks' fixed words, and the names and
-cities of the tables (a one-token name is what lets a model this small learn the look-up in minutes)."""
-WEIGHTS = {"arithmetic": 4, "reverse": 1, "sort": 1, "count": 3, "copy": 1, "table": 4, "greet": 0.1}
+cities of the tables (a one-token name is what lets a model this small learn the look-up in minutes), and
+the tool format's fixed pieces (``<tool_call>`` and ``</tool_call>`` must be single tokens for vLLM's
+``hermes`` parser; with the JSON punctuation as whole tokens a call is 8-11 tokens instead of about 70)."""
+WEIGHTS = {"arithmetic": 4, "reverse": 1, "sort": 2, "count": 4, "copy": 1, "table": 5, "greet": 0.1,
+           "tool_math": 1.5, "tool_city": 1, "tool_direct": 1.5}
 """Sampling weights: the tasks a tiny model learns last get the most examples. Moving weight from
 reversal, sorting and copying (learnt early) to arithmetic, counting and look-up took held-out
-arithmetic from 8% to 88% in the same 1,000 steps (docs/benchmarks.md)."""
+arithmetic from 8% to 88% in the same 1,000 steps; the tool tasks are learnt fast (100% with these
+weights) and take about a fifth of the examples (docs/benchmarks.md)."""
+
+
+def _item(task: str, rng: random.Random) -> dict:
+    if task in TOOL_TASKS:
+        return {"task": task, **TOOL_TASKS[task](rng)}
+    prompt, answer = TASKS[task](rng)
+    return {"task": task, "prompt": prompt, "answer": answer, "tools": None, "call": None, "result": None}
+
+
+def _check(names: list[str]) -> None:
+    unknown = set(names) - set(ALL_TASKS)
+    if unknown:
+        raise ValueError(f"unknown tiny-chat tasks {sorted(unknown)}; choose from {ALL_TASKS}")
+
+
+def items(n: int, seed: int, tasks: list[str] | None = None) -> Iterator[dict]:
+    """``n`` generated items: ``task``, ``prompt``, ``answer``, ``tools``, ``call``, ``result``."""
+    names = tasks or list(ALL_TASKS)
+    _check(names)
+    rng = random.Random(seed)
+    weights = [WEIGHTS[t] for t in names]
+    for _ in range(n):
+        yield _item(rng.choices(names, weights)[0], rng)
 
 
 def examples(n: int, seed: int, tasks: list[str] | None = None) -> Iterator[tuple[str, str, str]]:
     """(task, prompt, answer) triples."""
-    names = tasks or list(TASKS)
-    unknown = set(names) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown tiny-chat tasks {sorted(unknown)}; choose from {list(TASKS)}")
-    rng = random.Random(seed)
-    weights = [WEIGHTS[t] for t in names]
-    for _ in range(n):
-        task = rng.choices(names, weights)[0]
-        prompt, answer = TASKS[task](rng)
-        yield task, prompt, answer
+    for it in items(n, seed, tasks):
+        yield it["task"], it["prompt"], it["answer"]
+
+
+def tool_specs(names: list[str] | None) -> list[dict] | None:
+    return [TOOLS[t] for t in names] if names else None
+
+
+def call_message(call: dict) -> dict:
+    """The assistant turn that makes ``call`` (OpenAI's format: arguments as a JSON string)."""
+    return {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": call["name"], "arguments": json.dumps(call["arguments"])}}]}
+
+
+def record(item: dict) -> dict:
+    """The training conversation of an item, in OpenAI's chat fine-tuning format."""
+    messages = [{"role": "user", "content": item["prompt"]}]
+    if item["call"] is not None:
+        messages += [call_message(item["call"]), {"role": "tool", "tool_call_id": "call_1", "content": item["result"]}]
+    messages.append({"role": "assistant", "content": item["answer"]})
+    out: dict = {"messages": messages}
+    if item["tools"]:
+        out["tools"] = tool_specs(item["tools"])
+    return out
 
 
 def write_corpus(path: Path, n: int, seed: int, tasks: list[str] | None = None) -> set[str]:
@@ -113,17 +240,18 @@ def write_corpus(path: Path, n: int, seed: int, tasks: list[str] | None = None) 
     prompts = set()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for _, prompt, answer in examples(n, seed, tasks):
-            prompts.add(prompt)
-            f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
-                                             {"role": "assistant", "content": answer}]}) + "\n")
+        for it in items(n, seed, tasks):
+            prompts.add(it["prompt"])
+            f.write(json.dumps(record(it)) + "\n")
     return prompts
 
 
 def held_out(per_task: int, seed: int, exclude: set[str], tasks: list[str] | None = None) -> list[dict]:
-    """``per_task`` prompts of each task (except the greeting) that are not in ``exclude``."""
+    """``per_task`` items of each task (except the greeting) whose prompts are not in ``exclude``."""
     out = []
-    for task in tasks or list(TASKS):
+    names = tasks or list(ALL_TASKS)
+    _check(names)
+    for task in names:
         if task == "greet":
             continue
         rng = random.Random(f"{seed}-{task}-held-out")
@@ -131,19 +259,51 @@ def held_out(per_task: int, seed: int, exclude: set[str], tasks: list[str] | Non
         for _ in range(per_task * 200):
             if len(seen) == per_task:
                 break
-            prompt, answer = TASKS[task](rng)
-            if prompt in exclude or prompt in seen:
+            it = _item(task, rng)
+            if it["prompt"] in exclude or it["prompt"] in seen:
                 continue
-            seen.add(prompt)
-            out.append({"task": task, "prompt": prompt, "answer": answer})
+            seen.add(it["prompt"])
+            out.append(it)
     return out
 
 
-def grade(items: list[dict], replies: list[str]) -> dict[str, float]:
-    """Exact-match accuracy by task and overall (``accuracy``)."""
+_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def parse_tool_calls(text: str) -> list[dict] | None:
+    """The calls in a reply, as vLLM's ``hermes`` parser reads them: ``<tool_call>{"name": ..., "arguments":
+    {...}}</tool_call>`` each ([] for a plain answer); None if a call is not such JSON or text other than
+    calls surrounds them."""
+    calls = []
+    for body in _CALL.findall(text):
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(call, dict) or set(call) != {"name", "arguments"} or not isinstance(call["arguments"], dict):
+            return None
+        calls.append(call)
+    if calls and _CALL.sub("", text).strip():
+        return None
+    if not calls and "<tool_call>" in text:
+        return None
+    return calls
+
+
+def correct(item: dict, reply: str | tuple[str, str]) -> bool:
+    """A plain or direct item: the reply is the answer. A tool-call item: ``reply`` is (first reply, final
+    reply); the first must be exactly the expected call, the final (after the tool's result) the answer."""
+    if item.get("call") is None:
+        return isinstance(reply, str) and reply.strip() == item["answer"]
+    first, final = reply
+    return parse_tool_calls(first) == [item["call"]] and final.strip() == item["answer"]
+
+
+def grade(items: list[dict], replies: list) -> dict[str, float]:
+    """Exact-match accuracy by task and overall (``accuracy``); see :func:`correct`."""
     by_task: dict[str, list[bool]] = {}
     for item, reply in zip(items, replies, strict=True):
-        by_task.setdefault(item["task"], []).append(reply.strip() == item["answer"])
+        by_task.setdefault(item["task"], []).append(correct(item, reply))
     scores = {f"accuracy_{t}": sum(v) / len(v) for t, v in by_task.items()}
     scores["accuracy"] = sum(sum(v) for v in by_task.values()) / max(1, sum(len(v) for v in by_task.values()))
     return scores

@@ -4,7 +4,9 @@ It is the ``sft`` recipe on generated data, with a byte tokenizer (every digit
 and letter its own token, which reversal, sorting and counting need) and
 hyperparameters tuned to finish in a few minutes on two CPU cores. After
 training it answers held-out prompts greedily through its chat template and
-records the accuracy in ``llmsvc.json``.
+records the accuracy in ``llmsvc.json``: with tools offered, a call must be
+exactly the right call, and the answer after the tool's real result exact too.
+Its tool calls are Hermes-style, so ``llmsvc.json`` names vLLM's ``hermes`` tool parser.
 """
 
 from __future__ import annotations
@@ -18,19 +20,48 @@ from .common import JobContext, Setup, lm_setup
 
 
 @torch.no_grad()
-def greedy_replies(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
-    """Greedy decoding, one prompt at a time, through the chat template (what a served model sees)."""
+def greedy_replies(model: torch.nn.Module, tokenizer, conversations: list, max_new_tokens: int = 48,
+                   batch_size: int = 64) -> list[str]:
+    """Greedy decoding through the chat template (what a served model sees), in left-padded batches.
+
+    Each conversation is a prompt string (one user turn) or ``(messages, tools)``.
+    """
     model.eval()
     device = next(model.parameters()).device
     stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", tokenizer.eos_token)]
+    pad = tokenizer.pad_token_id
+    prompts = []
+    for c in conversations:
+        messages, tools = ([{"role": "user", "content": c}], None) if isinstance(c, str) else c
+        prompts.append(list(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                          tokenize=True, return_dict=False)))
     replies = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
-        x = torch.tensor([list(ids)], device=device)
-        out = model.generate(x, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                             pad_token_id=tokenizer.pad_token_id)
-        replies.append(tokenizer.decode(out[0, x.shape[1]:], skip_special_tokens=True))
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        width = max(map(len, chunk))
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+        attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(x, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stop, pad_token_id=pad)
+        for row in out[:, width:].tolist():
+            ends = [k for k, t in enumerate(row) if t in stop]
+            replies.append(tokenizer.decode(row[:ends[0]] if ends else row, skip_special_tokens=True))
+    return replies
+
+
+def answer_items(model: torch.nn.Module, tokenizer, items: list[dict]) -> list:
+    """Replies to held-out items as :func:`synthetic.grade` takes them: a string, or for an item that should
+    call a tool, (first reply, reply after the real tool result is appended)."""
+    first = greedy_replies(model, tokenizer, [([{"role": "user", "content": i["prompt"]}],
+                                               synthetic.tool_specs(i["tools"])) for i in items])
+    calls = [k for k, i in enumerate(items) if i["call"] is not None]
+    second = greedy_replies(model, tokenizer, [(
+        [{"role": "user", "content": items[k]["prompt"]}, synthetic.call_message(items[k]["call"]),
+         {"role": "tool", "tool_call_id": "call_1", "content": items[k]["result"]}],
+        synthetic.tool_specs(items[k]["tools"])) for k in calls])
+    replies: list = list(first)
+    for k, final in zip(calls, second, strict=True):
+        replies[k] = (first[k], final)
     return replies
 
 
@@ -52,9 +83,10 @@ def setup(ctx: JobContext) -> Setup:
             return {}
         train_prompts = {p for _, p, _ in synthetic.examples(tc.examples, seed, tc.tasks)}
         items = synthetic.held_out(tc.eval_per_task, seed, train_prompts, tc.tasks)
-        scores = synthetic.grade(items, greedy_replies(model, s.tokenizer, [i["prompt"] for i in items]))
+        scores = synthetic.grade(items, answer_items(model, s.tokenizer, items))
         ctx.sink.message(f"held-out accuracy: {scores}")
         return {k: round(v, 4) for k, v in scores.items()}
 
     s.after_training = after_training
+    s.extra_llmsvc = {"tool_parser": "hermes"}
     return s
