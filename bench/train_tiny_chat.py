@@ -1,6 +1,7 @@
 """Build the tiny-chat default model as ``llmsvc up`` does, timed, and print its held-out accuracy.
 
-    .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--steps N] [--examples N]
+    .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
+                                              [--tasks tool_math,tool_city,tool_direct]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -23,6 +24,8 @@ def main() -> None:
     p.add_argument("--out", help="where to write the model (default: a temporary folder, removed)")
     p.add_argument("--steps", type=int, help="override the recipe's optimizer steps")
     p.add_argument("--examples", type=int, help="override the number of synthetic conversations")
+    p.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed (default 0)")
+    p.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     args = p.parse_args()
 
     t0 = time.time()
@@ -32,7 +35,9 @@ def main() -> None:
     if args.steps:
         overrides["hyperparameters"] = {"steps": args.steps}
     if args.examples:
-        overrides["tiny_chat"] = {"examples": args.examples}
+        overrides.setdefault("tiny_chat", {})["examples"] = args.examples
+    if args.tasks:
+        overrides.setdefault("tiny_chat", {})["tasks"] = args.tasks.split(",")
     tmp = None if args.out else tempfile.mkdtemp()
     out = Path(args.out or tmp) / "tiny-chat" if not args.out else Path(args.out)
     loads: list[float] = []
@@ -45,7 +50,7 @@ def main() -> None:
             print(f"{time.time() - t0:7.1f}s  load {loads[-1]:5.1f}  {step}/{total}  {label}", flush=True)
 
     try:
-        build(out, progress=progress, overrides=overrides)
+        build(out, progress=progress, seed=args.seed, overrides=overrides)
         meta = json.loads((out / "llmsvc.json").read_text())
         print(f"\nwall time {time.time() - t0:.0f} s (imports, data, training, held-out eval, export); "
               f"mean load average {sum(loads) / len(loads):.1f} on {os.cpu_count()} cores")
