@@ -141,10 +141,13 @@ def tool_math(rng: random.Random) -> dict:
 
 def tool_city(rng: random.Random) -> dict:
     """"Where does X live?" with get_city offered (no table in the prompt): call it, answer with its result.
-    Half the names are the tables' (one token each), half made up (letters the call must copy)."""
+    Half the names are the tables' (one token each), half made up (letters the call must copy). The tool
+    answers with a city drawn per conversation, not :func:`get_city`'s fixed one: with a fixed city per
+    name the model learns the answer from the name and ignores the tool's turn (it did: asked about ann
+    with the tool saying lima, it answered ann's city from training), so the answer must be read there."""
     name = rng.choice(NAMES) if rng.random() < 0.5 else _letters(rng, 3, 6)
     call = {"name": "get_city", "arguments": {"name": name}}
-    result = run_tool("get_city", call["arguments"])
+    result = rng.choice(CITIES)
     return {"prompt": f"Where does {name} live?", "answer": result, "tools": _offer(rng, ["get_city"]),
             "call": call, "result": result}
 
