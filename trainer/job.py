@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import sys
@@ -105,6 +106,7 @@ def run_job(spec: Spec, *, d: Dist, sink: EventSink, stop_requested: Callable[[]
             "name": spec.model_name, "recipe": spec.recipe, "parent": setup.parent,
             "config": spec.model_dump(mode="json"), "data_hash": setup.data["data_hash"], "metrics": metrics,
             "data": {k: setup.data.get(k) for k in ("n_docs", "n_tokens", "n_target_tokens", "cleaning")},
+            **inherited_serving(setup.parent),
             **setup.extra_llmsvc,
         })
         sink.message(f"final metrics: {metrics}")
@@ -112,3 +114,16 @@ def run_job(spec: Spec, *, d: Dist, sink: EventSink, stop_requested: Callable[[]
             shutil.rmtree(work_dir, ignore_errors=True)
     d.barrier()
     return out
+
+
+def inherited_serving(parent: str | None) -> dict:
+    """What a fine-tune keeps from its parent's ``llmsvc.json`` for serving: its tool parser (the fine-tune
+    keeps the parent's tokenizer and chat template, so the parent's calls are its calls)."""
+    if not parent:
+        return {}
+    try:
+        meta = json.loads((Path(parent) / "llmsvc.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    parser = meta.get("tool_parser") if isinstance(meta, dict) else None
+    return {"tool_parser": parser} if isinstance(parser, str) and parser else {}
