@@ -7,6 +7,7 @@ clients that send newer OpenAI fields keep working.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -111,6 +112,14 @@ class ChatMessageIn(_Body):
         return "".join(part.text for part in self.content if isinstance(part, TextPart))
 
 
+def messages_problem(messages: list[ChatMessageIn]) -> tuple[str, str] | None:
+    """(param, what is wrong) for the first message whose tool fields or parts do not fit (chat, /tokenize)."""
+    for i, m in enumerate(messages):
+        if (found := m.problem()) is not None:
+            return f"messages[{i}].{found[0]}", found[1]
+    return None
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -191,8 +200,6 @@ class StructuredOutputsIn(_Body):
             raise ValueError("set exactly one of json, regex, choice, grammar, json_object, structural_tag "
                              f"(got {[k.rstrip('_') for k in kinds] or 'none'})")
         if isinstance(self.json_, str):
-            import json
-
             try:
                 parsed = json.loads(self.json_)
             except ValueError as exc:
@@ -304,10 +311,7 @@ class ChatCompletionRequest(_SamplingBody):
         if self.structured_outputs is not None and self.response_format is not None \
                 and not isinstance(self.response_format, TextFormat):
             return "response_format", "give either 'response_format' or 'structured_outputs', not both"
-        for i, m in enumerate(self.messages):
-            if (found := m.problem()) is not None:
-                return f"messages[{i}].{found[0]}", found[1]
-        return None
+        return messages_problem(self.messages)
 
     def unsupported(self) -> str | None:
         """The first OpenAI parameter this request sets to something this server does not do, as its param

@@ -135,13 +135,17 @@ class EngineHost:
         return self.load.snapshot(unfinished)
 
     # -- tokenization --------------------------------------------------------------
-    def encode_chat(self, chat: pb.ChatMessages) -> list[int]:
-        if not chat.messages:
-            raise InvalidRequest("'messages' must contain at least one message.", "messages")
+    @staticmethod
+    def offered_tools(chat: pb.ChatMessages) -> list[dict] | None:
+        """The request's ``tools``, decoded once for the template and the tool parser."""
         try:
-            tools = tools_of(chat)
+            return tools_of(chat)
         except ToolsError as exc:
             raise InvalidRequest(str(exc), exc.param) from None
+
+    def encode_chat(self, chat: pb.ChatMessages, tools: list[dict] | None = None) -> list[int]:
+        if not chat.messages:
+            raise InvalidRequest("'messages' must contain at least one message.", "messages")
         try:
             ids = self.tokenizer.apply_chat_template(
                 template_messages(chat), tools=tools, add_generation_prompt=chat.add_generation_prompt,
@@ -176,17 +180,17 @@ class EngineHost:
                 f"characters, more than {limit} tokens can hold. Please reduce the length of the prompt.",
                 "messages" if kind == "chat" else "prompt", code="context_length_exceeded")
 
-    async def prompt_ids_async(self, req: pb.GenerateRequest) -> list[int]:
+    async def prompt_ids_async(self, req: pb.GenerateRequest, tools: list[dict] | None = None) -> list[int]:
         """:meth:`prompt_ids` on the tokenizer's own thread, so a long prompt never stalls the event loop that
         streams every other request's tokens. One thread: Hugging Face tokenizers must not encode
         concurrently (their truncation and padding state is shared)."""
         self.check_prompt_size(req)
-        return await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, self.prompt_ids, req)
+        return await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, self.prompt_ids, req, tools)
 
-    def prompt_ids(self, req: pb.GenerateRequest) -> list[int]:
+    def prompt_ids(self, req: pb.GenerateRequest, tools: list[dict] | None = None) -> list[int]:
         kind = req.WhichOneof("input")
         if kind == "chat":
-            return self.encode_chat(req.chat)
+            return self.encode_chat(req.chat, tools)
         if kind == "prompt":
             ids = self.encode_prompt(req.prompt)
         elif kind == "prompt_token_ids":
@@ -220,7 +224,10 @@ class EngineHost:
         return info, getattr(tok, "chat_template", None) or ""
 
     # -- generation ----------------------------------------------------------------
-    def sampling_params(self, p: pb.SamplingParams, prompt_len: int, tools: ToolSession | None = None):
+    def sampling_params(self, p: pb.SamplingParams, prompt_len: int, structured=None,
+                        tools: ToolSession | None = None):
+        """vLLM's sampling parameters; ``structured`` is the request's own output constraint, which a tool
+        session may have replaced (with a structural tag for the calls)."""
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
@@ -233,7 +240,8 @@ class EngineHost:
                 "messages", code="context_length_exceeded",
             )
         logit_bias = self._logit_bias(p)
-        structured = tools.structured_outputs if tools else self._structured(p)
+        if tools is not None:
+            structured = tools.structured_outputs
         max_tokens = p.max_tokens or (limit - prompt_len)
         if prompt_len + max_tokens > limit:
             raise InvalidRequest(
@@ -285,19 +293,20 @@ class EngineHost:
                                  "logit_bias")
         return dict(p.logit_bias)
 
-    def tool_session(self, req: pb.GenerateRequest, ids: list[int]) -> ToolSession | None:
-        if req.WhichOneof("input") != "chat":
-            return None
+    def tool_session(self, req: pb.GenerateRequest, tools: list[dict] | None, structured,
+                     ids: list[int]) -> ToolSession | None:
         try:
-            return ToolSession.open(req.chat, self._structured(req.params), self.parser_cls, self.tokenizer,
+            return ToolSession.open(req.chat, tools, structured, self.parser_cls, self.tokenizer,
                                     self.engine.model_config, req.model or self.card.name, ids)
         except ToolsError as exc:
             raise InvalidRequest(str(exc), exc.param) from None
 
     async def generate(self, req: pb.GenerateRequest) -> AsyncIterator[pb.GenerateChunk]:
-        ids = await self.prompt_ids_async(req)
-        tools = self.tool_session(req, ids)
-        params = self.sampling_params(req.params, len(ids), tools)
+        offered = self.offered_tools(req.chat) if req.WhichOneof("input") == "chat" else None
+        ids = await self.prompt_ids_async(req, offered)
+        structured = self._structured(req.params)
+        tools = self.tool_session(req, offered, structured, ids) if offered else None
+        params = self.sampling_params(req.params, len(ids), structured, tools)
         if not req.HasField("adapter"):
             async for chunk in self._generate(req, ids, params, None, self.card.name, tools):
                 yield chunk

@@ -86,7 +86,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         await self._check_model(request.model, context)
         try:
             if request.WhichOneof("input") == "chat":
-                ids = self.host.encode_chat(request.chat)
+                ids = self.host.encode_chat(request.chat, self.host.offered_tools(request.chat))
             else:
                 ids = self.host.encode_prompt(request.prompt, request.add_special_tokens)
         except InvalidRequest as exc:

@@ -136,13 +136,12 @@ class ToolSession:
     choices: dict[int, ChoiceParser] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, chat: pb.ChatMessages, structured, parser_cls, tokenizer, model_config, model_name: str,
-             prompt_ids: list[int]) -> ToolSession | None:
+    def open(cls, chat: pb.ChatMessages, tools: list[dict], structured, parser_cls, tokenizer, model_config,
+             model_name: str, prompt_ids: list[int]) -> ToolSession | None:
         """A session when the request offers tools it may call (``tool_choice`` not ``none``); else None.
 
         Raises :class:`ToolsError` for what vLLM's server refuses (an unknown function in ``tool_choice``,
         ``required`` without tools …) and for tools offered to a model without a parser."""
-        tools = tools_of(chat)
         choice = _tool_choice(chat)
         if not tools or choice == "none":
             return None

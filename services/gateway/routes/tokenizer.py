@@ -23,7 +23,7 @@ from services.common.pb import inference_pb2 as pb
 from ..admission import admit
 from ..deps import SettingsDep, UpstreamsDep
 from ..errors import APIError, from_grpc
-from ..schemas import MAX_TOOLS, ChatMessageIn, Tool, _Body
+from ..schemas import MAX_TOOLS, ChatMessageIn, Tool, _Body, messages_problem
 from .generate import fill_chat
 
 router = APIRouter(tags=["tokenizer"])
@@ -77,9 +77,8 @@ async def tokenize(body: TokenizeBody, request: Request, settings: SettingsDep, 
     req = pb.TokenizeRequest(model=model, add_special_tokens=body.add_special_tokens)
     if body.messages is not None:
         req.chat.add_generation_prompt = body.add_generation_prompt
-        for i, m in enumerate(body.messages):
-            if (problem := m.problem()) is not None:
-                raise APIError(400, problem[1], param=f"messages[{i}].{problem[0]}")
+        if (problem := messages_problem(body.messages)) is not None:
+            raise APIError(400, problem[1], param=problem[0])
         fill_chat(req.chat, body.messages, body.tools)
     elif body.prompt is not None:
         req.prompt = body.prompt
