@@ -57,6 +57,13 @@ class WorkerSettings(ServiceSettings):
     """vLLM's ``--tool-strict-level``: ``parameter`` decodes every tool call under its function's parameters
     schema (arguments always validate); ``auto`` only for tools marked ``strict`` (OpenAI's rule), with the
     call envelope still enforced for ``required`` and a named ``tool_choice``."""
+    compact_json: bool = True
+    """JSON under ``response_format`` and JSON structured outputs is written without free whitespace (vLLM's
+    ``structured_outputs_config.disable_any_whitespace``). With whitespace free, a small model can spend its
+    whole budget on newlines inside an open object, as the built-in model did at temperature 0. It pins vLLM's
+    xgrammar backend (the only one with the option besides guidance), so a schema xgrammar cannot compile is a
+    400 rather than a fallback to another backend; ``false`` gives vLLM's defaults. ``structured_outputs_config``
+    in ``engine_args`` overrides it."""
     engine_args: dict = Field(default_factory=dict)
     """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
 

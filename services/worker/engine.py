@@ -101,7 +101,7 @@ class EngineHost:
             **({"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank,
                 "max_cpu_loras": s.max_cpu_loras, "lora_target_modules": LORA_TARGET_MODULES}
                if s.enable_lora else {}),
-            **s.engine_args,
+            **self._engine_extras(),
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
         self.tokenizer = self.engine.get_tokenizer()
@@ -121,6 +121,16 @@ class EngineHost:
         )
         log.info("engine ready: model=%s max_model_len=%d tool_parser=%s", s.model_name, self.card.max_model_len,
                  self.tool_parser or "none")
+
+    def _engine_extras(self) -> dict:
+        """``engine_args`` from the settings, over what ``compact_json`` sets."""
+        from vllm.config import StructuredOutputsConfig
+
+        extras: dict = {}
+        if self.settings.compact_json:
+            extras["structured_outputs_config"] = StructuredOutputsConfig(backend="xgrammar",
+                                                                          disable_any_whitespace=True)
+        return extras | self.settings.engine_args
 
     def shutdown(self) -> None:
         if self.engine is not None:
