@@ -126,7 +126,7 @@ def worker_cpus(index: int, workers: int, available: list[int] | None = None) ->
 
 
 def slot_cpus(workers: int, slots: int, available: list[int] | None = None) -> list[str]:
-    """CPU binding for each worker slot the eval service may start a worker on (``worker_cpus`` values).
+    """CPU binding for each worker slot the router may start a worker on (``worker_cpus`` values).
 
     The first ``workers`` slots are the running workers' own addresses (a drained worker's place), so
     they keep that worker's CPUs; a spare slot gets its own slice of all ``slots``, so a version being
@@ -218,8 +218,20 @@ class Stack:
                 "LLMSVC_ROUTER_PORT": str(c.router_port),
                 "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.internal_host}:{p}"
                                                      for p in c.worker_ports + c.spare_worker_ports]),
-                "LLMSVC_ROUTER_DATABASE_URL": c.db_url,  # the registry: LoRA adapter versions and their bases
+                "LLMSVC_ROUTER_DATABASE_URL": c.db_url,  # the registry: adapters, their bases, full versions
             }
+            if c.spare_worker_ports:  # full versions no worker serves start on a free slot, on demand
+                # Every worker address is a slot: a drained worker's address can host the next version.
+                slots = [f"{c.internal_host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
+                env |= {"LLMSVC_ROUTER_ONDEMAND": "slots", "LLMSVC_ROUTER_WORKER_SLOTS": json.dumps(slots),
+                        "LLMSVC_ROUTER_WORKER_SLOT_CPUS": json.dumps(slot_cpus(len(c.worker_ports), len(slots))),
+                        "LLMSVC_ROUTER_LOGS_DIR": str(self.logs),
+                        "LLMSVC_ROUTER_ONDEMAND_MAX_VERSIONS": str(len(c.spare_worker_ports)),
+                        "LLMSVC_ROUTER_WORKER_ENV": json.dumps({
+                            "LLMSVC_WORKER_CPU_NICE": os.environ.get("LLMSVC_WORKER_CPU_NICE",
+                                                                     str(c.worker_cpu_nice)),
+                            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
+                        })}
         elif service == "gateway":
             env = self._common_env("gateway")
             env |= {
@@ -242,18 +254,11 @@ class Stack:
     def _eval_env(self) -> dict[str, str]:
         c = self.cfg
         env = self._common_env("eval")
-        # Every router address is a slot: a drained worker's address can host the next version.
-        slots = [f"{c.internal_host}:{p}" for p in c.worker_ports + c.spare_worker_ports]
-        env.setdefault("LLMSVC_WORKER_CPU_NICE", str(c.worker_cpu_nice))  # for the workers it starts
         env |= {
             "LLMSVC_EVAL_HOST": c.internal_host, "LLMSVC_EVAL_PORT": str(c.eval_port),
             "LLMSVC_EVAL_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",
             "LLMSVC_EVAL_GATEWAY_URL": c.base_url.removesuffix("/v1"), "LLMSVC_EVAL_API_KEY": c.api_key,
             "LLMSVC_EVAL_DATABASE_URL": c.db_url, "LLMSVC_EVAL_HOME": str(c.home),
-            "LLMSVC_EVAL_WORKER_SLOTS": json.dumps(slots if c.spare_worker_ports else []),
-            "LLMSVC_EVAL_WORKER_SLOT_CPUS": json.dumps(slot_cpus(len(c.worker_ports), len(slots))
-                                                       if c.spare_worker_ports else []),
-            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(c.kv_cache_gib)),
         }
         return env
 
@@ -263,6 +268,7 @@ class Stack:
         env |= {
             "LLMSVC_TRAINER_HOST": c.internal_host, "LLMSVC_TRAINER_PORT": str(c.trainer_port),
             "LLMSVC_TRAINER_DATABASE_URL": c.db_url, "LLMSVC_TRAINER_MIGRATE_ON_START": "false",  # start() migrates
+            "LLMSVC_TRAINER_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",  # starts a finished full fine-tune
             "LLMSVC_MODEL_STORE": os.environ.get("LLMSVC_MODEL_STORE", str(c.home / "models")),
         }
         return env

@@ -239,6 +239,11 @@ def token_interceptors(token: str) -> list:
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_LIMITS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
+# Our channels ping every 10 s, with or without calls (``insecure_channel``). gRPC's server default answers a
+# ping more often than every 5 minutes without data with GOAWAY "too many pings", which fails a call that
+# races it (the eval service's idle channel to the router did). Servers accept the pings their peers send.
+PING_POLICY = (("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0),
+               ("grpc.keepalive_permit_without_calls", 1))
 
 
 def build_server(
@@ -259,7 +264,7 @@ def build_server(
         log.warning("%s is not set: %s accepts calls from anyone who can reach its port", SECRET_ENV, service)
     server = grpc.aio.server(
         interceptors=[*guard, ObservabilityInterceptor(service), *interceptors],
-        options=[("grpc.so_reuseport", 0), *MESSAGE_LIMITS, *options],
+        options=[("grpc.so_reuseport", 0), *MESSAGE_LIMITS, *PING_POLICY, *options],
     )
     health_servicer = health.aio.HealthServicer()
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]

@@ -18,7 +18,7 @@ import grpc
 
 from services.common.grpcutil import insecure_channel, request_metadata
 from services.common.pb import inference_pb2 as pb
-from services.common.pb import router_pb2_grpc
+from services.common.pb import router_pb2, router_pb2_grpc
 
 # The worker reports a non-finite logprob as this sentinel (see services/worker/engine.py).
 _NONFINITE = -9999.0
@@ -51,6 +51,18 @@ class ModelClient:
     async def served_models(self) -> dict[str, pb.ModelInfo]:
         resp = await self.router.ListModels(pb.ListModelsRequest(), timeout=10.0, metadata=request_metadata())
         return {m.id: m for m in resp.models}
+
+    async def ensure_served(self, model: str, wait_s: float) -> router_pb2.EnsureServedResponse:
+        """Have the router make ``model`` routable (starting a registered version no worker serves)."""
+        try:
+            return await self.router.EnsureServed(router_pb2.EnsureServedRequest(model=model, wait_s=wait_s),
+                                                  timeout=wait_s + 30.0, metadata=request_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamError(f"{exc.code().name}: {exc.details()}") from None
+
+    async def release(self, version: str) -> router_pb2.ReleaseVersionResponse:
+        """Let the router stop ``version`` if it started it on demand and nothing else uses it."""
+        return await self._unary(self.router.ReleaseVersion, router_pb2.ReleaseVersionRequest(version=version))
 
     async def max_model_len(self, model: str) -> int:
         info = (await self.served_models()).get(model)

@@ -44,7 +44,8 @@ class EvalSettings(ServiceSettings):
     request_timeout_s: float = 120.0
     """Deadline of one scoring or generation request."""
     serve_timeout_s: float = 300.0
-    """How long a run waits for a launched worker to become routable."""
+    """How long a run (or a rollout) waits for the router to make a version routable (it starts a registered
+    version no worker serves)."""
     harness_timeout_s: float = 1800.0
     """Upper bound for one lm-evaluation-harness subprocess."""
     home: Path = Field(default_factory=_home)
@@ -61,12 +62,6 @@ class EvalSettings(ServiceSettings):
     rollout: Literal["embedded", "kubernetes", "none"] = "embedded"
     """How workers follow a promotion: move aliases between local workers, patch the worker
     Deployment (a rolling update), or only move the alias in the registry."""
-    worker_slots: list[str] = Field(default_factory=list)
-    """``host:port`` addresses the router polls where this service may start a worker for a version
-    that nobody serves yet (embedded mode); empty disables launching."""
-    worker_slot_cpus: list[str] = Field(default_factory=list)
-    """``VLLM_CPU_OMP_THREADS_BIND`` for a worker started on each slot (same order; "" or missing: vLLM's
-    automatic binding). ``llmsvc up`` sets it; a binding in this service's environment wins."""
     k8s_namespace: str = "default"
     """Namespace of the worker Deployment (``rollout=kubernetes``)."""
     k8s_deployment: str = "llmsvc-worker"

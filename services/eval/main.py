@@ -11,7 +11,6 @@ from services.common.logging import setup_logging
 from services.common.metrics import start_metrics_server
 from services.common.pb import eval_pb2_grpc
 from services.lifecycle.gate import Requirement
-from services.lifecycle.launcher import WorkerLauncher
 from services.lifecycle.promotion import Promoter
 
 from .client import ModelClient
@@ -21,13 +20,9 @@ from .servicer import EvalServicer
 
 log = logging.getLogger(__name__)
 SERVICE = "llmsvc.v1.Eval"
-# Promote calls stay silent for minutes (gate runs, a worker start) while clients send
-# keepalive pings every 10 s; without these gRPC answers GOAWAY "too many pings".
-KEEPALIVE_OPTIONS = [("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0),
-                     ("grpc.keepalive_permit_without_calls", 1)]
 
 
-def build_rollout(settings: EvalSettings, client: ModelClient, launcher):
+def build_rollout(settings: EvalSettings, client: ModelClient):
     if settings.rollout == "kubernetes":
         from services.lifecycle.kubernetes import KubernetesRollout
 
@@ -35,7 +30,7 @@ def build_rollout(settings: EvalSettings, client: ModelClient, launcher):
     if settings.rollout == "embedded":
         from services.lifecycle.rollout import EmbeddedRollout
 
-        return EmbeddedRollout(client.router, launcher)
+        return EmbeddedRollout(client.router, timeout_s=settings.serve_timeout_s)
     from services.lifecycle.rollout import RegistryOnlyRollout
 
     return RegistryOnlyRollout()
@@ -46,16 +41,12 @@ async def serve(settings: EvalSettings) -> None:
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine)
     client = ModelClient(settings.router_addr, settings.request_timeout_s)
-    launcher = (WorkerLauncher(settings.worker_slots, client.served_models, settings.home / "logs",
-                               settings.serve_timeout_s, slot_cpus=settings.worker_slot_cpus)
-                if settings.worker_slots else None)
-    runs = RunManager(settings, sessions, client, launcher)
+    runs = RunManager(settings, sessions, client)
     orphans = await runs.store.fail_orphans()
     if orphans:
         log.warning("marked %d runs of a previous process as failed", orphans)
-    servicer = EvalServicer(runs, Promoter(sessions, runs, requirements, build_rollout(settings, client, launcher)))
-    server, health = build_server("eval", [(eval_pb2_grpc.add_EvalServicer_to_server, servicer, SERVICE)],
-                                  options=KEEPALIVE_OPTIONS)
+    servicer = EvalServicer(runs, Promoter(sessions, runs, requirements, build_rollout(settings, client)))
+    server, health = build_server("eval", [(eval_pb2_grpc.add_EvalServicer_to_server, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     await set_serving(health, [SERVICE], True)
@@ -64,8 +55,6 @@ async def serve(settings: EvalSettings) -> None:
         await serve_until_signalled(server, health, [SERVICE], settings.grace_s)
     finally:
         await runs.close()
-        if launcher is not None:
-            await asyncio.to_thread(launcher.stop_all)
         await client.close()
         await engine.dispose()
 

@@ -37,17 +37,16 @@ class Target:
     version: str
     """Registry version id, or the served name of an unregistered model."""
     path: str | None
-    """Model store path when registered (a launcher can start a worker from it)."""
+    """Model store path when registered (the router can start a worker from it)."""
 
 
 class RunManager:
-    def __init__(self, settings: EvalSettings, sessions: async_sessionmaker[AsyncSession], client: ModelClient,
-                 launcher=None) -> None:
+    def __init__(self, settings: EvalSettings, sessions: async_sessionmaker[AsyncSession],
+                 client: ModelClient) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = RunStore(sessions)
         self.client = client
-        self.launcher = launcher
         self.tasks: dict[str, asyncio.Task] = {}
 
     async def resolve(self, name: str) -> Target:
@@ -61,13 +60,17 @@ class RunManager:
             return Target(served[name].parent or name, None)
         raise UnknownModel(f"The model '{name}' is neither a registered version or alias nor served by any worker.")
 
-    async def create(self, model: str, suite_name: str, params: dict, created_by: str = "", owner: str = ""):
+    async def create(self, model: str, suite_name: str, params: dict, created_by: str = "", owner: str = "",
+                     keep_serving: bool = False):
+        """Store and start a run. A version the router starts for it is released when the run ends (stopped
+        unless an alias points at it or other requests use it), except with ``keep_serving`` (the promotion
+        gate: a candidate that passes is served next)."""
         suite = build_suite(suite_name, params, self.settings.all_data_dirs())
         target = await self.resolve(model)
         row = await self.store.create(model=model, model_version=target.version, suite=suite_name,
                                       params=suite.params.model_dump(), params_hash=suite.fingerprint(),
                                       created_by=created_by, owner=owner)
-        self.tasks[row.id] = asyncio.create_task(self._execute(row.id, suite, target), name=row.id)
+        self.tasks[row.id] = asyncio.create_task(self._execute(row.id, suite, target, keep_serving), name=row.id)
         self.tasks[row.id].add_done_callback(lambda _t, rid=row.id: self.tasks.pop(rid, None))
         return row
 
@@ -86,20 +89,22 @@ class RunManager:
                 pass
         return await self.store.get(run_id)
 
-    async def _route_to(self, target: Target) -> str:
-        served = await self.client.served_models()
-        if target.version in served:
-            return target.version
-        if self.launcher is not None and target.path:
-            await self.launcher.ensure_served(target.version, target.path)
-            return target.version
-        raise UpstreamError(f"no worker serves '{target.version}' and this service cannot start one")
+    async def _route_to(self, target: Target) -> bool:
+        """Make the target routable (the router starts a registered version nobody serves); True when this
+        call started it."""
+        wait = self.settings.serve_timeout_s
+        resp = await self.client.ensure_served(target.version, wait)
+        if not resp.ready:
+            raise UpstreamError(f"'{target.version}' was not ready within {wait:.0f}s")
+        return resp.started
 
-    async def _execute(self, run_id: str, suite: Suite, target: Target) -> None:
+    async def _execute(self, run_id: str, suite: Suite, target: Target, keep_serving: bool = False) -> None:
         started = time.monotonic()
+        launched = False
         try:
             await self.store.mark_running(run_id)
-            ctx = RunContext(model=await self._route_to(target), client=self.client,
+            launched = await self._route_to(target)
+            ctx = RunContext(model=target.version, client=self.client,
                              data_dirs=self.settings.all_data_dirs(), concurrency=self.settings.concurrency,
                              settings=self.settings, on_progress=self._progress_writer(run_id))
             result = await suite.run(ctx)
@@ -116,6 +121,17 @@ class RunManager:
         except Exception as exc:  # a bug must still leave a final status, never a stuck 'running'
             log.exception("eval %s crashed", run_id)
             await self.store.finish_unsuccessfully(run_id, "failed", f"internal error: {exc!r}", started)
+        finally:
+            if launched and not keep_serving:
+                await asyncio.shield(self.release(target.version))
+
+    async def release(self, version: str) -> None:
+        """Stop a version started for an eval, unless something else serves it now."""
+        try:
+            resp = await self.client.release(version)
+            log.info("%s after its eval: %s", version, "stopped" if resp.stopped else f"kept ({resp.reason})")
+        except UpstreamError as exc:
+            log.warning("could not release %s after its eval: %s", version, exc)
 
     def _progress_writer(self, run_id: str):
         last = [0.0]

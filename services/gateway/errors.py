@@ -47,12 +47,14 @@ def from_grpc(exc: grpc.aio.AioRpcError, model: str | None = None) -> APIError:
         return APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                         code="model_not_found", param="model")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        retry = dict(exc.trailing_metadata() or ()).get("retry-after", "1")
         return APIError(503, details or "The server is overloaded; retry shortly.", code="overloaded",
-                        headers={"retry-after": retry})
+                        headers={"retry-after": trailing.get("retry-after", "1")})
     if code == grpc.StatusCode.UNAVAILABLE:
-        return APIError(503, details or "The service is temporarily unavailable.", code="service_unavailable",
-                        headers={"retry-after": "1"})
+        # The router names why when it knows: model_loading (a version starting on demand), no_capacity,
+        # model_load_failed.
+        return APIError(503, details or "The service is temporarily unavailable.",
+                        code=trailing.get("error-code") or "service_unavailable",
+                        headers={"retry-after": trailing.get("retry-after", "1")})
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return APIError(504, "The request timed out.", code="timeout")
     log.warning("upstream error %s: %s", code.name, details)

@@ -52,7 +52,7 @@ class Promoter:
         suite = build_suite(req.suite, req.params, self.runs.settings.all_data_dirs())
         run = await self.runs.store.latest_succeeded(version, req.suite, suite.fingerprint())
         if run is None:
-            created = await self.runs.create(version, req.suite, req.params, created_by="gate")
+            created = await self.runs.create(version, req.suite, req.params, created_by="gate", keep_serving=True)
             await self.runs.wait(created.id)
             run = await self.runs.store.get(created.id)
         if run.status != "succeeded":
@@ -86,6 +86,7 @@ class Promoter:
         details = {"checks": [asdict(c) for c in checks], "previous": previous}
         if not passed and not force:
             await self._audit(actor, "promote_refused", alias, {"version_id": version, **details})
+            await self.runs.release(version)  # a candidate started for the gate stops, unless something serves it
             failed = "; ".join(c.reason for c in checks if not c.passed)
             return Outcome(False, alias, version, previous, checks, f"promotion refused: {failed}")
         action = "promote" if passed else "force_promote"

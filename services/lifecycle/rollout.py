@@ -1,7 +1,7 @@
 """Make the workers serve what the registry says an alias points at, without failing requests.
 
-Embedded (local processes): make sure a worker serves the new version
-(launching one if needed), add the alias to it (``SetAliases``), wait until
+Embedded (local processes): make sure a worker serves the new version (the
+router starts one on demand if none does), add the alias to it (``SetAliases``), wait until
 the router sees the alias there, then ``Drain`` every worker that still
 answers to the alias for another version. A draining worker turns NOT_SERVING
 and reports ``draining``, so the router sends it nothing new, while its
@@ -31,9 +31,8 @@ class RolloutError(RuntimeError):
 
 
 class EmbeddedRollout:
-    def __init__(self, router_stub, launcher=None, timeout_s: float = 120.0) -> None:
+    def __init__(self, router_stub, timeout_s: float = 300.0) -> None:
         self.router = router_stub
-        self.launcher = launcher
         self.timeout_s = timeout_s
 
     async def _workers(self) -> list:
@@ -51,8 +50,13 @@ class EmbeddedRollout:
 
     async def apply(self, alias: str, version: str, path: str | None) -> dict:
         """Returns ``{"serving": [addresses], "drained": [addresses]}``."""
-        if self.launcher is not None and path:
-            await self.launcher.ensure_served(version, path)
+        try:
+            ask = router_pb2.EnsureServedRequest(model=version, wait_s=self.timeout_s)
+            ensured = await self.router.EnsureServed(ask, timeout=self.timeout_s + 30.0, metadata=request_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise RolloutError(f"the router could not serve {version}: {exc.code().name} {exc.details()}") from None
+        if not ensured.ready:
+            raise RolloutError(f"{version} was not ready within {self.timeout_s:.0f}s")
         new = [w for w in await self._workers() if w.load.models[0] == version]
         if not new:
             raise RolloutError(f"no healthy worker serves {version}; start one before promoting")

@@ -1,4 +1,5 @@
-"""Which model names are LoRA adapter versions, and of which base: read from the model registry.
+"""What the model registry says a model name is: a LoRA adapter version (and of which base), or a full version
+the router can start on demand (see :mod:`.ondemand`).
 
 A request's ``model`` may name an adapter version (``teal-v1``) or an alias of
 one. The catalog resolves it in the registry (the shared database) and says
@@ -50,29 +51,44 @@ class Adapter:
     created: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FullVersion:
+    """A registered full (non-adapter) model version: a worker serves it under ``name`` once started."""
+    name: str
+    path: str
+    created: int = 0
+
+
 class AdapterCatalog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 2.0,
                  max_entries: int = 4096) -> None:
         self.sessions, self.ttl_s, self.max_entries = sessions, ttl_s, max_entries
-        self._cache: OrderedDict[str, tuple[float, Adapter | None]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, Adapter | FullVersion | None]] = OrderedDict()
         self._owners: tuple[float, dict[str, str], dict[str, str]] | None = None
 
-    async def resolve(self, model: str) -> Adapter | None:
+    async def lookup(self, model: str) -> Adapter | FullVersion | None:
+        """What the registry says ``model`` (a version id or an alias) is: an adapter, a full version, or
+        nothing registered."""
         now = time.monotonic()
         if (hit := self._cache.get(model)) is not None and now - hit[0] < self.ttl_s:
             return hit[1]
         try:
             async with self.sessions() as session:
                 row = await registry.resolve_exact(session, model)
-                adapter = await self._adapter(session, row) if row is not None and registry.is_adapter(row) else None
+                found = (None if row is None else await self._adapter(session, row) if registry.is_adapter(row)
+                         else _full(row))
         except Exception as exc:  # the registry is down: serve what we knew, else treat as unknown
-            log.warning("model registry unavailable (%s); adapter lookup of %r answered from cache", exc, model)
+            log.warning("model registry unavailable (%s); lookup of %r answered from cache", exc, model)
             return hit[1] if hit else None
-        self._cache[model] = (now, adapter)
+        self._cache[model] = (now, found)
         self._cache.move_to_end(model)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
-        return adapter
+        return found
+
+    async def resolve(self, model: str) -> Adapter | None:
+        found = await self.lookup(model)
+        return found if isinstance(found, Adapter) else None
 
     async def owners(self) -> tuple[dict[str, str], dict[str, str]]:
         """``({version id or alias: owner}, {alias: version id})`` from the registry; the owner of an alias is
@@ -91,14 +107,14 @@ class AdapterCatalog:
         self._owners = (now, owners, aliases)
         return owners, aliases
 
-    async def all(self) -> list[Adapter]:
-        """Every registered adapter version (for the model list)."""
+    async def all(self) -> list[Adapter | FullVersion]:
+        """Every registered version (for the model list): adapters and full versions."""
         try:
             async with self.sessions() as session:
                 rows = await registry.list_versions(session)
-                return [await self._adapter(session, r) for r in rows if registry.is_adapter(r)]
+                return [await self._adapter(session, r) if registry.is_adapter(r) else _full(r) for r in rows]
         except Exception as exc:
-            log.warning("model registry unavailable (%s); adapters left out of the model list", exc)
+            log.warning("model registry unavailable (%s); registered versions left out of the model list", exc)
             return []
 
     async def _adapter(self, session: AsyncSession, row: registry.ModelVersion) -> Adapter:
@@ -113,5 +129,12 @@ class AdapterCatalog:
             names.update(aliases)
         elif parent:
             paths.add(norm_path(parent))
-        created = int(row.created_at.timestamp()) if row.created_at else 0
-        return Adapter(row.id, row.path, parent, frozenset(names), frozenset(paths), created)
+        return Adapter(row.id, row.path, parent, frozenset(names), frozenset(paths), _created(row))
+
+
+def _created(row: registry.ModelVersion) -> int:
+    return int(row.created_at.timestamp()) if row.created_at else 0
+
+
+def _full(row: registry.ModelVersion) -> FullVersion:
+    return FullVersion(row.id, row.path, _created(row))

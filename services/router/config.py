@@ -93,6 +93,34 @@ class RouterSettings(ServiceSettings):
     kv_aware_saturation: float = Field(0.95, ge=0.0, le=1.0)
     """KV-cache usage (0..1) above which ``kv_aware`` avoids a worker, unless every candidate is above it."""
 
+    # -- versions served on demand ----------------------------------------------------
+    ondemand: Literal["none", "slots", "kubernetes"] = "none"
+    """How a registered full version that no worker serves is started when a request names it: on a free worker
+    slot as a child process (``slots``, what ``llmsvc up`` uses), as a worker Deployment copied from
+    ``ondemand_template`` (``kubernetes``), or not at all (``none``: such a request is a 404)."""
+    worker_slots: list[str] = Field(default_factory=list)
+    """``slots``: addresses a started worker may listen on, as a JSON list; they must be among ``workers`` so
+    the router polls them (a running worker's address is a slot once it has exited)."""
+    worker_slot_cpus: list[str] = Field(default_factory=list)
+    """``slots``: ``VLLM_CPU_OMP_THREADS_BIND`` for a worker started on each slot (same order; "" or missing:
+    vLLM's default)."""
+    worker_env: dict[str, str] = Field(default_factory=dict)
+    """``slots``: environment every started worker gets (``LLMSVC_WORKER_*``, ``VLLM_*``) as a JSON map."""
+    logs_dir: str = ""
+    """``slots``: folder for the started workers' logs (``worker-<version>.log``); empty: the working folder."""
+    ondemand_template: str = ""
+    """``kubernetes``: the worker Deployment (in ``k8s_namespace``) copied for each version started on demand;
+    the chart names its first model's."""
+    ondemand_max_versions: int = Field(2, ge=1)
+    """Versions running on demand at once; to start another, the least recently used idle one is stopped."""
+    load_wait_s: float = Field(60.0, ge=0)
+    """How long a request waits for its version to start before it gets 503 ``model_loading`` (the start goes
+    on; never longer than the request's own deadline)."""
+    idle_stop_s: float = Field(900.0, gt=0)
+    """A version started on demand with no request for this long is stopped (unless an alias points at it)."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """A started worker not ready within this time counts as failed."""
+
     # -- backpressure ------------------------------------------------------------
     max_in_flight_per_worker: int = 64
     """Requests the router sends one worker at once; beyond, requests queue in the router."""

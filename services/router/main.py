@@ -19,6 +19,7 @@ from .adapters import AdapterCatalog
 from .admission import AdmissionControl
 from .config import RouterSettings
 from .discovery import start_discovery
+from .ondemand import OnDemand
 from .policies import PolicyTable
 from .pool import WorkerPool
 from .servicer import RouterServicer
@@ -43,9 +44,39 @@ class Router:
         if self.discovery:
             self.discovery.cancel()
         await self.server.stop(grace_s)
+        if self.servicer.ondemand is not None:
+            await asyncio.to_thread(self.servicer.ondemand.close)
         await self.servicer.pool.close()
         if self.db_engine is not None:
             await self.db_engine.dispose()
+
+
+def build_ondemand(settings: RouterSettings, pool: WorkerPool, catalog: AdapterCatalog) -> OnDemand | None:
+    """The starter of full versions no worker serves (``settings.ondemand``), or None."""
+    if settings.ondemand == "slots":
+        from pathlib import Path
+
+        from services.lifecycle.launcher import SlotLauncher
+
+        unpolled = sorted(set(settings.worker_slots) - set(settings.workers))
+        if unpolled:
+            raise ValueError(f"worker slots {unpolled} are not among LLMSVC_ROUTER_WORKERS: the router would never "
+                             "see a worker started there")
+        launcher = SlotLauncher(settings.worker_slots, Path(settings.logs_dir or "."), settings.worker_slot_cpus,
+                                settings.worker_env)
+    elif settings.ondemand == "kubernetes":
+        from services.lifecycle.kubernetes import DeploymentLauncher
+
+        launcher = DeploymentLauncher.from_settings(settings.ondemand_template, settings.k8s_namespace,
+                                                    settings.ondemand_max_versions)
+    else:
+        return None
+
+    async def aliased() -> set[str]:
+        return set((await catalog.owners())[1].values())
+
+    return OnDemand(launcher, pool, max_versions=settings.ondemand_max_versions, load_wait_s=settings.load_wait_s,
+                    idle_stop_s=settings.idle_stop_s, start_timeout_s=settings.start_timeout_s, aliased=aliased)
 
 
 async def start_router(settings: RouterSettings) -> Router:
@@ -57,15 +88,18 @@ async def start_router(settings: RouterSettings) -> Router:
                                  settings.queue_size, settings.queue_timeout_s, settings.batch_queue_share)
     pool.on_admit += [policies.forget, lambda _address: admission.wake()]
     pool.on_models.append(admission.know)
-    catalog = db_engine = None
+    catalog = db_engine = ondemand = None
     if settings.database_url:
         db_engine = make_engine(settings.database_url, pool_size=2)
         catalog = AdapterCatalog(session_factory(db_engine), ttl_s=settings.adapter_cache_ttl_s)
-    servicer = RouterServicer(pool, policies, admission, settings.max_attempts, catalog)
+        ondemand = build_ondemand(settings, pool, catalog)
+    servicer = RouterServicer(pool, policies, admission, settings.max_attempts, catalog, ondemand)
     server, health_servicer = build_server("router", [(add_router_servicer, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     discovery = start_discovery(pool, settings)
     pool.start()
+    if ondemand is not None:
+        ondemand.start()
     await server.start()
     await set_serving(health_servicer, [SERVICE], True)
     log.info("router on %s:%d (discovery %s, policy %s, overrides %s)", settings.host, port, settings.discovery,

@@ -153,6 +153,18 @@ class WorkerPool:
     def knows_model(self, model: str) -> bool:
         return any(model in w.models for w in self.workers.values())
 
+    def claims(self, model: str, stale_s: float = 30.0) -> bool:
+        """A worker serves ``model``, or did within ``stale_s`` (ejected for a moment, it may come back): a
+        dead worker's names stop counting, so its version can be started again."""
+        now = time.monotonic()
+        return any(model in w.models and (w.healthy or now - w.last_ok < stale_s) for w in self.workers.values())
+
+    def forget(self, model: str) -> None:
+        """A worker serving ``model`` was stopped on purpose: route nothing more to it and let its names go."""
+        for w in self.workers.values():
+            if w.models and w.models[0] == model:
+                w.healthy, w.models, w.model_infos, w.ok_streak = False, (), (), 0
+
     def base_name(self, names: frozenset[str], paths: frozenset[str]) -> str | None:
         """The name workers serve a base model by, given its registry names and its folder(s); None if no
         worker (healthy or not) serves it. Serving workers are preferred, so a draining one's name is not."""

@@ -12,8 +12,9 @@ from services.common.mux import MuxSession, StreamContext, stream_timeout
 from services.common.pb import inference_pb2 as pb
 from services.common.pb import router_pb2, router_pb2_grpc
 
-from .adapters import AdapterCatalog
+from .adapters import Adapter, AdapterCatalog, FullVersion, norm_path
 from .admission import AdmissionControl, Rejected
+from .ondemand import ModelLoading, NoCapacity, OnDemand, StartFailed
 from .policies import PolicyTable, RoutingPolicy
 from .pool import Worker, WorkerPool
 
@@ -36,9 +37,11 @@ _NO_WORKER_WAIT_S = 5.0
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, pool: WorkerPool, policies: PolicyTable, admission: AdmissionControl,
-                 max_attempts: int = 2, adapters: AdapterCatalog | None = None) -> None:
+                 max_attempts: int = 2, adapters: AdapterCatalog | None = None,
+                 ondemand: OnDemand | None = None) -> None:
         self.pool = pool
         self.adapters = adapters
+        self.ondemand = ondemand if adapters is not None else None  # the registry says what can be started
         self.policies = policies
         self.admission = admission
         self.max_attempts = max(1, max_attempts)
@@ -59,25 +62,74 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return workers
 
     async def _served_as(self, request, context: grpc.aio.ServicerContext) -> str:
-        """The model name workers serve this request under: its own, or, when it names a LoRA adapter version
-        (or an alias of one), its base's, with the adapter attached to ``request`` for the worker."""
+        """The model name workers serve this request under: its own; a registered full version's id when no
+        worker answers to the name (the version is started on demand if none serves it); or, when it names a
+        LoRA adapter version (or an alias of one), its base's, with the adapter attached to ``request``."""
         if hasattr(request, "adapter"):
             request.ClearField("adapter")  # only the registry says which folder a worker loads
         if self.adapters is None:
             return request.model
         # The registry first (cached): an alias moved to an adapter wins over a worker still claiming it.
-        adapter = await self.adapters.resolve(request.model)
-        if adapter is None:
+        found = await self.adapters.lookup(request.model)
+        if isinstance(found, FullVersion):
+            if self.pool.claims(request.model) or self.ondemand is None:
+                served = request.model
+            elif same := self.pool.base_name(frozenset({found.name}), frozenset({norm_path(found.path)})):
+                served = request.model = same  # a worker serves its folder under another name
+            else:  # the worker knows the version by its id only: name it so
+                served = request.model = await self._ensure(found, request.model, context)
+            if self.ondemand is not None:
+                self.ondemand.touch(served)
+            return served
+        if not isinstance(found, Adapter):
             return request.model
-        base = self.pool.base_name(adapter.base_names, adapter.base_paths)
-        if base is None:
-            ROUTED.labels("adapter", request.model, "no_base").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"The model '{request.model}' is a LoRA adapter of '{adapter.base}', "
-                                "which no worker serves.")
+        base = await self._base_of(found, context)
         if hasattr(request, "adapter"):  # unary calls (tokenize) carry none: the base's tokenizer serves
-            request.adapter.name, request.adapter.path = adapter.name, adapter.path
+            request.adapter.name, request.adapter.path = found.name, found.path
         return base
+
+    async def _base_of(self, adapter: Adapter, context) -> str:
+        """The name a worker of the adapter's base serves it under; a registered full base is started."""
+        base = self.pool.base_name(adapter.base_names, adapter.base_paths)
+        if base is None and self.ondemand is not None and isinstance(
+                parent := await self.adapters.lookup(adapter.base), FullVersion):
+            base = await self._ensure(parent, adapter.name, context)
+        if base is None:
+            ROUTED.labels("adapter", adapter.name, "no_base").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"The model '{adapter.name}' is a LoRA adapter of '{adapter.base}', "
+                                "which no worker serves.")
+        if self.ondemand is not None:
+            self.ondemand.touch(base)
+        return base
+
+    async def _ensure(self, version: FullVersion, asked: str, context, wait_s: float | None = None) -> str:
+        """Start ``version`` if no worker serves it and wait for it within the request's deadline; abort with
+        UNAVAILABLE and what the gateway turns into 503 ``model_loading`` (or ``no_capacity``,
+        ``model_load_failed``) when it is not ready in time."""
+        if self.ondemand is None:
+            return version.name  # the pool decides: unknown model or no worker
+        remaining = context.time_remaining()
+        wait = self.ondemand.load_wait_s if wait_s is None else wait_s
+        if remaining is not None:
+            wait = min(wait, max(0.0, remaining - 1.0))
+        try:
+            if await self.ondemand.ensure(version.name, version.path, wait):
+                return version.name
+            raise self.ondemand.loading(version.name, asked)
+        except NoCapacity as exc:
+            await self._abort_loading(context, asked, exc, "no_capacity")
+        except ModelLoading as exc:
+            await self._abort_loading(context, asked, exc, "model_loading")
+        except StartFailed as exc:
+            ROUTED.labels("ondemand", asked, "start_failed").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=(
+                ("error-code", "model_load_failed"), ("retry-after", str(int(self.ondemand.retry_failed_s)))))
+
+    async def _abort_loading(self, context, asked: str, exc: ModelLoading, code: str) -> None:
+        ROUTED.labels("ondemand", asked, code).inc()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=(
+            ("error-code", code), ("retry-after", str(exc.retry_after_s))))
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         """Yields serialized chunks (see :mod:`.wire`): one flat loop per token, nothing decoded."""
@@ -170,16 +222,29 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             for info in worker.model_infos:
                 seen.setdefault(info.id, info)
         owners, aliases = await self.adapters.owners() if self.adapters else ({}, {})
-        for adapter in await self.adapters.all() if self.adapters else ():
-            # Listed when a healthy worker serves its base: what a request to it would reach.
+        registered = await self.adapters.all() if self.adapters else []
+        if self.ondemand is not None:  # a full version no worker serves is started when asked for
+            for full in registered:
+                if isinstance(full, FullVersion) and full.name not in seen:
+                    # Its context length is known once a worker serves its folder (under any name).
+                    same = self.pool.base_name(frozenset(), frozenset({norm_path(full.path)}))
+                    window = seen[same].max_model_len if same in seen else 0
+                    seen[full.name] = pb.ModelInfo(id=full.name, root=full.path, created=full.created,
+                                                   max_model_len=window)
+        for adapter in registered:
+            if not isinstance(adapter, Adapter):
+                continue
+            # Listed when a worker serves its base (or can start it): what a request to it would reach.
             base = self.pool.base_name(adapter.base_names, adapter.base_paths)
+            if base is None and adapter.base in seen:
+                base = adapter.base
             if base is not None and base in seen:
                 seen.setdefault(adapter.name, pb.ModelInfo(id=adapter.name, root=adapter.path, parent=base,
                                                            max_model_len=seen[base].max_model_len,
                                                            created=adapter.created))
-        for alias, version in aliases.items():  # an alias of a listed adapter reaches it too
-            if version in seen and alias not in seen and seen[version].parent:
-                seen[alias] = pb.ModelInfo(id=alias, root=seen[version].root, parent=version,
+        for alias, version in aliases.items():  # an alias reaches what its version does
+            if version in seen and alias not in seen:
+                seen[alias] = pb.ModelInfo(id=alias, root=seen[version].root, parent=seen[version].parent or version,
                                            max_model_len=seen[version].max_model_len, created=seen[version].created)
         # owned_by: the owner (team) of a fine-tuned version and its aliases; "llmsvc" for shared models
         models = []
@@ -211,6 +276,39 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def TokenizerInfo(self, request: pb.TokenizerInfoRequest, context: grpc.aio.ServicerContext):
         return await self._unary("TokenizerInfo", request, context)
+
+    async def EnsureServed(self, request: router_pb2.EnsureServedRequest, context: grpc.aio.ServicerContext):
+        """For the eval service and the rollout: make a version routable (starting it on demand), waiting up to
+        ``wait_s``. Not ready in time is an answer (``ready`` false), not an error."""
+        found = await self.adapters.lookup(request.model) if self.adapters else None
+        if isinstance(found, Adapter):
+            served = await self._base_of(found, context)
+            return router_pb2.EnsureServedResponse(served_as=served, ready=bool(self.pool.routable(served)))
+        if isinstance(found, FullVersion) and (same := self.pool.base_name(
+                frozenset({found.name}), frozenset({norm_path(found.path)}))) and not self.pool.claims(request.model):
+            return router_pb2.EnsureServedResponse(served_as=same, ready=bool(self.pool.routable(same)))
+        if isinstance(found, FullVersion) and self.ondemand is not None and not self.pool.claims(request.model):
+            running = found.name in self.ondemand.started or self.pool.claims(found.name)
+            try:
+                ready = await self.ondemand.ensure(found.name, found.path, request.wait_s)
+            except NoCapacity as exc:
+                await self._abort_loading(context, request.model, exc, "no_capacity")
+            except StartFailed as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            return router_pb2.EnsureServedResponse(served_as=found.name, ready=ready,
+                                                   started=not running and found.name in self.ondemand.started)
+        if self.pool.knows_model(request.model):
+            return router_pb2.EnsureServedResponse(served_as=request.model,
+                                                   ready=bool(self.pool.routable(request.model)))
+        await context.abort(grpc.StatusCode.NOT_FOUND,
+                            f"The model '{request.model}' is neither served nor a registered version this router "
+                            "can start.")
+
+    async def ReleaseVersion(self, request: router_pb2.ReleaseVersionRequest, context: grpc.aio.ServicerContext):
+        if self.ondemand is None:
+            return router_pb2.ReleaseVersionResponse(stopped=False, reason="this router starts no versions")
+        stopped, reason = await self.ondemand.release(request.version)
+        return router_pb2.ReleaseVersionResponse(stopped=stopped, reason=reason)
 
     async def ListWorkers(self, request: router_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext):
         resp = router_pb2.ListWorkersResponse()

@@ -64,6 +64,9 @@ class TrainerSettings(ServiceSettings):
     """Folders besides the store from which ``training_file`` may name a JSONL path (JSON list)."""
     migrate_on_start: bool = True
     """Apply the Alembic migrations before serving (idempotent)."""
+    router_addr: str = ""
+    """The router (``host:port``): a finished full fine-tune is started there at once, so it answers soon after
+    its job succeeds (an adapter needs no start). Empty: its first request starts it."""
     runner: Literal["local", "kubernetes"] = "local"
     """Where jobs run: a local process (embedded mode) or a Kubernetes Job."""
     max_concurrent_jobs: int = 1

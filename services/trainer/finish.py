@@ -32,8 +32,10 @@ def _read_meta(paths: JobPaths) -> dict:
 
 
 class Finisher:
-    def __init__(self, store: ModelStore, runner: Runner, notifier: Notifier) -> None:
+    def __init__(self, store: ModelStore, runner: Runner, notifier: Notifier, warm=None) -> None:
         self.store, self.runner, self.notifier = store, runner, notifier
+        self.warm = warm
+        """Async callable taking a new version id: have the router start it (see :class:`RouterWarmer`)."""
 
     async def finish(self, session: AsyncSession, job: Job, state: RunState, paths: JobPaths, *,
                      suspended: bool = False) -> None:
@@ -94,4 +96,37 @@ class Finisher:
             return
         job.fine_tuned_model, job.result_path = row.id, row.path
         await repo.add_event(session, job.id, f"New fine-tuned model created: {row.id}", data={"path": row.path})
+        if self.warm is not None and (note := await self.warm(row.id)):
+            await repo.add_event(session, job.id, note)
         await repo.set_status(session, job, "succeeded", "The job has successfully completed")
+
+
+class RouterWarmer:
+    """Asks the router to serve a new version now (``EnsureServed`` without waiting): a full model's worker
+    starts while the job is marked succeeded, instead of on the first request. Never fails the job."""
+
+    def __init__(self, router_addr: str) -> None:
+        from services.common.grpcutil import insecure_channel
+        from services.common.pb import router_pb2_grpc
+
+        self.channel = insecure_channel(router_addr)
+        self.stub = router_pb2_grpc.RouterStub(self.channel)
+
+    async def __call__(self, version: str) -> str:
+        import grpc
+
+        from services.common.grpcutil import request_metadata
+        from services.common.pb import router_pb2
+
+        try:
+            resp = await self.stub.EnsureServed(router_pb2.EnsureServedRequest(model=version, wait_s=0),
+                                                timeout=10.0, metadata=request_metadata())
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not have the router start %s: %s %s", version, exc.code().name, exc.details())
+            return ""
+        if resp.ready:
+            return f"{version} is served (on the workers of {resp.served_as})" if resp.served_as != version else ""
+        return f"Starting a worker for {version}; it answers once loaded"
+
+    async def close(self) -> None:
+        await self.channel.close()

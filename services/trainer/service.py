@@ -16,6 +16,7 @@ from services.common.pb import trainer_pb2_grpc
 
 from .config import TrainerSettings
 from .files import FileStore
+from .finish import RouterWarmer
 from .jobs import JobFactory, JobLimits
 from .notifier import Notifier
 from .runners import Runner, build_runner
@@ -39,6 +40,8 @@ class TrainerService:
         await set_serving(self.health, [SERVICE], False)
         await self.server.stop(grace_s)
         await self.supervisor.close(suspend=suspend)
+        if self.supervisor.finisher.warm is not None:
+            await self.supervisor.finisher.warm.close()
         await self.engine.dispose()
 
 
@@ -51,9 +54,10 @@ async def start(settings: TrainerSettings, runner: Runner | None = None) -> Trai
     runner = runner or build_runner(settings)
     store = ModelStore(settings.model_store)
     notifier = Notifier()
+    warm = RouterWarmer(settings.router_addr) if settings.router_addr else None
     supervisor = Supervisor(sessions, store, runner, notifier, SupervisorConfig(
         settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s, settings.lease_ttl_s,
-        max_job_s=settings.max_job_hours * 3600))
+        max_job_s=settings.max_job_hours * 3600), warm=warm)
     limits = JobLimits(settings.max_active_jobs_per_owner, settings.max_steps, settings.max_nodes,
                        settings.max_nproc_per_node)
     servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),

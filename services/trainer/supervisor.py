@@ -46,9 +46,9 @@ class SupervisorConfig:
 
 class Supervisor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ModelStore, runner: Runner,
-                 notifier: Notifier, cfg: SupervisorConfig) -> None:
+                 notifier: Notifier, cfg: SupervisorConfig, warm=None) -> None:
         self.sessions, self.store, self.runner, self.notifier, self.cfg = sessions, store, runner, notifier, cfg
-        self.finisher = Finisher(store, runner, notifier)
+        self.finisher = Finisher(store, runner, notifier, warm)
         self._wake = asyncio.Event()
         self._last_loss: dict[str, dict] = {}
         self._stopping: set[str] = set()

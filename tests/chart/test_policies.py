@@ -149,10 +149,14 @@ def test_trainer_role_grants_only_jobs_and_services():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmsvc-trainer", "namespace": "llmsvc"}]
 
 
-def test_router_role_reads_endpointslices_only():
+def test_router_role_reads_endpointslices_and_manages_deployments_for_versions_on_demand():
     rules = _rules(manifests(), "llmsvc-router")
     assert rules == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                      "verbs": ["get", "list", "watch"]}]
+                      "verbs": ["get", "list", "watch"]},
+                     {"apiGroups": ["apps"], "resources": ["deployments"],
+                      "verbs": ["get", "create", "patch", "delete"]}]
+    off = _rules(manifests({"router": {"ondemand": {"enabled": False}}}), "llmsvc-router")
+    assert off == rules[:1]
 
 
 @pytest.mark.parametrize("profile", ALL_PROFILES)

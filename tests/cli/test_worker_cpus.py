@@ -38,20 +38,22 @@ def test_worker_slots_keep_the_workers_cpus_and_spares_get_their_own():
     assert slot_cpus(2, 4, list(range(8))) == ["0,1,2,3", "4,5,6,7", "4,5", "6,7"]
 
 
-def test_the_eval_service_starts_a_version_on_its_slots_cpus(tmp_path, monkeypatch):
-    """The environment the eval service's launcher gives a worker it starts for a new version."""
+def test_the_router_starts_a_version_on_its_slots_cpus(tmp_path, monkeypatch):
+    """The environment the router's on-demand launcher gives a worker it starts for a version."""
     import json
 
     from services.cli.stack import Stack, StackConfig, free_port, slot_cpus
-    from services.lifecycle.launcher import WorkerLauncher
+    from services.lifecycle.launcher import SlotLauncher
 
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     cfg = StackConfig.ephemeral(tmp_path, tmp_path / "model", "sk-" + "x" * 64, workers=1,
                                 spare_worker_ports=[free_port()])
-    env = Stack(cfg)._eval_env()
-    slots, cpus = json.loads(env["LLMSVC_EVAL_WORKER_SLOTS"]), json.loads(env["LLMSVC_EVAL_WORKER_SLOT_CPUS"])
+    env = Stack(cfg).env_for("router")
+    assert env["LLMSVC_ROUTER_ONDEMAND"] == "slots"
+    slots, cpus = json.loads(env["LLMSVC_ROUTER_WORKER_SLOTS"]), json.loads(env["LLMSVC_ROUTER_WORKER_SLOT_CPUS"])
     assert len(slots) == 2 and cpus == slot_cpus(1, 2)
-    launcher = WorkerLauncher(slots, None, tmp_path, slot_cpus=cpus)
+    assert set(slots) <= set(json.loads(env["LLMSVC_ROUTER_WORKERS"]))  # the router polls every slot
+    launcher = SlotLauncher(slots, tmp_path, slot_cpus=cpus, worker_env=json.loads(env["LLMSVC_ROUTER_WORKER_ENV"]))
     if cpus[1]:  # a machine with one CPU has nothing to spare
         assert launcher._env(slots[1], "v2", "/m")["VLLM_CPU_OMP_THREADS_BIND"] == cpus[1]
         assert cpus[1] != cpus[0]

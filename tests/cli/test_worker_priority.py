@@ -52,14 +52,17 @@ def test_zero_changes_nothing():
     assert got["done"] == [] and got["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def test_stack_sets_it_for_workers_and_the_workers_eval_starts(tmp_path, monkeypatch):
+def test_stack_sets_it_for_workers_and_the_workers_the_router_starts(tmp_path, monkeypatch):
+    import json
+
     monkeypatch.delenv("LLMSVC_WORKER_CPU_NICE", raising=False)
     cfg = StackConfig.ephemeral(tmp_path, tmp_path / "model", "sk-" + "x" * 64, spare_worker_ports=[1])
     stack = Stack(cfg)
     assert stack.env_for("worker", 0)["LLMSVC_WORKER_CPU_NICE"] == "10"
-    assert stack.env_for("eval")["LLMSVC_WORKER_CPU_NICE"] == "10"
+    assert json.loads(stack.env_for("router")["LLMSVC_ROUTER_WORKER_ENV"])["LLMSVC_WORKER_CPU_NICE"] == "10"
     monkeypatch.setenv("LLMSVC_WORKER_CPU_NICE", "0")  # the user's setting wins
     assert Stack(cfg).env_for("worker", 0)["LLMSVC_WORKER_CPU_NICE"] == "0"
+    assert json.loads(Stack(cfg).env_for("router")["LLMSVC_ROUTER_WORKER_ENV"])["LLMSVC_WORKER_CPU_NICE"] == "0"
 
 
 def test_out_of_range_is_refused_at_start_up(monkeypatch):

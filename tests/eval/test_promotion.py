@@ -4,8 +4,9 @@ The three versions are the deterministic models of ``tests/eval/models.py``:
 v1 (the alias's first version) and v2 are the random tiny model with noise
 (v2 much more), v3 is the unperturbed model; the gate's text was sampled from
 v3. So v2 is measurably worse than v1 and v3 measurably better, on that text.
-The candidates are not served at first: the eval service starts a worker for
-each when the gate measures it.
+The candidates are not served at first: the router starts a worker for each
+when the gate measures it (on demand), and stops it when the eval ends unless
+something else serves it: a refused candidate is not left running.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import select
 
 from services.common.db.engine import make_engine, session_factory
 from services.common.db.registry import AuditEvent, ModelAlias
+from services.common.pb import router_pb2, router_pb2_grpc
 
 from .conftest import GATE_DATASET, run_eval
 
@@ -47,7 +49,20 @@ def _audit(eval_pg_url, alias) -> list[AuditEvent]:
     return _db(eval_pg_url, q)
 
 
-def test_worse_version_is_refused(gw, lifecycle, eval_pg_url):
+def _routable(stack) -> set[str]:
+    """Versions a healthy worker serves, as the router sees them."""
+    async def call():
+        channel = stack.channel(stack.cfg.router_port)
+        try:
+            resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+            return {w.load.models[0] for w in resp.workers if w.healthy and w.load.models and not w.load.draining}
+        finally:
+            await channel.close()
+
+    return asyncio.run(call())
+
+
+def test_worse_version_is_refused(gw, eval_stack, lifecycle, eval_pg_url):
     alias = lifecycle["alias"]
     r = gw.post(f"/v1/models/{alias}/promote", json={"version": lifecycle["v2"]})
     assert r.status_code == 409, r.text
@@ -57,6 +72,7 @@ def test_worse_version_is_refused(gw, lifecycle, eval_pg_url):
     assert "regresses" in check["reason"]
     assert _alias(eval_pg_url, alias) == lifecycle["v1"]
     assert _audit(eval_pg_url, alias)[-1].action == "promote_refused"
+    assert lifecycle["v2"] not in _routable(eval_stack)  # the worker started for the gate is stopped
 
 
 STREAM_N, STREAM_TOKENS = 16, 900  # 16: the API's most choices per request
@@ -91,9 +107,17 @@ def _read(base_url, key, body, events, out) -> None:
 
 def test_better_version_is_promoted_while_a_stream_runs(gw, eval_stack, lifecycle, eval_models, eval_pg_url, api_key):
     alias = lifecycle["alias"]
-    # Measure both sides first (this starts v3's worker), so the promotion itself only moves the alias.
+    # Measure both sides first, so the gate reuses the runs. The worker the router started for v3's eval
+    # stops when the eval ends (nothing else used it)...
     for v in ("v1", "v3"):
         assert run_eval(gw, lifecycle[v], "perplexity", dataset=GATE_DATASET)["status"] == "succeeded"
+    assert lifecycle["v3"] not in _routable(eval_stack)
+    # ... and a chat request to v3 starts it on demand, so the promotion itself only moves the alias.
+    deadline = time.monotonic() + 300
+    while (r := gw.post("/v1/chat/completions", json={"model": lifecycle["v3"], "max_tokens": 1, "messages": [
+            {"role": "user", "content": "hi"}]})).status_code != 200 and time.monotonic() < deadline:
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading", r.text
+    assert r.status_code == 200, r.text
     ballast_out = [{"started": threading.Event(), "ended": threading.Event()} for _ in range(BALLAST)]
     ballast = [threading.Thread(target=_stream, args=(eval_stack.cfg.base_url, api_key, alias, o)) for o in ballast_out]
     for b in ballast:

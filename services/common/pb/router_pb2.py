@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import inference_pb2 as llmsvc_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmsvc/v1/router.proto\x12\tllmsvc.v1\x1a\x19llmsvc/v1/inference.proto\"b\n\x0cWorkerStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x1d\n\x04load\x18\x03 \x01(\x0b\x32\x0f.llmsvc.v1.Load\x12\x11\n\tin_flight\x18\x04 \x01(\x03\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.llmsvc.v1.WorkerStatus2\x8c\x04\n\x06Router\x12\x42\n\x08Generate\x12\x1a.llmsvc.v1.GenerateRequest\x1a\x18.llmsvc.v1.GenerateChunk0\x01\x12\x41\n\x0cGenerateMany\x12\x15.llmsvc.v1.MuxRequest\x1a\x16.llmsvc.v1.MuxResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.llmsvc.v1.ListModelsRequest\x1a\x1d.llmsvc.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.llmsvc.v1.TokenizeRequest\x1a\x1b.llmsvc.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.llmsvc.v1.DetokenizeRequest\x1a\x1d.llmsvc.v1.DetokenizeResponse\x12R\n\rTokenizerInfo\x12\x1f.llmsvc.v1.TokenizerInfoRequest\x1a .llmsvc.v1.TokenizerInfoResponse\x12L\n\x0bListWorkers\x12\x1d.llmsvc.v1.ListWorkersRequest\x1a\x1e.llmsvc.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16llmsvc/v1/router.proto\x12\tllmsvc.v1\x1a\x19llmsvc/v1/inference.proto\"b\n\x0cWorkerStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x1d\n\x04load\x18\x03 \x01(\x0b\x32\x0f.llmsvc.v1.Load\x12\x11\n\tin_flight\x18\x04 \x01(\x03\"\x14\n\x12ListWorkersRequest\"?\n\x13ListWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.llmsvc.v1.WorkerStatus\"4\n\x13\x45nsureServedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"I\n\x14\x45nsureServedResponse\x12\x11\n\tserved_as\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07started\x18\x03 \x01(\x08\"(\n\x15ReleaseVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"9\n\x16ReleaseVersionResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xb4\x05\n\x06Router\x12\x42\n\x08Generate\x12\x1a.llmsvc.v1.GenerateRequest\x1a\x18.llmsvc.v1.GenerateChunk0\x01\x12\x41\n\x0cGenerateMany\x12\x15.llmsvc.v1.MuxRequest\x1a\x16.llmsvc.v1.MuxResponse(\x01\x30\x01\x12I\n\nListModels\x12\x1c.llmsvc.v1.ListModelsRequest\x1a\x1d.llmsvc.v1.ListModelsResponse\x12\x43\n\x08Tokenize\x12\x1a.llmsvc.v1.TokenizeRequest\x1a\x1b.llmsvc.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.llmsvc.v1.DetokenizeRequest\x1a\x1d.llmsvc.v1.DetokenizeResponse\x12R\n\rTokenizerInfo\x12\x1f.llmsvc.v1.TokenizerInfoRequest\x1a .llmsvc.v1.TokenizerInfoResponse\x12L\n\x0bListWorkers\x12\x1d.llmsvc.v1.ListWorkersRequest\x1a\x1e.llmsvc.v1.ListWorkersResponse\x12O\n\x0c\x45nsureServed\x12\x1e.llmsvc.v1.EnsureServedRequest\x1a\x1f.llmsvc.v1.EnsureServedResponse\x12U\n\x0eReleaseVersion\x12 .llmsvc.v1.ReleaseVersionRequest\x1a!.llmsvc.v1.ReleaseVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWORKERSREQUEST']._serialized_end=184
   _globals['_LISTWORKERSRESPONSE']._serialized_start=186
   _globals['_LISTWORKERSRESPONSE']._serialized_end=249
-  _globals['_ROUTER']._serialized_start=252
-  _globals['_ROUTER']._serialized_end=776
+  _globals['_ENSURESERVEDREQUEST']._serialized_start=251
+  _globals['_ENSURESERVEDREQUEST']._serialized_end=303
+  _globals['_ENSURESERVEDRESPONSE']._serialized_start=305
+  _globals['_ENSURESERVEDRESPONSE']._serialized_end=378
+  _globals['_RELEASEVERSIONREQUEST']._serialized_start=380
+  _globals['_RELEASEVERSIONREQUEST']._serialized_end=420
+  _globals['_RELEASEVERSIONRESPONSE']._serialized_start=422
+  _globals['_RELEASEVERSIONRESPONSE']._serialized_end=479
+  _globals['_ROUTER']._serialized_start=482
+  _globals['_ROUTER']._serialized_end=1174
 # @@protoc_insertion_point(module_scope)

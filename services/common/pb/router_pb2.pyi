@@ -28,3 +28,35 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...
+
+class EnsureServedRequest(_message.Message):
+    __slots__ = ("model", "wait_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    wait_s: float
+    def __init__(self, model: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class EnsureServedResponse(_message.Message):
+    __slots__ = ("served_as", "ready", "started")
+    SERVED_AS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    served_as: str
+    ready: bool
+    started: bool
+    def __init__(self, served_as: _Optional[str] = ..., ready: _Optional[bool] = ..., started: _Optional[bool] = ...) -> None: ...
+
+class ReleaseVersionRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class ReleaseVersionResponse(_message.Message):
+    __slots__ = ("stopped", "reason")
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stopped: bool
+    reason: str
+    def __init__(self, stopped: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...

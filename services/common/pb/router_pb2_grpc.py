@@ -70,6 +70,16 @@ class RouterStub:
                 request_serializer=llmsvc_dot_v1_dot_router__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_router__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.EnsureServed = channel.unary_unary(
+                '/llmsvc.v1.Router/EnsureServed',
+                request_serializer=llmsvc_dot_v1_dot_router__pb2.EnsureServedRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_router__pb2.EnsureServedResponse.FromString,
+                _registered_method=True)
+        self.ReleaseVersion = channel.unary_unary(
+                '/llmsvc.v1.Router/ReleaseVersion',
+                request_serializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -118,6 +128,18 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnsureServed(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +177,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=llmsvc_dot_v1_dot_router__pb2.ListWorkersRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_router__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'EnsureServed': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnsureServed,
+                    request_deserializer=llmsvc_dot_v1_dot_router__pb2.EnsureServedRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_router__pb2.EnsureServedResponse.SerializeToString,
+            ),
+            'ReleaseVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseVersion,
+                    request_deserializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +378,60 @@ class Router:
             '/llmsvc.v1.Router/ListWorkers',
             llmsvc_dot_v1_dot_router__pb2.ListWorkersRequest.SerializeToString,
             llmsvc_dot_v1_dot_router__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnsureServed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Router/EnsureServed',
+            llmsvc_dot_v1_dot_router__pb2.EnsureServedRequest.SerializeToString,
+            llmsvc_dot_v1_dot_router__pb2.EnsureServedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Router/ReleaseVersion',
+            llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.SerializeToString,
+            llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

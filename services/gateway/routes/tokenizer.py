@@ -53,7 +53,8 @@ async def _model(body_model: str | None, request: Request, settings, upstreams) 
             listed = await upstreams.router.ListModels(pb.ListModelsRequest(), timeout=5.0, metadata=request_metadata())
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
-        versions = sorted({m.parent or m.id for m in listed.models})
+        # What workers serve now (a registered version listed before it is started reports no context length).
+        versions = sorted({m.parent or m.id for m in listed.models if m.max_model_len})
         if len(versions) != 1:
             raise APIError(400, "Several model versions are served; name one in 'model' "
                                 f"({', '.join(versions) or 'none is served'}).", param="model")
