@@ -1,7 +1,7 @@
 """Build the tiny-chat default model as ``llmsvc up`` does, timed, and print its held-out accuracy.
 
     .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
-                                              [--tasks tool_math,tool_city,tool_direct]
+                                              [--batch-size N] [--lr X] [--tasks tool_math,tool_city,tool_direct]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -24,6 +24,8 @@ def main() -> None:
     p.add_argument("--out", help="where to write the model (default: a temporary folder, removed)")
     p.add_argument("--steps", type=int, help="override the recipe's optimizer steps")
     p.add_argument("--examples", type=int, help="override the number of synthetic conversations")
+    p.add_argument("--batch-size", type=int, help="override the recipe's sequences per optimizer step")
+    p.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed (default 0)")
     p.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     args = p.parse_args()
@@ -32,8 +34,9 @@ def main() -> None:
     from trainer.tiny_chat import build
 
     overrides: dict = {}
-    if args.steps:
-        overrides["hyperparameters"] = {"steps": args.steps}
+    for key in ("steps", "batch_size", "lr"):
+        if getattr(args, key):
+            overrides.setdefault("hyperparameters", {})[key] = getattr(args, key)
     if args.examples:
         overrides.setdefault("tiny_chat", {})["examples"] = args.examples
     if args.tasks:
