@@ -73,15 +73,31 @@ def cmd_list(args) -> int:
     return 0
 
 
+async def _evals(session, version_id: str) -> dict:
+    """The latest successful eval of each suite on this version: {suite: {metric: value, ..., "run": id}}."""
+    from sqlalchemy import select
+
+    from services.common.db.eval_tables import EvalRun
+
+    rows = await session.scalars(select(EvalRun).where(EvalRun.model_version == version_id,
+                                                          EvalRun.status == "succeeded")
+                                 .order_by(EvalRun.created_at))
+    out: dict = {}
+    for r in rows:  # oldest first: the latest of a suite wins
+        out[r.suite] = {**{k: m["value"] for k, m in (r.metrics or {}).items()}, "run": r.id}
+    return out
+
+
 def cmd_show(args) -> int:
     async def fetch(session):
-        return await registry.resolve(session, args.model), await _aliases(session)
+        version = await registry.resolve(session, args.model)
+        return version, await _aliases(session), await _evals(session, version.id) if version else {}
 
-    version, aliases = asyncio.run(_query(args.url or default_database_url(), fetch))
+    version, aliases, evals = asyncio.run(_query(args.url or default_database_url(), fetch))
     if version is None:
         console.print(f"[red]no model version, alias or name {args.model!r}[/]")
         return 1
-    doc = version_doc(version, aliases.get(version.id, []))
+    doc = {**version_doc(version, aliases.get(version.id, [])), "evals": evals}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

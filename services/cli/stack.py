@@ -269,6 +269,7 @@ class Stack:
             "LLMSVC_TRAINER_HOST": c.internal_host, "LLMSVC_TRAINER_PORT": str(c.trainer_port),
             "LLMSVC_TRAINER_DATABASE_URL": c.db_url, "LLMSVC_TRAINER_MIGRATE_ON_START": "false",  # start() migrates
             "LLMSVC_TRAINER_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",  # starts a finished full fine-tune
+            "LLMSVC_TRAINER_EVAL_ADDR": f"{c.internal_host}:{c.eval_port}",  # runs the evals a job names
             "LLMSVC_MODEL_STORE": os.environ.get("LLMSVC_MODEL_STORE", str(c.home / "models")),
         }
         return env

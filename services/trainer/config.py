@@ -64,6 +64,9 @@ class TrainerSettings(ServiceSettings):
     """Folders besides the store from which ``training_file`` may name a JSONL path (JSON list)."""
     migrate_on_start: bool = True
     """Apply the Alembic migrations before serving (idempotent)."""
+    eval_addr: str = ""
+    """The eval service (``host:port``): the suites a job names in ``evals`` run there when it succeeds. Empty:
+    a job that names suites is refused."""
     router_addr: str = ""
     """The router (``host:port``): a finished full fine-tune is started there at once, so it answers soon after
     its job succeeds (an adapter needs no start). Empty: its first request starts it."""

@@ -39,6 +39,9 @@ def job_msg(job: Job) -> pb.Job:
         method=struct(job.method), seed=job.seed, trained_tokens=job.trained_tokens or 0, suffix=job.suffix,
         metadata=job.job_metadata or {}, recipe=job.recipe, owner=job.owner, result_path=job.result_path or "",
     )
+    if (job.extra or {}).get("eval_runs"):  # {} while its evals run
+        msg.metrics.SetInParent()
+        msg.metrics.update((job.extra or {}).get("eval_metrics") or {})
     if job.error:
         msg.error.CopyFrom(pb.JobError(code=job.error.get("code") or "", message=job.error.get("message") or "",
                                        param=job.error.get("param") or ""))

@@ -32,8 +32,10 @@ def _read_meta(paths: JobPaths) -> dict:
 
 
 class Finisher:
-    def __init__(self, store: ModelStore, runner: Runner, notifier: Notifier, warm=None) -> None:
+    def __init__(self, store: ModelStore, runner: Runner, notifier: Notifier, warm=None, evals=None) -> None:
         self.store, self.runner, self.notifier = store, runner, notifier
+        self.evals = evals
+        """:class:`services.trainer.evals.EvalLauncher`: runs the suites a job names once it succeeds."""
         self.warm = warm
         """Async callable taking a new version id: have the router start it (see :class:`RouterWarmer`)."""
 
@@ -98,6 +100,11 @@ class Finisher:
         await repo.add_event(session, job.id, f"New fine-tuned model created: {row.id}", data={"path": row.path})
         if self.warm is not None and (note := await self.warm(row.id)):
             await repo.add_event(session, job.id, note)
+        if (job.extra or {}).get("evals") and self.evals is not None:
+            runs, notes = await self.evals.start(job.id, job.owner, row.id, job.extra["evals"])
+            job.extra = {**job.extra, "eval_runs": runs}
+            for note in notes:
+                await repo.add_event(session, job.id, note, level="warning" if "could not" in note else "info")
         await repo.set_status(session, job, "succeeded", "The job has successfully completed")
 
 

@@ -67,8 +67,11 @@ class DataRef:
 
 
 class JobFactory:
-    def __init__(self, store: ModelStore, runner, data_dirs: list[Path], limits: JobLimits | None = None) -> None:
+    def __init__(self, store: ModelStore, runner, data_dirs: list[Path], limits: JobLimits | None = None,
+                 evals: bool = False) -> None:
         self.store, self.runner = store, runner
+        self.evals = evals
+        """Whether jobs may name eval suites (an eval service is configured)."""
         self.limits = limits or JobLimits()
         self.data_roots = [store.root.resolve(), *(Path(d).resolve() for d in data_dirs)]
 
@@ -141,6 +144,9 @@ class JobFactory:
             recipe = choose_recipe(req.method, extra)
         except SpecError as exc:
             raise RequestError(str(exc), param=exc.param) from None
+        if "evals" in extra and not self.evals:
+            raise RequestError("evals: this deployment has no eval service (LLMSVC_TRAINER_EVAL_ADDR is not set).",
+                               param="evals")
         await self._check_fair_use(session, req, extra)
         base = await self.store.resolve_base(session, req.model)
         if base is not None and not req.admin and not await self.store.usable_by(session, base, req.owner):

@@ -15,6 +15,7 @@ from services.common.grpcutil import build_server, set_serving
 from services.common.pb import trainer_pb2_grpc
 
 from .config import TrainerSettings
+from .evals import EvalLauncher
 from .files import FileStore
 from .finish import RouterWarmer
 from .jobs import JobFactory, JobLimits
@@ -40,8 +41,9 @@ class TrainerService:
         await set_serving(self.health, [SERVICE], False)
         await self.server.stop(grace_s)
         await self.supervisor.close(suspend=suspend)
-        if self.supervisor.finisher.warm is not None:
-            await self.supervisor.finisher.warm.close()
+        for client in (self.supervisor.finisher.warm, self.supervisor.finisher.evals):
+            if client is not None:
+                await client.close()
         await self.engine.dispose()
 
 
@@ -55,13 +57,15 @@ async def start(settings: TrainerSettings, runner: Runner | None = None) -> Trai
     store = ModelStore(settings.model_store)
     notifier = Notifier()
     warm = RouterWarmer(settings.router_addr) if settings.router_addr else None
+    evals = EvalLauncher(settings.eval_addr) if settings.eval_addr else None
     supervisor = Supervisor(sessions, store, runner, notifier, SupervisorConfig(
         settings.max_concurrent_jobs, settings.poll_interval_s, settings.cancel_grace_s, settings.lease_ttl_s,
-        max_job_s=settings.max_job_hours * 3600), warm=warm)
+        max_job_s=settings.max_job_hours * 3600), warm=warm, evals=evals)
     limits = JobLimits(settings.max_active_jobs_per_owner, settings.max_steps, settings.max_nodes,
                        settings.max_nproc_per_node)
+    factory = JobFactory(store, runner, settings.data_dirs, limits, evals=evals is not None)
     servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),
-                               JobFactory(store, runner, settings.data_dirs, limits), supervisor, notifier)
+                               factory, supervisor, notifier)
     server, health_servicer = build_server(
         "trainer", [(trainer_pb2_grpc.add_TrainerServicer_to_server, servicer, SERVICE)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")

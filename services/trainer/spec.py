@@ -21,7 +21,7 @@ BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat"
 """Learning rate that ``learning_rate_multiplier`` scales, per recipe (tiny-chat's is the recipe's own tuned one)."""
 OPENAI_HPARAMS = {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
 OUR_HPARAMS = {"steps", "lr", "seq_len", "warmup_steps", "grad_accum"}
-EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources"}
+EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources", "evals"}
 DEFAULT_EPOCHS, DEFAULT_BATCH = 3, 4
 DEFAULT_KEEP = 3
 """Checkpoints a job keeps (OpenAI keeps the last three)."""
@@ -123,6 +123,10 @@ def check_extra(extra: dict) -> dict:
             res[key] = _whole(res[key], f"resources.{key}")
     if "lora" in extra and not isinstance(extra["lora"], (bool, dict)):
         raise SpecError("lora must be true or an object such as {\"r\": 8, \"alpha\": 16}.", "lora")
+    if "evals" in extra:
+        from .evals import check_evals
+
+        extra["evals"] = check_evals(extra["evals"])
     return extra
 
 

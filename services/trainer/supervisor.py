@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.base import utcnow
@@ -24,6 +25,7 @@ from services.common.db.job_tables import Job
 
 from . import events, metrics, repo
 from .datafile import InvalidFile, check_recipe_format, validate_path
+from .evals import FINAL, summary
 from .finish import Finisher
 from .notifier import Notifier
 from .runners import Launch, Runner
@@ -46,9 +48,9 @@ class SupervisorConfig:
 
 class Supervisor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], store: ModelStore, runner: Runner,
-                 notifier: Notifier, cfg: SupervisorConfig, warm=None) -> None:
+                 notifier: Notifier, cfg: SupervisorConfig, warm=None, evals=None) -> None:
         self.sessions, self.store, self.runner, self.notifier, self.cfg = sessions, store, runner, notifier, cfg
-        self.finisher = Finisher(store, runner, notifier, warm)
+        self.finisher = Finisher(store, runner, notifier, warm, evals)
         self._wake = asyncio.Event()
         self._last_loss: dict[str, dict] = {}
         self._stopping: set[str] = set()
@@ -116,6 +118,40 @@ class Supervisor:
             for job in (await repo.jobs_in(session, "queued"))[: max(0, free)]:
                 await self._guarded(session, job, self._launch)
             metrics.set_job_counts(await repo.count_by_status(session))
+            if self.finisher.evals is not None:
+                for job in await repo.jobs_in(session, "succeeded"):
+                    if any(r.get("status") not in FINAL for r in (job.extra or {}).get("eval_runs") or ()):
+                        await self._guarded(session, job, self._follow_evals)
+
+    async def _follow_evals(self, session: AsyncSession, job: Job) -> None:
+        """Read the job's eval runs that are not final; record those that ended (event and metrics)."""
+        runs = [dict(r) for r in job.extra["eval_runs"]]
+        scores = dict((job.extra or {}).get("eval_metrics") or {})
+        changed = False
+        for r in runs:
+            if r.get("status") in FINAL:
+                continue
+            try:
+                status, found, error = await self.finisher.evals.status(job.owner, job.id, r["run_id"])
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                status, found, error = "failed", {}, "the eval run is gone"
+            if status not in FINAL:
+                continue
+            r["status"], changed = status, True
+            if status == "succeeded":
+                scores[r["suite"]] = {k: v["value"] for k, v in found.items()}
+                await repo.add_event(session, job.id, f"Eval {r['suite']} succeeded on {job.fine_tuned_model}: "
+                                     f"{summary(found)}", data={"run_id": r["run_id"], "metrics": found})
+            else:
+                r["error"] = error
+                await repo.add_event(session, job.id, f"Eval {r['suite']} {status}: {error}", level="warning",
+                                     data={"run_id": r["run_id"]})
+        if changed:
+            job.extra = {**job.extra, "eval_runs": runs, "eval_metrics": scores}
+            await session.commit()
+            self.notifier.notify(job.id)
 
     async def _guarded(self, session: AsyncSession, job: Job, step) -> None:
         """One job's trouble (a database hiccup, an unreadable file) must not stall the others."""

@@ -106,8 +106,9 @@ class Network:
 CALL_GRAPH = {
     ("gateway", "auth", 50051), ("gateway", "router", 50052), ("gateway", "trainer", 50053),
     ("gateway", "eval", 50054), ("router", "worker", 50060), ("eval", "router", 50052),
-    # The trainer has the router start a finished full fine-tune (EnsureServed).
-    ("trainer", "router", 50052),
+    # The trainer has the router start a finished full fine-tune (EnsureServed) and the eval service run the
+    # suites a job names.
+    ("trainer", "router", 50052), ("trainer", "eval", 50054),
     # The eval service's lm-evaluation-harness backend calls the public API; `helm test` checks it.
     ("eval", "gateway", 8000), ("test", "gateway", 8000),
 }

@@ -175,6 +175,50 @@ def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_job
         assert [p.result(timeout=120).model for p in plain] == [BASE, adapter, full]
 
 
+def test_a_job_that_names_evals_runs_them_when_it_succeeds_and_the_gate_reuses_them(client, lora_stack):
+    """``evals`` (an extension): when the job succeeds the trainer has the eval service run the suites on the new
+    version; the results land in the job's events and ``metrics``, and in ``llmsvc models show``; promoting the
+    version through the gate reuses the stored run rather than running it again."""
+    import subprocess
+    import sys
+
+    rows = [{"messages": [{"role": "user", "content": f"Repeat: {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree")]
+    f = client.files.create(file=("echo.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                            purpose="fine-tune")
+    # Bad input first: an unknown suite, a malformed entry, each a 400 naming it; nothing is created.
+    for evals, param in ((["perplexty"], "evals[0]"), ([{"suite": "perplexity", "data": 1}], "evals[0]"),
+                         ([], "evals")):
+        with pytest.raises(openai.BadRequestError) as err:
+            _job(client, f.id, "echo", lora={"r": 8}, evals=evals)
+        assert err.value.body["param"] == param, err.value.body
+    job = _finished(client, _job(client, f.id, "echo", lora={"r": 8}, evals=["perplexity"]).id)
+    assert job.status == "succeeded", job.error
+    deadline = time.monotonic() + 300
+    while not (job := client.fine_tuning.jobs.retrieve(job.id)).model_extra.get("metrics"):
+        assert time.monotonic() < deadline, "the eval's result never reached the job"
+        time.sleep(1)
+    ppl = job.model_extra["metrics"]["perplexity"]["perplexity"]
+    assert ppl > 1
+    events = {e.message: e for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data}
+    started = next(m for m in events if m.startswith("Eval perplexity started"))
+    run_id = started.rsplit(": ", 1)[1]
+    done = next(e for m, e in events.items() if m.startswith("Eval perplexity succeeded"))
+    assert done.data["run_id"] == run_id
+    assert client.get(f"/evals/{run_id}", cast_to=object)["status"] == "succeeded"  # the owner's run, listed
+
+    shown = subprocess.run([sys.executable, "-m", "services.cli.main", "models", "show", job.fine_tuned_model,
+                            "--url", lora_stack.cfg.db_url, "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(shown.stdout)["evals"]["perplexity"]["run"] == run_id
+
+    # The gate's required suite is this one with the same params: the stored run is reused.
+    r = httpx.post(f"{lora_stack.cfg.base_url}/models/echo-latest/promote", json={"version": job.fine_tuned_model},
+                   headers={"Authorization": f"Bearer {lora_stack.cfg.api_key}"}, timeout=300)
+    assert r.status_code in (200, 409), r.text  # passed or refused, the gate measured with the stored run
+    checks = r.json()["checks"] if r.status_code == 200 else r.json()["promotion"]["checks"]
+    assert checks[0]["candidate_run_id"] == run_id, checks
+
+
 def _served_names(stack: Stack) -> set[str]:
     from services.common.pb import router_pb2, router_pb2_grpc
 

@@ -98,7 +98,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "created_at", "finished_at", "model", "fine_tuned_model", "status", "training_file", "validation_file", "hyperparameters", "method", "seed", "trained_tokens", "error", "suffix", "metadata", "recipe", "owner", "result_path")
+    __slots__ = ("id", "created_at", "finished_at", "model", "fine_tuned_model", "status", "training_file", "validation_file", "hyperparameters", "method", "seed", "trained_tokens", "error", "suffix", "metadata", "recipe", "owner", "result_path", "metrics")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class Job(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RESULT_PATH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     id: str
     created_at: int
     finished_at: int
@@ -142,7 +143,8 @@ class Job(_message.Message):
     recipe: str
     owner: str
     result_path: str
-    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., model: _Optional[str] = ..., fine_tuned_model: _Optional[str] = ..., status: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., method: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recipe: _Optional[str] = ..., owner: _Optional[str] = ..., result_path: _Optional[str] = ...) -> None: ...
+    metrics: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., model: _Optional[str] = ..., fine_tuned_model: _Optional[str] = ..., status: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., method: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recipe: _Optional[str] = ..., owner: _Optional[str] = ..., result_path: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata", "extra", "owner")

@@ -30,7 +30,7 @@ from ..errors import APIError
 from ..schemas import _Body
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
-EXTENSIONS = ("recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources")
+EXTENSIONS = ("recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources", "evals")
 
 
 class JobCreate(_Body):
@@ -49,6 +49,8 @@ class JobCreate(_Body):
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
     keep_checkpoints: Annotated[int, Field(ge=1)] | None = None
     resources: dict[str, int] | None = None
+    evals: Annotated[list[str | dict[str, Any]], Field(min_length=1, max_length=8)] | None = None
+    """Eval suites to run on the new version when the job succeeds (names or ``{"suite", "params"}``)."""
 
 
 def trainer_stub(upstreams, settings) -> trainer_pb2_grpc.TrainerStub:
@@ -119,6 +121,7 @@ def job_obj(job: pb.Job) -> dict:
         "hyperparameters": _dict(job.hyperparameters), "trained_tokens": job.trained_tokens or None,
         "error": error, "user_provided_suffix": job.suffix or None, "seed": job.seed, "estimated_finish": None,
         "integrations": [], "method": _method(job), "metadata": dict(job.metadata) or None,
+        **({"metrics": _dict(job.metrics)} if job.HasField("metrics") else {}),
     }
 
 
