@@ -332,7 +332,9 @@ class Stack:
                 raise RuntimeError(self._death_report(dead))
             try:
                 r = httpx.get(f"{self.cfg.base_url}{path}", headers=headers, timeout=2.0)
-                if r.status_code == 200 and (not listed or r.json().get("data")):
+                # Listed with a context length: a worker serves it (registered versions are listed before).
+                served = any(m.get("max_model_len") for m in r.json().get("data") or ()) if r.status_code == 200 else 0
+                if r.status_code == 200 and (not listed or served):
                     return
             except httpx.HTTPError:
                 pass

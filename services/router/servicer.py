@@ -226,11 +226,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if self.ondemand is not None:  # a full version no worker serves is started when asked for
             for full in registered:
                 if isinstance(full, FullVersion) and full.name not in seen:
-                    # Its context length is known once a worker serves its folder (under any name).
-                    same = self.pool.base_name(frozenset(), frozenset({norm_path(full.path)}))
-                    window = seen[same].max_model_len if same in seen else 0
-                    seen[full.name] = pb.ModelInfo(id=full.name, root=full.path, created=full.created,
-                                                   max_model_len=window)
+                    # Listed with no context length until a worker serves it under its id (the gateway and
+                    # /tokenizer_info count only versions with one as served).
+                    seen[full.name] = pb.ModelInfo(id=full.name, root=full.path, created=full.created)
         for adapter in registered:
             if not isinstance(adapter, Adapter):
                 continue

@@ -173,6 +173,22 @@ def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_job
             text, names = fut.result(timeout=120)
             assert text and names == {model}
         assert [p.result(timeout=120).model for p in plain] == [BASE, adapter, full]
+    _release(lora_stack, full)  # its engine's memory back for the jobs of the tests that follow
+
+
+def _release(stack: Stack, version: str) -> None:
+    from services.common.pb import router_pb2, router_pb2_grpc
+
+    async def call():
+        channel = stack.channel(stack.cfg.router_port)
+        try:
+            resp = await router_pb2_grpc.RouterStub(channel).ReleaseVersion(
+                router_pb2.ReleaseVersionRequest(version=version), timeout=30)
+            assert resp.stopped, resp.reason
+        finally:
+            await channel.close()
+
+    asyncio.run(call())
 
 
 def test_a_job_that_names_evals_runs_them_when_it_succeeds_and_the_gate_reuses_them(client, lora_stack):
