@@ -174,6 +174,21 @@ class Stack:
         target = f"{self.cfg.internal_host}:{address}" if isinstance(address, int) else address
         return insecure_channel(target, token=service_token(self.internal_secret()))
 
+    def router_call(self, method: str, request, timeout_s: float = 30.0):
+        """One unary call to this stack's router (``ListWorkers``, ``ReleaseVersion``…), with its service token."""
+        import asyncio
+
+        from services.common.pb import router_pb2_grpc
+
+        async def call():
+            channel = self.channel(self.cfg.router_port)
+            try:
+                return await getattr(router_pb2_grpc.RouterStub(channel), method)(request, timeout=timeout_s)
+            finally:
+                await channel.close()
+
+        return asyncio.run(call())
+
     def _common_env(self, service: str) -> dict[str, str]:
         env = {**os.environ, **self.cfg.extra_env}
         env["LLMSVC_INTERNAL_SECRET"] = self.internal_secret()

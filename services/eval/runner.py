@@ -47,6 +47,9 @@ class RunManager:
         self.sessions = sessions
         self.store = RunStore(sessions)
         self.client = client
+        self.held: set[str] = set()
+        """Versions the router started for a gate's run (``keep_serving``): the promoter releases them if it
+        refuses the candidate."""
         self.tasks: dict[str, asyncio.Task] = {}
 
     async def resolve(self, name: str) -> Target:
@@ -122,8 +125,16 @@ class RunManager:
             log.exception("eval %s crashed", run_id)
             await self.store.finish_unsuccessfully(run_id, "failed", f"internal error: {exc!r}", started)
         finally:
-            if launched and not keep_serving:
+            if launched and keep_serving:
+                self.held.add(target.version)
+            elif launched:
                 await asyncio.shield(self.release(target.version))
+
+    async def release_held(self, version: str) -> None:
+        """Release ``version`` if a gate's run had it started (else something else started it: it stays)."""
+        if version in self.held:
+            self.held.discard(version)
+            await self.release(version)
 
     async def release(self, version: str) -> None:
         """Stop a version started for an eval, unless something else serves it now."""

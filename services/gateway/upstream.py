@@ -72,8 +72,13 @@ class Upstreams:
         return {"router": router, "auth": auth}
 
     async def context_window(self, model: str) -> int | None:
-        """The model's max_model_len as the workers report it (None if unknown or the router is down)."""
-        if model not in self._limits and time.monotonic() - self._limits_at > _LIMITS_TTL_S:
+        """The model's max_model_len as the workers report it (None if unknown or the router is down).
+
+        Also refreshes the models' owners, which :meth:`check_owner` reads: at once for a name not seen yet (a
+        version registered a moment ago must not answer another owner, whom the router would start it for),
+        else at most every few seconds."""
+        unseen = model not in self.model_owners
+        if model not in self._limits and (unseen or time.monotonic() - self._limits_at > _LIMITS_TTL_S):
             self._limits_at = time.monotonic()
             try:
                 resp = await self.router.ListModels(pb.ListModelsRequest(), timeout=2.0, metadata=request_metadata())

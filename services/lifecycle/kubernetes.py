@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ def deployment_patch(*, alias: str, version: str, model_dir: str, container: str
     }
 
 
+def apps_api():
+    """``AppsV1Api`` with the pod's service account (in a cluster) or the local kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.AppsV1Api()
+
+
 class KubernetesRollout:
     def __init__(self, namespace: str, deployment: str, api=None) -> None:
         self.namespace = namespace
@@ -49,13 +61,7 @@ class KubernetesRollout:
 
     def _apps(self):
         if self._api is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            self._api = client.AppsV1Api()
+            self._api = apps_api()
         return self._api
 
     async def apply(self, alias: str, version: str, path: str | None) -> dict:
@@ -91,7 +97,6 @@ class DeploymentLauncher:
         self._api = api
         self.names: dict[str, str] = {}
         """Version → Deployment name, for those this router started (or found running)."""
-        self._touched: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, template: str, namespace: str, max_versions: int) -> DeploymentLauncher:
@@ -107,13 +112,7 @@ class DeploymentLauncher:
 
     def _apps(self):
         if self._api is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            self._api = client.AppsV1Api()
+            self._api = apps_api()
         return self._api
 
     def deployment_name(self, version: str) -> str:
@@ -158,7 +157,7 @@ class DeploymentLauncher:
                          "labels": {**(meta.get("labels") or {}), self.MODEL_LABEL: name[-63:],
                                     "llmsvc.io/on-demand": "true"},
                          "annotations": {"llmsvc.io/model-version": version, "llmsvc.io/copied-from": self.template,
-                                         self.LAST_USED: str(int(_now()))}},
+                                         self.LAST_USED: str(int(time.time()))}},
             "spec": {"replicas": 1, "revisionHistoryLimit": 1,
                      "selector": {"matchLabels": {**template["spec"]["selector"]["matchLabels"],
                                                   self.MODEL_LABEL: name[-63:]}},
@@ -197,12 +196,11 @@ class DeploymentLauncher:
                 raise
 
     async def touch(self, version: str) -> None:
-        """Record a use on the Deployment (at most once a minute from this replica)."""
-        now = _now()
-        if now - self._touched.get(version, 0.0) < 60 or version not in self.names:
+        """Record a use on the Deployment, where other router replicas read it (OnDemand calls it at most once
+        per ``SHARE_USE_S`` per version)."""
+        if version not in self.names:
             return
-        self._touched[version] = now
-        patch = {"metadata": {"annotations": {self.LAST_USED: str(int(now))}}}
+        patch = {"metadata": {"annotations": {self.LAST_USED: str(int(time.time()))}}}
         try:
             await asyncio.to_thread(self._apps().patch_namespaced_deployment, self.names[version], self.namespace,
                                     patch)
@@ -222,7 +220,3 @@ class DeploymentLauncher:
         """Deployments outlive a router replica: another replica (or this one, restarted) serves them."""
 
 
-def _now() -> float:
-    import time
-
-    return time.time()

@@ -86,9 +86,10 @@ class Promoter:
         details = {"checks": [asdict(c) for c in checks], "previous": previous}
         if not passed and not force:
             await self._audit(actor, "promote_refused", alias, {"version_id": version, **details})
-            await self.runs.release(version)  # a candidate started for the gate stops, unless something serves it
+            await self.runs.release_held(version)  # a candidate started for the gate stops (unless in use)
             failed = "; ".join(c.reason for c in checks if not c.passed)
             return Outcome(False, alias, version, previous, checks, f"promotion refused: {failed}")
+        self.runs.held.discard(version)  # promoted: it serves the alias now
         action = "promote" if passed else "force_promote"
         async with self.sessions() as s:
             await registry.set_alias(s, alias, version, actor=actor, action=action, details=details)

@@ -49,6 +49,7 @@ class Adapter:
     base_paths: frozenset[str]
     """The base's folder(s), compared with the folder a worker reports it serves."""
     created: int = 0
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class FullVersion:
     name: str
     path: str
     created: int = 0
+    owner: str = ""
 
 
 class AdapterCatalog:
@@ -129,7 +131,7 @@ class AdapterCatalog:
             names.update(aliases)
         elif parent:
             paths.add(norm_path(parent))
-        return Adapter(row.id, row.path, parent, frozenset(names), frozenset(paths), _created(row))
+        return Adapter(row.id, row.path, parent, frozenset(names), frozenset(paths), _created(row), row.owner or "")
 
 
 def _created(row: registry.ModelVersion) -> int:
@@ -137,4 +139,4 @@ def _created(row: registry.ModelVersion) -> int:
 
 
 def _full(row: registry.ModelVersion) -> FullVersion:
-    return FullVersion(row.id, row.path, _created(row))
+    return FullVersion(row.id, row.path, _created(row), row.owner or "")

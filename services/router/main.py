@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
@@ -54,8 +55,6 @@ class Router:
 def build_ondemand(settings: RouterSettings, pool: WorkerPool, catalog: AdapterCatalog) -> OnDemand | None:
     """The starter of full versions no worker serves (``settings.ondemand``), or None."""
     if settings.ondemand == "slots":
-        from pathlib import Path
-
         from services.lifecycle.launcher import SlotLauncher
 
         unpolled = sorted(set(settings.worker_slots) - set(settings.workers))

@@ -44,6 +44,10 @@ for _reason in ("idle", "evicted", "released"):
     STOPS.labels(_reason)
 
 
+SHARE_USE_S = 60.0
+"""Least seconds between two records of a version's use for other router replicas (idle stop reads them)."""
+
+
 class ModelLoading(Exception):
     """The version is starting; retry after ``retry_after_s``."""
 
@@ -67,6 +71,8 @@ class Started:
     since: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
+    shared_at: float = 0.0
+    """When this replica last recorded a use with the launcher (Kubernetes: an annotation on the Deployment)."""
     launched: bool = False
     error: str | None = None
     task: asyncio.Task | None = None
@@ -90,12 +96,17 @@ class OnDemand:
 
     # -- serving --------------------------------------------------------------------------------------------
     def touch(self, version: str) -> None:
-        if (s := self.started.get(version)) is not None:
-            s.last_used = time.monotonic()
-            if (shared := getattr(self.launcher, "touch", None)) is not None:  # other router replicas read it
-                task = asyncio.get_running_loop().create_task(shared(version))
-                self._touches.add(task)
-                task.add_done_callback(self._touches.discard)
+        """A request for ``version`` (on every routed request: a dict lookup, and at most once per
+        ``SHARE_USE_S`` a call that records the use where other router replicas see it)."""
+        if (s := self.started.get(version)) is None:
+            return
+        s.last_used = now = time.monotonic()
+        shared = getattr(self.launcher, "touch", None)
+        if shared is not None and now - s.shared_at >= SHARE_USE_S:
+            s.shared_at = now
+            task = asyncio.get_running_loop().create_task(shared(version))
+            self._touches.add(task)
+            task.add_done_callback(self._touches.discard)
 
     async def ensure(self, version: str, path: str, wait_s: float | None = None) -> bool:
         """Make ``version`` routable, starting it if needed; True once it is, False when ``wait_s`` (default

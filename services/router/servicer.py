@@ -72,12 +72,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         # The registry first (cached): an alias moved to an adapter wins over a worker still claiming it.
         found = await self.adapters.lookup(request.model)
         if isinstance(found, FullVersion):
-            if self.pool.claims(request.model) or self.ondemand is None:
-                served = request.model
-            elif same := self.pool.base_name(frozenset({found.name}), frozenset({norm_path(found.path)})):
-                served = request.model = same  # a worker serves its folder under another name
-            else:  # the worker knows the version by its id only: name it so
-                served = request.model = await self._ensure(found, request.model, context)
+            # A worker knows the version by its id (or by its own name for the same folder) only: name it so.
+            served = request.model = (self._existing(found, request.model)
+                                      or await self._ensure(found, request.model, context))
             if self.ondemand is not None:
                 self.ondemand.touch(served)
             return served
@@ -87,6 +84,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if hasattr(request, "adapter"):  # unary calls (tokenize) carry none: the base's tokenizer serves
             request.adapter.name, request.adapter.path = found.name, found.path
         return base
+
+    def _existing(self, found: FullVersion, asked: str) -> str | None:
+        """The name a running worker serves a registered full version under (asked for as ``asked``): the name
+        itself when a worker claims it, or the name of a worker serving its folder; None when it must be started
+        (without an on-demand starter, the name itself: the pool says unknown or unavailable)."""
+        if self.pool.claims(asked) or self.ondemand is None:
+            return asked
+        return self.pool.base_name(frozenset({found.name}), frozenset({norm_path(found.path)}))
 
     async def _base_of(self, adapter: Adapter, context) -> str:
         """The name a worker of the adapter's base serves it under; a registered full base is started."""
@@ -107,8 +112,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Start ``version`` if no worker serves it and wait for it within the request's deadline; abort with
         UNAVAILABLE and what the gateway turns into 503 ``model_loading`` (or ``no_capacity``,
         ``model_load_failed``) when it is not ready in time."""
-        if self.ondemand is None:
-            return version.name  # the pool decides: unknown model or no worker
         remaining = context.time_remaining()
         wait = self.ondemand.load_wait_s if wait_s is None else wait_s
         if remaining is not None:
@@ -116,15 +119,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             if await self.ondemand.ensure(version.name, version.path, wait):
                 return version.name
-            raise self.ondemand.loading(version.name, asked)
         except NoCapacity as exc:
             await self._abort_loading(context, asked, exc, "no_capacity")
-        except ModelLoading as exc:
-            await self._abort_loading(context, asked, exc, "model_loading")
         except StartFailed as exc:
             ROUTED.labels("ondemand", asked, "start_failed").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), trailing_metadata=(
                 ("error-code", "model_load_failed"), ("retry-after", str(int(self.ondemand.retry_failed_s)))))
+        await self._abort_loading(context, asked, self.ondemand.loading(version.name, asked), "model_loading")
 
     async def _abort_loading(self, context, asked: str, exc: ModelLoading, code: str) -> None:
         ROUTED.labels("ondemand", asked, code).inc()
@@ -223,6 +224,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 seen.setdefault(info.id, info)
         owners, aliases = await self.adapters.owners() if self.adapters else ({}, {})
         registered = await self.adapters.all() if self.adapters else []
+        # The rows just read name their owners: a version registered within the owners' cache time is never
+        # listed as shared ("llmsvc"), which would let the gateway hand it to another owner.
+        fresh = {r.name: r.owner for r in registered}
+        owners = {**owners, **fresh, **{a: fresh[v] for a, v in aliases.items() if v in fresh}}
         if self.ondemand is not None:  # a full version no worker serves is started when asked for
             for full in registered:
                 if isinstance(full, FullVersion) and full.name not in seen:
@@ -282,10 +287,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if isinstance(found, Adapter):
             served = await self._base_of(found, context)
             return router_pb2.EnsureServedResponse(served_as=served, ready=bool(self.pool.routable(served)))
-        if isinstance(found, FullVersion) and (same := self.pool.base_name(
-                frozenset({found.name}), frozenset({norm_path(found.path)}))) and not self.pool.claims(request.model):
-            return router_pb2.EnsureServedResponse(served_as=same, ready=bool(self.pool.routable(same)))
-        if isinstance(found, FullVersion) and self.ondemand is not None and not self.pool.claims(request.model):
+        if isinstance(found, FullVersion) and self.ondemand is not None:
+            if existing := self._existing(found, request.model):
+                return router_pb2.EnsureServedResponse(served_as=existing, ready=bool(self.pool.routable(existing)))
             running = found.name in self.ondemand.started or self.pool.claims(found.name)
             try:
                 ready = await self.ondemand.ensure(found.name, found.path, request.wait_s)

@@ -18,7 +18,9 @@ import logging
 
 import grpc
 
+from services.common.grpcutil import insecure_channel
 from services.common.identity import Identity, IdentityCodec
+from services.common.pb import eval_pb2, eval_pb2_grpc
 
 from .spec import SpecError
 
@@ -58,9 +60,6 @@ class EvalLauncher:
     """Creates and reads eval runs on the eval service for jobs (``LLMSVC_TRAINER_EVAL_ADDR``)."""
 
     def __init__(self, eval_addr: str) -> None:
-        from services.common.grpcutil import insecure_channel
-        from services.common.pb import eval_pb2_grpc
-
         self.channel = insecure_channel(eval_addr)
         self.stub = eval_pb2_grpc.EvalStub(self.channel)
         self.identity = IdentityCodec()
@@ -70,8 +69,6 @@ class EvalLauncher:
 
     async def start(self, job_id: str, owner: str, version: str, evals: list[dict]) -> tuple[list[dict], list[str]]:
         """Create the runs: (``eval_runs`` entries, event messages)."""
-        from services.common.pb import eval_pb2
-
         runs, notes = [], []
         for e in evals:
             try:
@@ -88,8 +85,6 @@ class EvalLauncher:
 
     async def status(self, owner: str, job_id: str, run_id: str) -> tuple[str, dict, str]:
         """(status, {metric: {value, stderr, …}}, error) of a run."""
-        from services.common.pb import eval_pb2
-
         run = await self.stub.GetRun(eval_pb2.GetRunRequest(id=run_id), timeout=10.0,
                                      metadata=self._md(owner, job_id))
         status = eval_pb2.EvalStatus.Name(run.status).removeprefix("EVAL_STATUS_").lower()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import logging
 
+import grpc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.job_tables import Job
+from services.common.grpcutil import insecure_channel, request_metadata
+from services.common.pb import router_pb2, router_pb2_grpc
 
 from . import metrics, repo
 from .notifier import Notifier
@@ -113,18 +116,10 @@ class RouterWarmer:
     starts while the job is marked succeeded, instead of on the first request. Never fails the job."""
 
     def __init__(self, router_addr: str) -> None:
-        from services.common.grpcutil import insecure_channel
-        from services.common.pb import router_pb2_grpc
-
         self.channel = insecure_channel(router_addr)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
 
     async def __call__(self, version: str) -> str:
-        import grpc
-
-        from services.common.grpcutil import request_metadata
-        from services.common.pb import router_pb2
-
         try:
             resp = await self.stub.EnsureServed(router_pb2.EnsureServedRequest(model=version, wait_s=0),
                                                 timeout=10.0, metadata=request_metadata())

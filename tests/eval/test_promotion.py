@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from services.common.db.engine import make_engine, session_factory
 from services.common.db.registry import AuditEvent, ModelAlias
-from services.common.pb import router_pb2, router_pb2_grpc
+from services.common.pb import router_pb2
 
 from .conftest import GATE_DATASET, run_eval
 
@@ -51,15 +51,8 @@ def _audit(eval_pg_url, alias) -> list[AuditEvent]:
 
 def _routable(stack) -> set[str]:
     """Versions a healthy worker serves, as the router sees them."""
-    async def call():
-        channel = stack.channel(stack.cfg.router_port)
-        try:
-            resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
-            return {w.load.models[0] for w in resp.workers if w.healthy and w.load.models and not w.load.draining}
-        finally:
-            await channel.close()
-
-    return asyncio.run(call())
+    resp = stack.router_call("ListWorkers", router_pb2.ListWorkersRequest())
+    return {w.load.models[0] for w in resp.workers if w.healthy and w.load.models and not w.load.draining}
 
 
 def test_worse_version_is_refused(gw, eval_stack, lifecycle, eval_pg_url):

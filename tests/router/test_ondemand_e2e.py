@@ -11,6 +11,7 @@ before the first request names one.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import time
@@ -20,7 +21,7 @@ import openai
 import pytest
 
 from services.cli.stack import Stack, StackConfig, free_port
-from services.common.pb import router_pb2, router_pb2_grpc
+from services.common.pb import router_pb2
 
 LOAD_WAIT_S = 3
 IDLE_STOP_S = 20
@@ -60,7 +61,11 @@ def od(tmp_path_factory, default_model, api_key):
                                 metrics_ports={"router": free_port()},
                                 extra_env={"LLMSVC_ROUTER_LOAD_WAIT_S": str(LOAD_WAIT_S),
                                            "LLMSVC_ROUTER_IDLE_STOP_S": str(IDLE_STOP_S),
-                                           "LLMSVC_WORKER_GRACE_S": "5"})
+                                           "LLMSVC_WORKER_GRACE_S": "5",
+                                           # A gate nothing passes: promotions here are refused.
+                                           "LLMSVC_EVAL_GATE": json.dumps([{
+                                               "suite": "perplexity", "metric": "perplexity", "params": {},
+                                               "threshold": 1.0, "tolerance": 0.0}])})
     with Stack(cfg).running() as s:
         ids = {k: asyncio.run(_registry(cfg.db_url, "register", f"od{k}", store / k)) for k in ("a", "b", "broken")}
         yield s, ids
@@ -95,27 +100,12 @@ def _until(http: httpx.Client, model: str, ok, timeout_s: float = 300) -> httpx.
 
 
 def _served_by_workers(stack: Stack) -> set[str]:
-    async def call():
-        channel = stack.channel(stack.cfg.router_port)
-        try:
-            resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
-            return {m for w in resp.workers if w.healthy for m in w.load.models}
-        finally:
-            await channel.close()
-
-    return asyncio.run(call())
+    resp = stack.router_call("ListWorkers", router_pb2.ListWorkersRequest())
+    return {m for w in resp.workers if w.healthy for m in w.load.models}
 
 
 def _release(stack: Stack, version: str) -> router_pb2.ReleaseVersionResponse:
-    async def call():
-        channel = stack.channel(stack.cfg.router_port)
-        try:
-            return await router_pb2_grpc.RouterStub(channel).ReleaseVersion(
-                router_pb2.ReleaseVersionRequest(version=version), timeout=30)
-        finally:
-            await channel.close()
-
-    return asyncio.run(call())
+    return stack.router_call("ReleaseVersion", router_pb2.ReleaseVersionRequest(version=version))
 
 
 def test_registered_versions_are_listed_before_any_worker_serves_them(od):
@@ -150,6 +140,17 @@ def test_a_version_starts_on_first_request_and_answers(od):
     assert _metric(stack, "llmsvc_router_ondemand_starts_total", outcome="started") == starts + 1
     assert a in _served_by_workers(stack)
     assert (stack.cfg.home / "logs" / f"worker-{a}.log").is_file()
+
+
+def test_a_refused_promotion_leaves_a_version_users_started_running(od):
+    """The gate refuses the candidate; only a version started for the gate itself is stopped after it. This one
+    was started by a chat request, so it keeps serving."""
+    stack, ids = od
+    with _http(stack) as http:
+        r = http.post("/models/odgate/promote", json={"version": ids["a"]})
+        assert r.status_code == 409 and not r.json()["promotion"]["promoted"], r.text
+        assert _chat(http, ids["a"]).status_code == 200
+    assert ids["a"] in _served_by_workers(stack)
 
 
 def test_a_version_that_cannot_start_is_its_own_requests_error(od):

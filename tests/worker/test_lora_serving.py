@@ -177,18 +177,10 @@ def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_job
 
 
 def _release(stack: Stack, version: str) -> None:
-    from services.common.pb import router_pb2, router_pb2_grpc
+    from services.common.pb import router_pb2
 
-    async def call():
-        channel = stack.channel(stack.cfg.router_port)
-        try:
-            resp = await router_pb2_grpc.RouterStub(channel).ReleaseVersion(
-                router_pb2.ReleaseVersionRequest(version=version), timeout=30)
-            assert resp.stopped, resp.reason
-        finally:
-            await channel.close()
-
-    asyncio.run(call())
+    resp = stack.router_call("ReleaseVersion", router_pb2.ReleaseVersionRequest(version=version))
+    assert resp.stopped, resp.reason
 
 
 def test_a_job_that_names_evals_runs_them_when_it_succeeds_and_the_gate_reuses_them(client, lora_stack):
@@ -236,17 +228,10 @@ def test_a_job_that_names_evals_runs_them_when_it_succeeds_and_the_gate_reuses_t
 
 
 def _served_names(stack: Stack) -> set[str]:
-    from services.common.pb import router_pb2, router_pb2_grpc
+    from services.common.pb import router_pb2
 
-    async def call():
-        channel = stack.channel(stack.cfg.router_port)
-        try:
-            resp = await router_pb2_grpc.RouterStub(channel).ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
-            return {m for w in resp.workers if w.healthy for m in w.load.models}
-        finally:
-            await channel.close()
-
-    return asyncio.run(call())
+    resp = stack.router_call("ListWorkers", router_pb2.ListWorkersRequest())
+    return {m for w in resp.workers if w.healthy for m in w.load.models}
 
 
 def test_two_adapters_of_one_base_run_on_the_same_engine(client, lora_stack, default_model, tmp_path, register):
@@ -417,16 +402,8 @@ def test_a_fine_tune_is_its_owners_alone(client, lora_stack, default_model, tmp_
     for, and answers, team-a's keys and admin keys only. Another owner's key gets the answers of a model that
     does not exist: not listed, 404 on retrieve and on chat, a 404 when it fine-tunes or evaluates from it."""
     tuned = register("amber", make_adapter(default_model, tmp_path / "amber", seed=3), owner="team-a")
-    base_url, admin = lora_stack.cfg.base_url, lora_stack.cfg.api_key
-
-    def key(name: str, owner: str) -> openai.OpenAI:
-        r = httpx.post(f"{base_url}/admin/keys", json={"name": name, "owner": owner,
-                                                       "scopes": ["chat", "train", "eval"]},
-                       headers={"Authorization": f"Bearer {admin}"}, timeout=30)
-        assert r.status_code == 201, r.text
-        return openai.OpenAI(base_url=base_url, api_key=r.json()["key"], max_retries=0, timeout=120)
-
-    alice, bob = key("alice", "team-a"), key("bob", "team-b")
+    base_url = lora_stack.cfg.base_url
+    alice, bob = _key(lora_stack, "alice", "team-a"), _key(lora_stack, "bob", "team-b")
     listed = {m.id: m for m in alice.models.list().data}
     assert listed[tuned].owned_by == "team-a" and BASE in listed
     assert _chat(alice, tuned).model == tuned
@@ -453,6 +430,33 @@ def test_a_fine_tune_is_its_owners_alone(client, lora_stack, default_model, tmp_
         r = httpx.post(f"{root}/tokenize", json={"model": tuned, "prompt": "hi"},
                        headers={"Authorization": f"Bearer {who.api_key}"}, timeout=30)
         assert r.status_code == status, r.text
+
+
+def _key(stack: Stack, name: str, owner: str) -> openai.OpenAI:
+    """A new API key of ``owner``, made with the stack's admin key."""
+    r = httpx.post(f"{stack.cfg.base_url}/admin/keys", json={"name": name, "owner": owner,
+                                                            "scopes": ["chat", "train", "eval"]},
+                   headers={"Authorization": f"Bearer {stack.cfg.api_key}"}, timeout=30)
+    assert r.status_code == 201, r.text
+    return openai.OpenAI(base_url=stack.cfg.base_url, api_key=r.json()["key"], max_retries=0, timeout=120)
+
+
+def test_another_owners_full_version_is_not_started_for_them_even_just_registered(lora_stack, default_model,
+                                                                                  tmp_path, register):
+    """The router starts a registered full version for whoever names it; the gateway must refuse another owner
+    first, also in the seconds after the version is registered (before its owner list is refreshed)."""
+    import shutil
+
+    carol, dave = _key(lora_stack, "carol", "team-c"), _key(lora_stack, "dave", "team-d")
+    shutil.copytree(default_model, tmp_path / "slate")
+    with pytest.raises(openai.NotFoundError):  # the gateway has just read the model list (and its owners)
+        _chat(dave, "no-such-model")
+    full = register("slatec", tmp_path / "slate", parent="", owner="team-c")
+    with pytest.raises(openai.NotFoundError) as err:
+        _chat(dave, full)
+    assert err.value.body["code"] == "model_not_found"
+    assert full not in _served_names(lora_stack) and full not in {m.id for m in dave.models.list().data}
+    assert full in {m.id for m in carol.models.list().data}
 
 
 def test_tools_offered_to_a_model_without_a_tool_parser_are_a_400_naming_tools(client):
