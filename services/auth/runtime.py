@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 
 from services.common.db.engine import default_database_url, make_engine
 from services.common.grpcutil import build_server
-from services.common.pb import auth_pb2_grpc
+from services.common.pb import auth_pb2_grpc, responses_pb2_grpc
 
 from . import keys
 from .admin import ADMIN_SERVICE, AdminAuthInterceptor, AdminServicer
@@ -27,13 +27,14 @@ from .gate import Gate
 from .guard import GuardedLimiter
 from .invalidation import Invalidation
 from .limiter import Limits, MemoryLimiter, RedisLimiter, WindowConfig
+from .responses import RESPONSES_SERVICE, ResponseStoreServicer
 from .servicer import AuthServicer
 from .store import Store, StoreUnavailable
 from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 AUTH_SERVICE = "llmsvc.v1.Auth"
-SERVICES = [AUTH_SERVICE, ADMIN_SERVICE]
+SERVICES = [AUTH_SERVICE, ADMIN_SERVICE, RESPONSES_SERVICE]
 
 
 @dataclass
@@ -111,12 +112,14 @@ class AuthRuntime:
                              self.settings.usage_retention_days)
 
     def build_server(self):
-        """The gRPC server (Auth + AuthAdmin + health + reflection) and its health servicer."""
+        """The gRPC server (Auth + AuthAdmin + ResponseStore + health + reflection) and its health servicer."""
         return build_server(
             "auth",
             [(auth_pb2_grpc.add_AuthServicer_to_server, AuthServicer(self.gate), AUTH_SERVICE),
              (auth_pb2_grpc.add_AuthAdminServicer_to_server, AdminServicer(self.store, self.invalidation),
-              ADMIN_SERVICE)],
+              ADMIN_SERVICE),
+             (responses_pb2_grpc.add_ResponseStoreServicer_to_server,
+              ResponseStoreServicer(self.store.engine, self.settings.db_timeout_s), RESPONSES_SERVICE)],
             interceptors=[AdminAuthInterceptor(self.gate)],
         )
 

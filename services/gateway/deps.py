@@ -36,5 +36,6 @@ def _admitted(scope: str):
 
 # The authenticated caller of a route, admitted with the route's scope: its key, owner and signed identity
 # (``Admission.metadata``), which every call the route makes to the trainer or eval service carries.
+ChatCaller = Annotated[Admission, Depends(_admitted("chat"))]
 TrainCaller = Annotated[Admission, Depends(_admitted("train"))]
 EvalCaller = Annotated[Admission, Depends(_admitted("eval"))]

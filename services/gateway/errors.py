@@ -61,13 +61,27 @@ def from_grpc(exc: grpc.aio.AioRpcError, model: str | None = None) -> APIError:
     return APIError(502, f"Upstream error: {details or code.name}", code="upstream_error")
 
 
-def _param_of(loc: tuple) -> str | None:
+def _param_of(loc: tuple, body=None) -> str | None:
     # pydantic puts the union member it tried in the location ("constrained-str", "list[str]",
     # "function-after[...]"); no OpenAI field is named like that.
     # A discriminated union puts the tag it matched in the location too ("response_format.json_schema" then
-    # the model's own "json_schema" field): one of two equal neighbours is the tag.
+    # the model's own "json_schema" field): one of two equal neighbours is the tag; and where the body is
+    # known, a part before the last that is no key (or index) of the body at that point is one.
     parts = [str(p) for p in loc if p != "body" and not any(c in str(p) for c in "-[(")]
     parts = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
+    if isinstance(body, dict):
+        kept, at = [], body
+        for i, p in enumerate(parts):
+            if isinstance(at, dict) and p in at:
+                at = at[p]
+            elif isinstance(at, list) and p.isdigit() and int(p) < len(at):
+                at = at[int(p)]
+            elif isinstance(at, dict | list) and i < len(parts) - 1:
+                continue  # a tag: not in the body
+            else:
+                at = None
+            kept.append(p)
+        parts = kept
     if not parts:
         return None
     out = parts[0]
@@ -90,8 +104,9 @@ def install_handlers(app: FastAPI) -> None:
                 400, "We could not parse the JSON body of your request. The body must be valid JSON.").response()
         if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
             return APIError(400, "The request body is missing; send a JSON object.").response()
-        param = _param_of(tuple(first.get("loc", ())))
-        msg = "; ".join(f"{_param_of(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
+        param = _param_of(tuple(first.get("loc", ())), exc.body)
+        msg = "; ".join(f"{_param_of(tuple(e.get('loc', ())), exc.body) or 'body'}: {e.get('msg')}"
+                        for e in errors[:5])
         return APIError(400, f"Invalid request: {msg}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)

@@ -95,18 +95,34 @@ class GenerationFlow:
         self.request_id = request.state.request_id
         self.started = time.perf_counter()
         self.admission: Admission | None = None
+        self.hints: RoutingHints | None = None
         self.generations: list[Generation] = []
 
     async def run(self, requests: list[pb.GenerateRequest], reserve_tokens: int) -> JSONResponse | Response:
-        hints = RoutingHints.from_headers(self.request)
+        await self.admit(reserve_tokens)
+        return await self.generate(requests)
+
+    async def admit(self, reserve_tokens: int) -> Admission:
+        """Authenticate the caller and reserve ``reserve_tokens``; a key that may not use the model is a 404."""
+        self.hints = RoutingHints.from_headers(self.request)  # a bad header is a 400 before anything is reserved
         self.admission = await admit(self.upstreams, self.request, model=self.model, scope="chat",
                                      reserve_tokens=reserve_tokens, timeout_s=self.settings.auth_timeout_s)
-        hints.apply(requests, self.admission.scopes)
         try:
             self.upstreams.check_owner(self.admission, self.model)
         except APIError:
             self._report("error")
             raise
+        return self.admission
+
+    def fail(self, exc: APIError) -> APIError:
+        """An error after admission and before any generation started: the reservation is released."""
+        self._report("error")
+        exc.headers = {**self.admission.headers, **exc.headers}
+        return exc
+
+    async def generate(self, requests: list[pb.GenerateRequest]) -> JSONResponse | Response:
+        """Start the admitted request's generations and answer with their stream or their folded result."""
+        self.hints.apply(requests, self.admission.scopes)
         try:
             self.generations = [Generation(self.upstreams, r, self.settings.request_timeout_s) for r in requests]
             await asyncio.gather(*(g.start() for g in self.generations))
@@ -124,6 +140,7 @@ class GenerationFlow:
         try:
             async for offset, chunk in self._merged():
                 self.fmt.fold(chunk, offset)
+            doc = await self.final()
         except APIError as exc:
             self._report("error")
             exc.headers = {**headers, **exc.headers}
@@ -131,7 +148,11 @@ class GenerationFlow:
         finally:
             self._close_all()
         self._report("ok")
-        return JSONResponse(self.fmt.response(), headers=headers)
+        return JSONResponse(doc, headers=headers)
+
+    async def final(self) -> dict:
+        """The non-streamed body, once every chunk is folded."""
+        return self.fmt.response()
 
     async def _merged(self) -> AsyncIterator[tuple[int, pb.GenerateChunk]]:
         """Chunks of every generation as they arrive, with each one's choice-index offset."""

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.grpcutil import insecure_channel, request_metadata
 from services.common.identity import IdentityCodec
 from services.common.mux import MuxChannel
-from services.common.pb import auth_pb2_grpc, router_pb2_grpc
+from services.common.pb import auth_pb2_grpc, responses_pb2_grpc, router_pb2_grpc
 from services.common.pb import inference_pb2 as pb
 from services.common.transport import CallTransport, ChunkStream, Transport
 
@@ -50,6 +50,8 @@ class Upstreams:
     known_models: frozenset[str] = frozenset()
     # model id -> its owner as listed (owned_by: "llmsvc" for shared models), refreshed with the windows.
     model_owners: dict[str, str] = field(default_factory=dict)
+    # The Responses API's stored responses (served by auth, on the shared database).
+    responses: responses_pb2_grpc.ResponseStoreStub | None = None
 
     @classmethod
     def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True,
@@ -58,7 +60,8 @@ class Upstreams:
         transport = MuxChannel(rc, _ROUTER_GENERATE_MANY) if multiplex else CallTransport(rc, _ROUTER_GENERATE)
         auth = auth_pb2_grpc.AuthStub(ac)
         reporter = UsageReporter(auth, UsageJournal(journal_dir) if journal_dir else None)
-        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, transport=transport)
+        return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, transport=transport,
+                   responses=responses_pb2_grpc.ResponseStoreStub(ac))
 
     async def healthy(self, timeout: float = 1.0) -> dict[str, bool]:
         async def check(channel: grpc.aio.Channel) -> bool:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from services.common import protogen
 
-
 _TOOLS_VERSION = re.compile(r"^GRPC_GENERATED_VERSION = '[^']*'$", re.M)
 
 

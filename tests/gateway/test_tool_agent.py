@@ -183,3 +183,57 @@ def test_the_readme_tool_call_example_runs_as_written(client):
     call = scope["call"]
     assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 12, "b": 7}
     assert scope["r"].choices[0].finish_reason == "tool_calls"
+
+
+def test_an_agents_sdk_agent_on_its_default_responses_model_runs_the_tool_loop(tool_stack):
+    """The Agents SDK's default model speaks the Responses API: the same two-step loop through /v1/responses
+    (the SDK sends the whole history each turn: the model's function_call item and the tool's output)."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    calls = []
+
+    @function_tool
+    def add(a: int, b: int) -> int:
+        """a + b"""
+        calls.append((a, b))
+        return a + b
+
+    aclient = openai.AsyncOpenAI(base_url=tool_stack.cfg.base_url, api_key=tool_stack.cfg.api_key, max_retries=0)
+    agent = Agent(name="calculator", model=OpenAIResponsesModel(model=MODEL, openai_client=aclient),
+                  tools=[add], model_settings=ModelSettings(temperature=0, max_tokens=48))
+    result = asyncio.run(Runner.run(agent, "What is 35 + 47?", max_turns=4))
+    assert calls == [(35, 47)]
+    assert result.final_output.strip() == "82"
+
+
+def test_responses_call_a_tool_and_answer_from_its_output_through_previous_response_id(client):
+    """The right call through /v1/responses, and the answer taken from the tool's output, which is sent as
+    a function_call_output item continuing the stored response."""
+    items = _items(3)
+    right = 0
+    for item in items:
+        tools = [{"type": "function", **t["function"]} for t in _tools(item["tools"])]
+        r = client.responses.create(model=MODEL, input=item["prompt"], tools=tools, max_output_tokens=48,
+                                    temperature=0)
+        assert [o.type for o in r.output] == ["function_call"], r.output
+        call = r.output[0]
+        if (call.name, json.loads(call.arguments)) != (item["call"]["name"], item["call"]["arguments"]):
+            continue
+        final = client.responses.create(model=MODEL, previous_response_id=r.id, tools=tools, max_output_tokens=16,
+                                        temperature=0, input=[{"type": "function_call_output",
+                                                               "call_id": call.call_id, "output": item["result"]}])
+        assert [o.type for o in final.output] == ["message"] and final.status == "completed"
+        right += final.output_text.strip() == item["result"]
+    assert right >= len(items) - 1, f"{right}/{len(items)} right calls answered from the tool's output"
+
+
+def test_the_readme_responses_example_runs_as_written(client):
+    text = README.read_text()
+    section = text[text.index("### Responses API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {"client": client}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert scope["call"].name == "add" and json.loads(scope["call"].arguments) == {"a": 12, "b": 7}
+    assert scope["r"].output_text.strip() == "19"
+    assert client.responses.retrieve(scope["r"].id).previous_response_id == scope["first"].id
