@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="gateway HTTP port (default 8000)")
     up.add_argument("--workers", type=int, default=1, help="number of vLLM workers (default 1)")
+    up.add_argument("--no-embeddings", dest="embeddings", action="store_false",
+                    help="do not start the embedding worker (<model>-embed on vLLM's pooling runner)")
     up.add_argument("--home", help="state folder (default $LLMSVC_HOME or ~/.llmsvc)")
     up.add_argument("--timeout", type=float, default=600, help="seconds to wait for start-up")
     up.set_defaults(func=lambda a: __import__("services.cli.up", fromlist=["run_up"]).run_up(a))

@@ -53,6 +53,10 @@ class StackConfig:
     """Router addresses with no worker yet: the eval service starts workers there for new versions."""
     model_aliases: list[str] = field(default_factory=list)
     """Extra names the initial workers answer to (an alias such as ``tiny-chat``)."""
+    embed_port: int = 0
+    """Port of the embedding worker: the same model folder on vLLM's pooling runner, converted to an embedding
+    model on load (:attr:`embed_model_name`); 0: no embedding worker."""
+    embed_kv_cache_gib: int = 1
     metrics_ports: dict[str, int] = field(default_factory=dict)
     served_model_name: str = ""
     kv_cache_gib: int = 1
@@ -72,12 +76,18 @@ class StackConfig:
 
         return self.database_url or os.environ.get("LLMSVC_DATABASE_URL") or sqlite_url(self.home / "llmsvc.db")
 
+    @property
+    def embed_model_name(self) -> str:
+        """What clients send as ``model`` for embeddings: the chat model's first name, with ``-embed``."""
+        return (self.model_aliases or [self.served_model_name or self.model.name])[0] + "-embed"
+
     @classmethod
-    def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, **kw) -> StackConfig:
-        """A config on free ports, for tests and side-by-side stacks."""
+    def ephemeral(cls, home: Path, model: Path, api_key: str, workers: int = 1, embeddings: bool = False,
+                  **kw) -> StackConfig:
+        """A config on free ports, for tests and side-by-side stacks (with an embedding worker if asked)."""
         ports = {"gateway_port": free_port(), "auth_port": free_port(), "router_port": free_port(),
                  "worker_ports": [free_port() for _ in range(workers)], "eval_port": free_port(),
-                 "trainer_port": free_port()}
+                 "trainer_port": free_port(), "embed_port": free_port() if embeddings else 0}
         return cls(home=home, model=model, api_key=api_key, **ports, **kw)
 
     @property
@@ -226,13 +236,24 @@ class Stack:
                 cpus = worker_cpus(index, len(c.worker_ports))
                 if cpus:
                     env["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+        elif service == "embed":
+            env = self._common_env("worker")
+            env |= {
+                "LLMSVC_WORKER_HOST": c.internal_host, "LLMSVC_WORKER_PORT": str(c.embed_port),
+                "LLMSVC_WORKER_MODEL": str(c.model), "LLMSVC_WORKER_SERVED_MODEL_NAME": c.embed_model_name,
+                "LLMSVC_WORKER_RUNNER": "pooling", "LLMSVC_WORKER_ENABLE_LORA": "false",
+                "VLLM_CPU_KVCACHE_SPACE": str(c.embed_kv_cache_gib),
+            }
+            env.pop("LLMSVC_WORKER_METRICS_PORT", None)
+            env.setdefault("LLMSVC_WORKER_CPU_NICE", str(c.worker_cpu_nice))
         elif service == "router":
             env = self._common_env("router")
             env |= {
                 "LLMSVC_ROUTER_HOST": c.internal_host,
                 "LLMSVC_ROUTER_PORT": str(c.router_port),
-                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.internal_host}:{p}"
-                                                     for p in c.worker_ports + c.spare_worker_ports]),
+                "LLMSVC_ROUTER_WORKERS": json.dumps([f"{c.internal_host}:{p}" for p in
+                                                     c.worker_ports + c.spare_worker_ports
+                                                     + ([c.embed_port] if c.embed_port else [])]),
                 "LLMSVC_ROUTER_DATABASE_URL": c.db_url,  # the registry: adapters, their bases, full versions
             }
             if c.spare_worker_ports:  # full versions no worker serves start on a free slot, on demand
@@ -314,6 +335,8 @@ class Stack:
         self.spawn("auth", "services.auth.main", self.env_for("auth"))
         for i in range(len(self.cfg.worker_ports)):
             self.start_worker(i)
+        if self.cfg.embed_port:
+            self.spawn("worker-embed", "services.worker.main", self.env_for("embed"))
         self.spawn("router", "services.router.main", self.env_for("router"))
         self.spawn("eval", "services.eval.main", self.env_for("eval"))
         self.spawn("trainer", "services.trainer.main", self.env_for("trainer"))
@@ -348,8 +371,11 @@ class Stack:
             try:
                 r = httpx.get(f"{self.cfg.base_url}{path}", headers=headers, timeout=2.0)
                 # Listed with a context length: a worker serves it (registered versions are listed before).
-                served = any(m.get("max_model_len") for m in r.json().get("data") or ()) if r.status_code == 200 else 0
-                if r.status_code == 200 and (not listed or served):
+                data = r.json().get("data") or () if r.status_code == 200 else ()
+                served = {m["id"] for m in data if m.get("max_model_len")}
+                embed_ok = not self.cfg.embed_port or self.cfg.embed_model_name in served
+                chat_ok = bool(served - {self.cfg.embed_model_name})
+                if r.status_code == 200 and (not listed or (chat_ok and embed_ok)):
                     return
             except httpx.HTTPError:
                 pass

@@ -72,14 +72,15 @@ def run_up(args) -> int:
     cfg = StackConfig(home=home, model=model, api_key=key, host=args.host, gateway_port=args.port,
                       worker_ports=[50060 + i for i in range(args.workers)],
                       served_model_name=args.served_model_name or "",
-                      spare_worker_ports=[50060 + args.workers])
+                      spare_worker_ports=[50060 + args.workers],
+                      embed_port=50060 + args.workers + 1 if args.embeddings else 0)
     if not args.model and not args.served_model_name:
         # The built model is a registry version (tiny-chat-v1, alias tiny-chat): registry commands work at once.
         from .default_version import ensure_default_version
 
         cfg.served_model_name, cfg.model_aliases = ensure_default_version(cfg.db_url, model)
     internal = [cfg.auth_port, cfg.router_port, cfg.eval_port, cfg.trainer_port, *cfg.worker_ports,
-                *cfg.spare_worker_ports]
+                *cfg.spare_worker_ports, *([cfg.embed_port] if cfg.embed_port else [])]
     if any(port_in_use(p, cfg.internal_host) for p in internal):
         # Another stack (or anything else) holds the default internal ports: take free ones.
         ih = cfg.internal_host
@@ -87,6 +88,7 @@ def run_up(args) -> int:
         cfg.worker_ports = [free_port(ih) for _ in range(args.workers)]
         cfg.eval_port, cfg.spare_worker_ports = free_port(ih), [free_port(ih)]
         cfg.trainer_port = free_port(ih)
+        cfg.embed_port = free_port(ih) if cfg.embed_port else 0
     stack = Stack(cfg)
     stopping = False
 
@@ -117,7 +119,7 @@ def run_up(args) -> int:
 [bold green]llmsvc is up[/]  ({len(stack.procs)} processes, logs in {stack.logs})
   API      {cfg.base_url}
   API key  {key}
-  model    {name}
+  model    {name}{f"  (embeddings: {cfg.embed_model_name})" if cfg.embed_port else ""}
 
   curl {cfg.base_url}/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'

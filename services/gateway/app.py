@@ -13,7 +13,19 @@ from .config import GatewaySettings
 from .errors import install_handlers
 from .limits import BodyLimitMiddleware
 from .middleware import RequestContextMiddleware
-from .routes import admin, evals, files, fine_tuning, generate, health, models, promotions, responses, tokenizer
+from .routes import (
+    admin,
+    embeddings,
+    evals,
+    files,
+    fine_tuning,
+    generate,
+    health,
+    models,
+    promotions,
+    responses,
+    tokenizer,
+)
 from .upstream import Upstreams
 
 
@@ -32,7 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     for r in (generate.router, models.router, health.router, admin.router, evals.router, promotions.router,
-              tokenizer.router, responses.router):
+              tokenizer.router, responses.router, embeddings.router):
         app.include_router(r)
     app.include_router(fine_tuning.router)
     app.include_router(files.router)

@@ -137,7 +137,7 @@ class DeploymentLauncher:
         pod["metadata"] = {"labels": labels, "annotations": {**(pod["metadata"].get("annotations") or {}),
                                                              "llmsvc.io/model-version": version}}
         own = {"LLMSVC_WORKER_MODEL": path, "MODEL_DIR": path, "LLMSVC_WORKER_SERVED_MODEL_NAME": version,
-               "LLMSVC_WORKER_MODEL_ALIASES": "[]"}
+               "LLMSVC_WORKER_MODEL_ALIASES": "[]", "LLMSVC_WORKER_RUNNER": "generate"}  # a version generates
         for c in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]:
             for e in c.get("env") or []:
                 if e.get("name") in own:

@@ -171,6 +171,8 @@ class WorkerPool:
         for worker in sorted(self.workers.values(), key=lambda w: (not w.healthy, w.load.draining)):
             if not worker.models:
                 continue
+            if any(i.task for i in worker.model_infos):
+                continue  # an embedding worker serving the same folder cannot serve generation or adapters
             if names.intersection(worker.models) or any(norm_path(i.root) in paths for i in worker.model_infos):
                 return worker.models[0]
         return None

@@ -280,6 +280,41 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def TokenizerInfo(self, request: pb.TokenizerInfoRequest, context: grpc.aio.ServicerContext):
         return await self._unary("TokenizerInfo", request, context)
 
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        """To the least loaded worker serving the model, in the model's admission queue; a worker that could
+        not serve it (down, draining) is ejected and the call goes to another, as a stream before its first
+        token does."""
+        served = request.model = await self._served_as(request, context)
+        await self._candidates(served, "embed", context)  # an unknown model is a 404 before it queues
+        try:
+            async with self.admission.slot(served, request.priority, context.time_remaining()):
+                tried: set[str] = set()
+                for attempt in range(self.max_attempts):
+                    workers = [w for w in await self._candidates(served, "embed", context) if w.address not in tried]
+                    if not workers:
+                        break
+                    worker = min(workers, key=lambda w: w.score)
+                    tried.add(worker.address)
+                    ROUTED.labels("embed", served, "retry" if attempt else "least_loaded").inc()
+                    worker.in_flight += 1
+                    try:
+                        return await worker.stub.Embed(request, timeout=context.time_remaining(),
+                                                       metadata=request_metadata())
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() not in _RETRYABLE:
+                            await context.abort(exc.code(), exc.details() or exc.code().name,
+                                                trailing_metadata=tuple(exc.trailing_metadata() or ()))
+                        self.pool.mark_failed(worker, f"{exc.code().name}: {exc.details()}")
+                        if attempt + 1 < self.max_attempts:
+                            RETRIES.labels(served).inc()
+                    finally:
+                        worker.in_flight -= 1
+        except Rejected as exc:
+            ROUTED.labels("embed", served, "rejected").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc),
+                                trailing_metadata=(("retry-after", str(exc.retry_after_s)),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"No worker could serve '{served}'; tried {len(tried)}.")
+
     async def EnsureServed(self, request: router_pb2.EnsureServedRequest, context: grpc.aio.ServicerContext):
         """For the eval service and the rollout: make a version routable (starting it on demand), waiting up to
         ``wait_s``. Not ready in time is an answer (``ready`` false), not an error."""

@@ -64,6 +64,12 @@ class WorkerSettings(ServiceSettings):
     xgrammar backend (the only one with the option besides guidance), so a schema xgrammar cannot compile is a
     400 rather than a fallback to another backend; ``false`` gives vLLM's defaults. ``structured_outputs_config``
     in ``engine_args`` overrides it."""
+    runner: Literal["generate", "pooling"] = "generate"
+    """``pooling``: an embedding worker (vLLM's pooling runner). It serves ``Embed`` only; a generative model's
+    folder is converted on load (``convert``), as ``vllm serve --runner pooling --convert embed`` does."""
+    convert: Literal["auto", "embed", "none"] = "embed"
+    """vLLM's ``--convert`` for a pooling worker: ``embed`` adds an embedding pooler (last token, normalized) to
+    a generative model; ``auto`` lets vLLM decide from the model's architecture (a native embedding model)."""
     engine_args: dict = Field(default_factory=dict)
     """Extra ``AsyncEngineArgs`` fields as JSON, passed through unchanged."""
 

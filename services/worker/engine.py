@@ -86,6 +86,9 @@ class EngineHost:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
+        if s.runner == "pooling":
+            self._start_pooling()
+            return
         args = AsyncEngineArgs(
             model=s.model,
             served_model_name=s.model_name,
@@ -121,6 +124,88 @@ class EngineHost:
         )
         log.info("engine ready: model=%s max_model_len=%d tool_parser=%s", s.model_name, self.card.max_model_len,
                  self.tool_parser or "none")
+
+    def _start_pooling(self) -> None:
+        """An embedding engine: vLLM's pooling runner, no LoRA, no tool parser, no grammars."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        args = AsyncEngineArgs(model=s.model, served_model_name=s.model_name, max_model_len=s.max_model_len,
+                               dtype=s.dtype, enforce_eager=s.enforce_eager, runner="pooling", convert=s.convert,
+                               gpu_memory_utilization=s.gpu_memory_utilization,
+                               tensor_parallel_size=s.tensor_parallel_size, max_num_seqs=s.max_num_seqs,
+                               seed=s.seed, disable_log_stats=False, **s.engine_args)
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self.load.stat_logger_factory()])
+        self.tokenizer = self.engine.get_tokenizer()
+        self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        self.card = ModelCard(name=s.model_name, aliases=list(s.model_aliases), path=s.model,
+                              max_model_len=self.engine.model_config.max_model_len, created=int(time.time()))
+        log.info("embedding engine ready: model=%s max_model_len=%d", s.model_name, self.card.max_model_len)
+
+    @property
+    def pooling(self) -> bool:
+        return self.settings.runner == "pooling"
+
+    def _embed_ids(self, req: pb.EmbedRequest) -> list[list[int]]:
+        """Every input's token ids (on the tokenizer thread), each checked against the vocabulary and window."""
+        vocab, limit = len(self.tokenizer), self.card.max_model_len
+        out = []
+        for i, item in enumerate(req.inputs):
+            if item.WhichOneof("input") == "text":
+                if len(item.text) > 4 * limit * self._max_token_chars:
+                    ids = [0] * (limit + 1)  # cannot fit: refused below without tokenizing it
+                else:
+                    ids = self.encode_prompt(item.text)
+            else:
+                ids = list(item.token_ids.ids)
+                if any(t < 0 or t >= vocab for t in ids):
+                    raise InvalidRequest(f"input[{i}]: token ids must lie in [0, {vocab}).", "input")
+            if not ids:
+                raise InvalidRequest(f"input[{i}] is empty.", "input")
+            if len(ids) > limit:
+                raise InvalidRequest(f"This model's maximum context length is {limit} tokens. However, input[{i}] "
+                                     "has more. Please reduce the length of the input.", "input",
+                                     code="context_length_exceeded")
+            out.append(ids)
+        return out
+
+    async def embed(self, req: pb.EmbedRequest) -> pb.EmbedResponse:
+        """One vector per input; the inputs run in the engine together. A caller that goes away aborts them."""
+        from vllm import PoolingParams
+        from vllm.exceptions import VLLMClientError
+
+        if not self.pooling:
+            raise InvalidRequest(f"The model '{req.model or self.card.name}' is a generation model: it does not "
+                                 "serve embeddings. Use an embedding model (GET /v1/models).", "model")
+        if not req.inputs:
+            raise InvalidRequest("'input' must not be empty.", "input")
+        all_ids = await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, self._embed_ids, req)
+        params = PoolingParams(task="embed", dimensions=req.dimensions or None)
+        base = f"{req.request_id or 'embed'}-{uuid.uuid4().hex[:8]}"
+        pending: set[str] = set()
+
+        async def one(i: int, ids: list[int]) -> list[float]:
+            engine_id = f"{base}-{i}"
+            pending.add(engine_id)
+            last = None
+            async for out in self.engine.encode({"prompt_token_ids": ids}, params, engine_id, priority=req.priority):
+                last = out  # a pooling request ends in one output
+            pending.discard(engine_id)
+            return last.outputs.data.tolist()
+
+        try:
+            vectors = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(all_ids)))
+        except (ValueError, VLLMClientError) as exc:  # vLLM's checks: dimensions the model does not support
+            param = getattr(exc, "parameter", None) or ("dimensions" if "dimension" in str(exc) else "input")
+            raise InvalidRequest(str(exc), param) from None
+        finally:
+            for engine_id in pending:
+                await self.engine.abort(engine_id)
+        resp = pb.EmbedResponse(model=self.card.name, prompt_tokens=sum(len(ids) for ids in all_ids))
+        for v in vectors:
+            resp.data.add().values.extend(v)
+        return resp
 
     def _engine_extras(self) -> dict:
         """``engine_args`` from the settings, over what ``compact_json`` sets."""

@@ -37,6 +37,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             raise StreamAbort(grpc.StatusCode.NOT_FOUND, f"The model '{request.model}' does not exist on this worker.")
         if self.draining:
             raise StreamAbort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
+        if self.host.pooling:
+            raise StreamAbort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"The model '{request.model or self.host.card.name}' is an embedding model: it serves "
+                              "/v1/embeddings only.", {"param": "model", "error-code": "model_not_supported"})
         log.info("generate model=%s n=%d", request.model, request.params.n or 1)
         self.active += 1
         try:
@@ -74,13 +78,27 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext):
         card = self.host.card
         resp = pb.ListModelsResponse()
+        task = "embed" if self.host.pooling else ""
         if card:
             resp.models.add(id=card.name, root=card.path, max_model_len=card.max_model_len, created=card.created,
-                            owned_by="llmsvc")
+                            owned_by="llmsvc", task=task)
             for alias in card.aliases:
                 resp.models.add(id=alias, root=card.path, max_model_len=card.max_model_len, created=card.created,
-                                owned_by="llmsvc", parent=card.name)
+                                owned_by="llmsvc", parent=card.name, task=task)
         return resp
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        await self._check_model(request.model, context)
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
+        self.active += 1
+        try:
+            return await self.host.embed(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc),
+                                trailing_metadata=(("param", exc.param or ""), ("error-code", exc.code or "")))
+        finally:
+            self.active -= 1
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         await self._check_model(request.model, context)

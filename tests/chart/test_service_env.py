@@ -17,7 +17,7 @@ from services.router.config import RouterSettings
 from services.trainer.config import KubernetesSettings, TrainerSettings
 from services.worker.config import WorkerSettings
 
-from .helpers import EVERYTHING, PROFILES, by_kind, component, manifests
+from .helpers import EVERYTHING, PROFILES, by_kind, component, deep_merge, manifests
 
 SETTINGS = {"gateway": GatewaySettings, "auth": AuthSettings, "router": RouterSettings, "worker": WorkerSettings,
             "trainer": TrainerSettings, "eval": EvalSettings}
@@ -124,3 +124,23 @@ def test_the_auth_spool_lives_on_a_volume_the_replicas_share():
     auth_off = next(d for d in by_kind(off, "Deployment") if component(d) == "auth")
     assert "emptyDir" in next(v for v in auth_off["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool")
     assert not [c for c in by_kind(off, "PersistentVolumeClaim") if "spool" in c["metadata"]["name"]]
+
+
+def test_an_embedding_model_entry_runs_a_pooling_worker(monkeypatch):
+    """A models entry with ``engine.runner: pooling`` (the values.yaml comment's example) renders a worker
+    Deployment whose settings say pooling; the chat entry beside it stays a generation worker."""
+    values = deep_merge(PROFILES["cpu"], {"workers": {"models": [
+        {"name": "tiny-chat", "path": "tiny-chat/v1"},
+        {"name": "tiny-chat-embed", "path": "tiny-chat/v1", "engine": {"runner": "pooling", "enableLora": False}}]}})
+    runners = {}
+    for d in by_kind(manifests(values), "Deployment"):
+        if component(d) != "worker":
+            continue
+        env = _env(d["spec"]["template"]["spec"]["containers"][0])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = WorkerSettings()
+        runners[settings.model_name] = (settings.runner, settings.convert, settings.enable_lora)
+        for name in env:
+            monkeypatch.delenv(name)
+    assert runners == {"tiny-chat": ("generate", "embed", True), "tiny-chat-embed": ("pooling", "embed", False)}

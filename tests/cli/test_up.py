@@ -58,6 +58,13 @@ def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_mod
                        json={"model": "my-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 3
+        # The embedding worker (the same folder on vLLM's pooling runner) is up too, as <name>-embed.
+        assert "(embeddings: my-model-embed)" in banner
+        e = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=60, json={"model": "my-model-embed",
+                                                                                 "input": ["hi", "there"]},
+                       headers={"Authorization": "Bearer sk-up-test-key-0123456789"})
+        assert e.status_code == 200, e.text
+        assert [len(d["embedding"]) > 1 for d in e.json()["data"]] == [True, True]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         gone, alive = psutil.wait_procs(children, timeout=30)

@@ -56,7 +56,8 @@ def tool_model() -> Path:
 @pytest.fixture(scope="module")
 def tool_stack(tmp_path_factory, tool_model):
     key = "sk-tools-" + secrets.token_hex(12)
-    cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("tools"), tool_model, key)
+    # With the embedding worker `llmsvc up` runs (tiny-chat-embed), for the README's embeddings example.
+    cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("tools"), tool_model, key, embeddings=True)
     with Stack(cfg).running() as stack:
         yield stack
 
@@ -237,3 +238,15 @@ def test_the_readme_responses_example_runs_as_written(client):
     assert scope["call"].name == "add" and json.loads(scope["call"].arguments) == {"a": 12, "b": 7}
     assert scope["r"].output_text.strip() == "19"
     assert client.responses.retrieve(scope["r"].id).previous_response_id == scope["first"].id
+
+
+def test_the_readme_embeddings_example_runs_as_written(client, capsys):
+    text = README.read_text()
+    section = text[text.index("### Embeddings"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {"client": client}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    e = scope["e"]
+    assert e.model == "tiny-chat-embed" and [d.index for d in e.data] == [0, 1]
+    assert len(e.data[0].embedding) == len(e.data[1].embedding) > 1 and e.data[0].embedding != e.data[1].embedding
+    assert capsys.readouterr().out.split() == ["2", str(len(e.data[0].embedding)), str(e.usage.prompt_tokens)]

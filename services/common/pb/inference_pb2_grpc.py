@@ -80,6 +80,11 @@ class InferenceStub:
                 request_serializer=llmsvc_dot_v1_dot_inference__pb2.DrainRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_inference__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmsvc.v1.Inference/Embed',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -140,6 +145,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings from a pooling worker (vLLM's pooling runner); a generation worker refuses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=llmsvc_dot_v1_dot_inference__pb2.DrainRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_inference__pb2.DrainResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +450,33 @@ class Inference:
             '/llmsvc.v1.Inference/Drain',
             llmsvc_dot_v1_dot_inference__pb2.DrainRequest.SerializeToString,
             llmsvc_dot_v1_dot_inference__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Inference/Embed',
+            llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,11 @@ class RouterStub:
                 request_serializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.SerializeToString,
                 response_deserializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmsvc.v1.Router/Embed',
+                request_serializer=llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -140,6 +145,13 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings: to the least loaded pooling worker serving the model, retried once on another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ReleaseVersion,
                     request_deserializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.FromString,
                     response_serializer=llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +449,33 @@ class Router:
             '/llmsvc.v1.Router/ReleaseVersion',
             llmsvc_dot_v1_dot_router__pb2.ReleaseVersionRequest.SerializeToString,
             llmsvc_dot_v1_dot_router__pb2.ReleaseVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.Router/Embed',
+            llmsvc_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            llmsvc_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

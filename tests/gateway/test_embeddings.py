@@ -1,0 +1,101 @@
+"""``/v1/embeddings`` through the official ``openai`` client, on the real stack.
+
+The session's stack runs an embedding worker beside the chat worker, as ``llmsvc up`` does: the same random
+tiny Llama folder on vLLM's pooling runner, converted to an embedding model on load (last-token pooling,
+normalized), listed in ``/v1/models`` as ``<model>-embed``. The same input gives the same vector, alone or in
+a batch; a batch gives vectors of one size; base64 decodes to the very floats; token-id input is the text's
+own tokens; usage counts them. A chat request to the embedding model, an embedding request to the chat
+model, ``dimensions`` on a model without Matryoshka support and each malformed input are 400s naming the
+parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from array import array
+
+import httpx
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def embed_model(stack) -> str:
+    return stack.cfg.embed_model_name
+
+
+def test_the_embedding_model_is_listed(openai_client, embed_model):
+    assert embed_model in {m.id for m in openai_client.models.list().data}
+
+
+def test_the_same_input_gives_the_same_vector_alone_or_in_a_batch(openai_client, embed_model):
+    one = openai_client.embeddings.create(model=embed_model, input="the cat sat").data[0].embedding
+    again = openai_client.embeddings.create(model=embed_model, input="the cat sat").data[0].embedding
+    batch = openai_client.embeddings.create(model=embed_model, input=["a dog", "the cat sat", "x" * 300])
+    assert one == again
+    assert [d.index for d in batch.data] == [0, 1, 2]
+    assert all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5) for a, b in zip(one, batch.data[1].embedding,
+                                                                                strict=True))
+    sizes = {len(d.embedding) for d in batch.data}
+    assert sizes == {len(one)} and len(one) > 1
+    assert math.isclose(sum(x * x for x in one), 1.0, rel_tol=1e-3)  # normalized
+    assert batch.data[0].embedding != batch.data[1].embedding
+    assert batch.model == embed_model and batch.usage.prompt_tokens == batch.usage.total_tokens > 3
+
+
+def test_base64_decodes_to_the_floats(openai_client, embed_model):
+    floats = openai_client.embeddings.create(model=embed_model, input="hello", encoding_format="float")
+    raw = httpx.post(f"{openai_client.base_url}embeddings", json={"model": embed_model, "input": "hello",
+                                                                   "encoding_format": "base64"},
+                     headers={"Authorization": f"Bearer {openai_client.api_key}"}, timeout=60).json()
+    decoded = array("f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert list(decoded) == floats.data[0].embedding
+    # The client asks for base64 by default and decodes it itself.
+    assert openai_client.embeddings.create(model=embed_model, input="hello").data[0].embedding == list(decoded)
+
+
+def test_token_ids_are_the_texts_own_tokens(openai_client, embed_model, tokenizer):
+    text = "token ids in"
+    ids = tokenizer.encode(text)
+    by_text = openai_client.embeddings.create(model=embed_model, input=text, encoding_format="float")
+    by_ids = openai_client.embeddings.create(model=embed_model, input=[ids, ids[:2]], encoding_format="float")
+    assert by_ids.data[0].embedding == by_text.data[0].embedding
+    assert by_text.usage.prompt_tokens == len(ids) and by_ids.usage.prompt_tokens == len(ids) + 2
+
+
+def test_chat_and_embeddings_are_refused_on_the_wrong_model(openai_client, embed_model, model_name):
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(model=embed_model, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=2)
+    assert err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.embeddings.create(model=model_name, input="hi")
+    assert err.value.body["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        openai_client.embeddings.create(model="no-such-model", input="hi")
+
+
+BAD = [
+    ("input", {"input": ""}),
+    ("input", {"input": []}),
+    ("input", {"input": [""]}),
+    ("input", {"input": [[]]}),
+    ("input", {"input": [-1]}),
+    ("input", {"input": [10**9]}),
+    ("input", {"input": 5}),
+    ("input", {"input": ["ok"] * 2049}),
+    ("input", {"input": "word " * 5000}),
+    ("model", {"input": "x", "model": ""}),
+    ("encoding_format", {"input": "x", "encoding_format": "int8"}),
+    ("dimensions", {"input": "x", "dimensions": 0}),
+    ("dimensions", {"input": "x", "dimensions": 8}),
+]
+
+
+@pytest.mark.parametrize(("param", "body"), BAD, ids=[f"{p}-{i}" for i, (p, _) in enumerate(BAD)])
+def test_each_bad_input_is_a_400_naming_it(base_url, api_key, embed_model, param, body):
+    r = httpx.post(f"{base_url}/embeddings", json={"model": embed_model, **body},
+                   headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.json()
