@@ -1,6 +1,7 @@
-"""OpenAI's files and fine-tuning API end to end, with the official ``openai`` client unchanged, and the
-``llmsvc train``/``llmsvc models`` commands: gateway → auth → trainer service → the real trainer, each service
-its own process started by :class:`services.cli.stack.Stack` (no router or vLLM worker: nothing here serves)."""
+"""OpenAI's files and fine-tuning API end to end, with the official ``openai`` client unchanged, the
+``llmsvc train``/``llmsvc models`` commands and README's fine-tune example: gateway → auth → trainer service →
+the real trainer, each service its own process started by :class:`services.cli.stack.Stack` (no router or vLLM
+worker: nothing here serves)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 import openai
 import pytest
 
+from services.cli.default_version import ensure_default_version
 from services.cli.main import main as llmsvc
+from tests.readme import block
 
 from .helpers import CHAT, jsonl, trainer_only_stack
 
@@ -139,6 +142,26 @@ def test_the_cli_submits_follows_lists_and_shows(trainer_stack, tmp_path, capsys
     assert shown["metrics"]["eval_loss"] > 0  # the validation file reached the trainer
     assert llmsvc(["models", "list", "--name", "cli", "--json", *db]) == 0
     assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["cli-v1"]
+
+
+def test_the_readme_fine_tune_example_runs_as_written(client, trainer_stack, default_model, tmp_path, monkeypatch,
+                                                      capsys):
+    """README's "## Fine-tune" code, unchanged, with ``client`` bound and a ``chat.jsonl`` in the working directory,
+    on a home where ``tiny-chat`` is a registered version's alias, as the first ``llmsvc up`` leaves it (the random
+    tiny model stands in for the trained one). The job it creates succeeds as ``adder-v1``, as the README says."""
+    home_model = trainer_stack.cfg.home / "models" / "tiny-chat"  # where `llmsvc up` builds its default model
+    home_model.symlink_to(default_model, target_is_directory=True)
+    assert ensure_default_version(trainer_stack.cfg.db_url, home_model) == ("tiny-chat-v1", ["tiny-chat"])
+    (tmp_path / "chat.jsonl").write_bytes(jsonl(CHAT))
+    monkeypatch.chdir(tmp_path)
+    scope = {"client": client}
+    exec(compile(block("## Fine-tune", "python").text, "README.md", "exec"), scope)  # noqa: S102 - the README's code
+    job = scope["job"]
+    assert (job.model, job.training_file, job.hyperparameters.n_epochs) == ("tiny-chat", scope["f"].id, 2)
+    done = wait_final(client, job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model == "adder-v1", done.error
+    assert llmsvc(["models", "list", "--name", "adder", "--json", "--url", trainer_stack.cfg.db_url]) == 0
+    assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["adder-v1"]
 
 
 def test_a_stopped_trainer_service_is_a_503(client, trainer_stack):
