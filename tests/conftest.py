@@ -34,10 +34,9 @@ def api_key() -> str:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, default_model, api_key):
-    """gateway → auth → router → one vLLM worker (and an embedding worker), as separate processes; shared by
-    the session."""
+    """gateway → auth → router → one vLLM worker, as separate processes; shared by the session."""
     home = tmp_path_factory.mktemp("stack")
-    cfg = StackConfig.ephemeral(home, default_model, api_key, embeddings=True)
+    cfg = StackConfig.ephemeral(home, default_model, api_key)
     with Stack(cfg).running() as s:
         yield s
 

@@ -1,12 +1,13 @@
 """``/v1/embeddings`` through the official ``openai`` client, on the real stack.
 
-The session's stack runs an embedding worker beside the chat worker, as ``llmsvc up`` does: the same random
+This module's stack runs an embedding worker beside the chat worker, as ``llmsvc up`` does: the same random
 tiny Llama folder on vLLM's pooling runner, converted to an embedding model on load (last-token pooling,
-normalized), listed in ``/v1/models`` as ``<model>-embed``. The same input gives the same vector, alone or in
-a batch; a batch gives vectors of one size; base64 decodes to the very floats; token-id input is the text's
-own tokens; usage counts them. A chat request to the embedding model, an embedding request to the chat
-model, ``dimensions`` on a model without Matryoshka support and each malformed input are 400s naming the
-parameter.
+normalized), listed in ``/v1/models`` as ``<model>-embed``. (Its own stack, not the session's: an engine held
+for the whole session would raise the suite's peak memory on this 24 GiB machine by its size.) The same input
+gives the same vector, alone or in a batch; a batch gives vectors of one size; base64 decodes to the very
+floats; token-id input is the text's own tokens; usage counts them. A chat request to the embedding model, an
+embedding request to the chat model, ``dimensions`` on a model without Matryoshka support and each malformed
+input are 400s naming the parameter.
 """
 
 from __future__ import annotations
@@ -19,10 +20,34 @@ import httpx
 import openai
 import pytest
 
+from services.cli.stack import Stack, StackConfig
+
 
 @pytest.fixture(scope="module")
-def embed_model(stack) -> str:
-    return stack.cfg.embed_model_name
+def embed_stack(tmp_path_factory, default_model, api_key):
+    cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("embed-stack"), default_model, api_key, embeddings=True)
+    with Stack(cfg).running() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def embed_model(embed_stack) -> str:
+    return embed_stack.cfg.embed_model_name
+
+
+@pytest.fixture(scope="module")
+def base_url(embed_stack) -> str:
+    return embed_stack.cfg.base_url
+
+
+@pytest.fixture(scope="module")
+def model_name(embed_stack) -> str:
+    return embed_stack.cfg.model.name
+
+
+@pytest.fixture(scope="module")
+def openai_client(base_url, api_key):
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 
 
 def test_the_embedding_model_is_listed(openai_client, embed_model):
