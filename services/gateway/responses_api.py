@@ -305,9 +305,7 @@ class ResponsesFormatter:
     One state machine serves both modes: :meth:`events` returns the events a chunk causes (the non-streamed
     path drops them), and :meth:`response` is the object either mode ends with."""
 
-    include_usage = False
-
-    def __init__(self, body: ResponseCreateRequest, request_id: str | None = None) -> None:
+    def __init__(self, body: ResponseCreateRequest) -> None:
         self.body = body
         self.id = new_id("resp")
         self.created_at = int(time.time())

@@ -153,10 +153,12 @@ class EngineHost:
         out = []
         for i, item in enumerate(req.inputs):
             if item.WhichOneof("input") == "text":
-                if len(item.text) > 4 * limit * self._max_token_chars:
-                    ids = [0] * (limit + 1)  # cannot fit: refused below without tokenizing it
-                else:
-                    ids = self.encode_prompt(item.text)
+                if len(item.text) > 4 * limit * self._max_token_chars:  # cannot fit: refused without tokenizing
+                    raise InvalidRequest(f"This model's maximum context length is {limit} tokens. However, "
+                                         f"input[{i}] has {len(item.text)} characters, more than {limit} tokens "
+                                         "can hold. Please reduce the length of the input.", "input",
+                                         code="context_length_exceeded")
+                ids = self.encode_prompt(item.text)
             else:
                 ids = list(item.token_ids.ids)
                 if any(t < 0 or t >= vocab for t in ids):
@@ -194,13 +196,17 @@ class EngineHost:
             pending.discard(engine_id)
             return last.outputs.data.tolist()
 
+        log.info("embed model=%s inputs=%d user=%s", req.model or self.card.name, len(all_ids), req.user or "-")
+        tasks = [asyncio.ensure_future(one(i, ids)) for i, ids in enumerate(all_ids)]
         try:
-            vectors = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(all_ids)))
+            vectors = await asyncio.gather(*tasks)
         except (ValueError, VLLMClientError) as exc:  # vLLM's checks: dimensions the model does not support
             param = getattr(exc, "parameter", None) or ("dimensions" if "dimension" in str(exc) else "input")
             raise InvalidRequest(str(exc), param) from None
         finally:
-            for engine_id in pending:
+            for task in tasks:  # one input failed or the caller left: the others stop too
+                task.cancel()
+            for engine_id in list(pending):
                 await self.engine.abort(engine_id)
         resp = pb.EmbedResponse(model=self.card.name, prompt_tokens=sum(len(ids) for ids in all_ids))
         for v in vectors:

@@ -124,3 +124,9 @@ def test_each_bad_input_is_a_400_naming_it(base_url, api_key, embed_model, param
                    headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_user_is_named_in_the_workers_log_line_for_the_request(openai_client, embed_stack, embed_model):
+    openai_client.embeddings.create(model=embed_model, input="logged", user="end-user-42")
+    log = (embed_stack.logs / "worker-embed.log").read_text()
+    assert f"embed model={embed_model} inputs=1 user=end-user-42" in log

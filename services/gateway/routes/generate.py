@@ -83,16 +83,25 @@ def fill_chat(chat: pb.ChatMessages, messages: list[ChatMessageIn], tools: list[
         chat.tools_json = json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in tools])
 
 
+def set_tool_choice(chat: pb.ChatMessages, mode: str | None, function: str | None,
+                    parallel_tool_calls: bool | None) -> None:
+    """``tool_choice`` (``none``, ``auto``, ``required``, or a named ``function``) and ``parallel_tool_calls``,
+    as the worker takes them (chat and the Responses API)."""
+    if function is not None:
+        chat.tool_choice.mode, chat.tool_choice.function = "function", function
+    elif mode is not None:
+        chat.tool_choice.mode = mode
+    if parallel_tool_calls is not None:
+        chat.parallel_tool_calls = parallel_tool_calls
+
+
 def _chat(body: ChatCompletionRequest) -> pb.ChatMessages:
     chat = pb.ChatMessages(add_generation_prompt=True)
     fill_chat(chat, body.messages, body.tools)
     choice = body.tool_choice
-    if isinstance(choice, NamedToolChoice):
-        chat.tool_choice.mode, chat.tool_choice.function = "function", choice.function.name
-    elif choice is not None:
-        chat.tool_choice.mode = choice
-    if body.parallel_tool_calls is not None:
-        chat.parallel_tool_calls = body.parallel_tool_calls
+    named = isinstance(choice, NamedToolChoice)
+    set_tool_choice(chat, None if named else choice, choice.function.name if named else None,
+                    body.parallel_tool_calls)
     return chat
 
 

@@ -23,6 +23,7 @@ from ..admission import Admission
 from ..deps import ChatCaller, SettingsDep, UpstreamsDep
 from ..errors import APIError
 from ..responses_api import (
+    NamedFunctionChoice,
     ResponseCreateRequest,
     ResponsesFormatter,
     TextFormatJSONObject,
@@ -31,9 +32,8 @@ from ..responses_api import (
     sse_event,
     to_messages,
 )
-from ..schemas import Tool
 from ..serving import GenerationFlow
-from .generate import _chat_bytes, _reserve, fill_chat, refuse_unsupported
+from .generate import _chat_bytes, _reserve, fill_chat, refuse_unsupported, set_tool_choice
 
 router = APIRouter(prefix="/v1", tags=["responses"])
 STORE_TIMEOUT_S = 10.0
@@ -142,15 +142,12 @@ async def create_response(body: ResponseCreateRequest, request: Request, setting
 
 def _chat_messages(body: ResponseCreateRequest, context: list[dict], input_items: list[dict]) -> pb.ChatMessages:
     chat = pb.ChatMessages(add_generation_prompt=True)
-    tools = [Tool.model_validate(t) for t in body.chat_tools() or ()]
-    fill_chat(chat, to_messages(body.instructions, context + input_items), tools or None)
+    fill_chat(chat, to_messages(body.instructions, context + input_items), None)
+    if tools := body.chat_tools():
+        chat.tools_json = json.dumps(tools)
     choice = body.tool_choice
-    if choice is not None and not isinstance(choice, str):
-        chat.tool_choice.mode, chat.tool_choice.function = "function", choice.name
-    elif choice is not None:
-        chat.tool_choice.mode = choice
-    if body.parallel_tool_calls is not None:
-        chat.parallel_tool_calls = body.parallel_tool_calls
+    named = isinstance(choice, NamedFunctionChoice)
+    set_tool_choice(chat, None if named else choice, choice.name if named else None, body.parallel_tool_calls)
     return chat
 
 
