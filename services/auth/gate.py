@@ -70,8 +70,24 @@ class Gate:
                               "API keys cannot be verified right now; retry shortly.", 1.0) from None
         if record is None or not keys.matches(api_key, record.secret_hash):
             raise self._unauthenticated("unknown", prefix)
+        return self._usable(record, scope, prefix)
+
+    async def authenticate_id(self, key_id: str, scope: str) -> KeyRecord:
+        """The usable key record with id ``key_id`` (read from the database, so a revocation counts at once),
+        for a call that acts as a key without its secret: a batch's lines, sent by the batch runner."""
+        try:
+            record = await self.cache.store.key_by_id(key_id) if key_id else None
+        except StoreUnavailable as exc:
+            log.warning("cannot read key %s: database unavailable (%s)", key_id, exc)
+            raise AuthFailure(pb.DECISION_UNAVAILABLE, "auth_unavailable",
+                              "API keys cannot be verified right now; retry shortly.", 1.0) from None
+        if record is None:
+            raise self._unauthenticated("unknown key id", key_id)
+        return self._usable(record, scope, key_id)
+
+    def _usable(self, record: KeyRecord, scope: str, label: str) -> KeyRecord:
         if reason := record.unusable_reason(utcnow()):
-            raise self._unauthenticated(reason, prefix)
+            raise self._unauthenticated(reason, label)
         if scope not in record.scopes:
             raise AuthFailure(pb.DECISION_FORBIDDEN, "insufficient_scope",
                               f"This API key does not have the '{scope}' scope.")
@@ -82,10 +98,12 @@ class Gate:
         log.info("refused key %s…: %s", prefix or "?", reason)
         return AuthFailure(pb.DECISION_UNAUTHENTICATED, "invalid_api_key", UNAUTHENTICATED_MESSAGE)
 
-    async def admit(self, req: pb.AdmitRequest) -> pb.AdmitResponse:
+    async def admit(self, req: pb.AdmitRequest, as_key_id: str | None = None) -> pb.AdmitResponse:
+        """Admit ``req`` for its ``api_key``, or, with ``as_key_id``, for that key (whose id a verified
+        internal identity named)."""
         start = time.perf_counter()
         try:
-            resp = await self._admit(req)
+            resp = await self._admit(req, as_key_id)
         finally:
             metrics.ADMIT_LATENCY.observe(time.perf_counter() - start)
         outcome = pb.Decision.Name(resp.decision).removeprefix("DECISION_").lower()
@@ -94,9 +112,12 @@ class Gate:
             metrics.RATE_LIMITED.labels(resp.code).inc()
         return resp
 
-    async def _admit(self, req: pb.AdmitRequest) -> pb.AdmitResponse:
+    async def _admit(self, req: pb.AdmitRequest, as_key_id: str | None) -> pb.AdmitResponse:
         try:
-            record = await self.authenticate(req.api_key, req.scope or "chat")
+            if as_key_id is None:
+                record = await self.authenticate(req.api_key, req.scope or "chat")
+            else:
+                record = await self.authenticate_id(as_key_id, req.scope or "chat")
         except AuthFailure as failure:
             return failure.response()
         if req.model and record.allowed_models and req.model not in record.allowed_models:

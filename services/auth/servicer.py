@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from services.common.identity import IdentityCodec, InvalidIdentity
 from services.common.pb import auth_pb2 as pb
 from services.common.pb import auth_pb2_grpc
 
@@ -17,11 +18,25 @@ MAX_BATCH = 1000
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, identity: IdentityCodec | None = None) -> None:
         self.gate = gate
+        self.identity = identity or IdentityCodec()
 
     async def Admit(self, request: pb.AdmitRequest, context: grpc.aio.ServicerContext) -> pb.AdmitResponse:
-        return await self.gate.admit(request)
+        if not request.as_identity:
+            return await self.gate.admit(request)
+        # A batch line: the key is the one the call's signed identity names. Without an internal secret no
+        # identity can be signed, so none is trusted.
+        if not self.identity.enabled:
+            return pb.AdmitResponse(decision=pb.DECISION_UNAUTHENTICATED, code="invalid_api_key",
+                                    message="Admission as an identity needs the deployment's internal secret "
+                                            "(LLMSVC_INTERNAL_SECRET); send an API key instead.")
+        try:
+            who = self.identity.verify(context.invocation_metadata())
+        except InvalidIdentity as exc:
+            return pb.AdmitResponse(decision=pb.DECISION_UNAUTHENTICATED, code="invalid_api_key",
+                                    message=f"Refused: {exc}.")
+        return await self.gate.admit(request, as_key_id=who.key_id)
 
     async def ReportUsage(self, request: pb.ReportUsageRequest,
                           context: grpc.aio.ServicerContext) -> pb.ReportUsageResponse:

@@ -306,6 +306,7 @@ class Stack:
             "LLMSVC_TRAINER_DATABASE_URL": c.db_url, "LLMSVC_TRAINER_MIGRATE_ON_START": "false",  # start() migrates
             "LLMSVC_TRAINER_ROUTER_ADDR": f"{c.internal_host}:{c.router_port}",  # starts a finished full fine-tune
             "LLMSVC_TRAINER_EVAL_ADDR": f"{c.internal_host}:{c.eval_port}",  # runs the evals a job names
+            "LLMSVC_TRAINER_GATEWAY_URL": c.base_url.removesuffix("/v1"),  # where batches send their lines
             "LLMSVC_MODEL_STORE": os.environ.get("LLMSVC_MODEL_STORE", str(c.home / "models")),
         }
         return env

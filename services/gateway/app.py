@@ -15,6 +15,7 @@ from .limits import BodyLimitMiddleware
 from .middleware import RequestContextMiddleware
 from .routes import (
     admin,
+    batches,
     embeddings,
     evals,
     files,
@@ -48,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.include_router(r)
     app.include_router(fine_tuning.router)
     app.include_router(files.router)
+    app.include_router(batches.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_upload_bytes=settings.max_upload_bytes, idle_timeout_s=settings.body_idle_timeout_s)
     app.add_middleware(RateLimitHeadersMiddleware)

@@ -79,6 +79,10 @@ class _SSEResponse(Response):
             await self.body_iterator.aclose()
 
 
+class _ClientGone(Exception):
+    """The client of a non-streamed request disconnected before its answer was ready."""
+
+
 class GenerationFlow:
     """Runs one API call that fans out into one or more upstream generations."""
 
@@ -138,17 +142,46 @@ class GenerationFlow:
         if self.stream:
             return _SSEResponse(self._sse(), {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
-            async for offset, chunk in self._merged():
-                self.fmt.fold(chunk, offset)
-            doc = await self.final()
+            doc = await self._fold_while_connected()
         except APIError as exc:
             self._report("error")
             exc.headers = {**headers, **exc.headers}
             raise
+        except _ClientGone:
+            # Nobody is left to read the answer (a batch runner that was stopped, a client that timed out):
+            # the upstream streams are closed below, which aborts the vLLM requests, as for a stream.
+            self._report("cancelled")
+            return Response(status_code=499)
         finally:
             self._close_all()
         self._report("ok")
         return JSONResponse(doc, headers=headers)
+
+    async def _fold_while_connected(self) -> dict:
+        """The folded body; :class:`_ClientGone` as soon as the client disconnects before it is ready."""
+        me = asyncio.current_task()
+        gone = False
+
+        async def listen() -> None:
+            nonlocal gone
+            # The body has been read: the next message is the disconnect (or nothing, until the answer is out).
+            while (await self.request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            me.cancel()
+
+        listener = asyncio.get_running_loop().create_task(listen())
+        try:
+            async for offset, chunk in self._merged():
+                self.fmt.fold(chunk, offset)
+            return await self.final()
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            me.uncancel()
+            raise _ClientGone() from None
+        finally:
+            listener.cancel()
 
     async def final(self) -> dict:
         """The non-streamed body, once every chunk is folded."""

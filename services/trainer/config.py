@@ -100,6 +100,19 @@ class TrainerSettings(ServiceSettings):
     cancel_grace_s: float = 60.0
     """Time a job gets after SIGTERM to checkpoint and exit before it is killed."""
     max_upload_mib: int = 512
+    """The largest training file an upload may hold."""
+    gateway_url: str = ""
+    """The gateway's HTTP address (``http://host:port``), to which batches send their requests. Empty: batches
+    are refused with 503."""
+    batch_concurrency: int = 8
+    """Requests of one batch in flight at once (the router's queue and vLLM's scheduler put interactive ones
+    first whatever this is)."""
+    max_batch_lines: int = 50_000
+    """Requests one batch may hold."""
+    max_batch_file_mib: int = 200
+    """The largest batch input file an upload may hold."""
+    batch_request_timeout_s: float = 600.0
+    """How long one batch request may take before it is sent again."""
     k8s: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     @property

@@ -109,12 +109,26 @@ def validate_lines(lines: Iterable[bytes]) -> FileSummary:
     return FileSummary(fmt, count)
 
 
-def validate_path(path: Path | str) -> FileSummary:
+def validate_path(path: Path | str, purpose: str = "fine-tune") -> FileSummary:
     path = Path(path)
     if not path.is_file():
         raise InvalidFile(f"{path} does not exist")
     with path.open("rb") as f:
-        return validate_lines(f)
+        return validate_batch_lines(f) if purpose == "batch" else validate_lines(f)
+
+
+def validate_batch_lines(lines: Iterable[bytes]) -> FileSummary:
+    """A batch input file: JSONL whose every line is a JSON object. What the objects hold (custom_id, method,
+    url, body) is checked when a batch is made from the file, against the batch's endpoint
+    (``services.trainer.batches.validate``), so the errors land on the batch, as OpenAI's do."""
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        if raw.strip():
+            _parse(raw, f"line {number}", number == 1)
+            count += 1
+    if count == 0:
+        raise InvalidFile("the file has no requests (it is empty)")
+    return FileSummary("batch", count)
 
 
 def check_recipe_format(recipe: str, fmt: str) -> None:

@@ -21,16 +21,24 @@ from services.common.db.job_tables import TrainingFile
 from .datafile import InvalidFile, validate_path
 from .pagination import newer_than, older_than
 
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "batch")
+"""What a client may upload: training data, or the requests of a batch. The service itself writes files of
+purpose ``batch_output`` (a batch's output and error files)."""
 
 
 class UploadTooLarge(ValueError):
     pass
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g}"
+
+
 class FileStore:
-    def __init__(self, root: Path, sessions: async_sessionmaker[AsyncSession], max_bytes: int) -> None:
+    def __init__(self, root: Path, sessions: async_sessionmaker[AsyncSession], max_bytes: int,
+                 max_batch_bytes: int | None = None) -> None:
         self.root, self.sessions, self.max_bytes = Path(root), sessions, max_bytes
+        self.max_batch_bytes = max_bytes if max_batch_bytes is None else max_batch_bytes
 
     async def save(self, filename: str, purpose: str, owner: str, chunks: AsyncIterator[bytes]) -> TrainingFile:
         """Write, validate and record an upload; raise :class:`InvalidFile` or :class:`UploadTooLarge`."""
@@ -40,17 +48,19 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp, final = self.root / f".{file_id}.part", self.root / f"{file_id}.jsonl"
         digest, size = hashlib.sha256(), 0
+        most = self.max_batch_bytes if purpose == "batch" else self.max_bytes
         try:
             with tmp.open("wb") as f:
                 async for chunk in chunks:
                     size += len(chunk)
-                    if size > self.max_bytes:
-                        raise UploadTooLarge(f"the file is larger than {self.max_bytes // 2**20} MiB")
+                    if size > most:
+                        raise UploadTooLarge(f"the file is larger than {_mib(most)} MiB, the most a "
+                                             f"{purpose} file may hold")
                     digest.update(chunk)
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            summary = await asyncio.to_thread(validate_path, tmp)
+            summary = await asyncio.to_thread(validate_path, tmp, purpose)
             tmp.rename(final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -61,6 +71,21 @@ class FileStore:
             session.add(row)
             await session.commit()
         return row
+
+    def write_generated(self, file_id: str, filename: str, owner: str, lines: list[bytes]) -> TrainingFile:
+        """Write a file the service made (a batch's output or error file) under a fixed id, replacing what an
+        earlier, interrupted attempt left; the caller adds the returned row in its own transaction."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp, final = self.root / f".{file_id}.part", self.root / f"{file_id}.jsonl"
+        data = b"".join(lines)
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(final)
+        return TrainingFile(id=file_id, filename=filename, purpose="batch_output", bytes=len(data), path=str(final),
+                            sha256=hashlib.sha256(data).hexdigest(), format="batch_output", examples=len(lines),
+                            status="processed", owner=owner)
 
     async def get(self, file_id: str) -> TrainingFile | None:
         async with self.sessions() as session:

@@ -12,8 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db.engine import make_engine, session_factory
 from services.common.db.migrate import upgrade_async
 from services.common.grpcutil import build_server, set_serving
-from services.common.pb import trainer_pb2_grpc
+from services.common.pb import batches_pb2_grpc, trainer_pb2_grpc
 
+from .batches.runner import BatchRunner
+from .batches.servicer import BatchesServicer
+from .batches.store import BatchStore
 from .config import TrainerSettings
 from .evals import EvalLauncher
 from .files import FileStore
@@ -27,6 +30,7 @@ from .supervisor import Supervisor, SupervisorConfig
 
 log = logging.getLogger(__name__)
 SERVICE = "llmsvc.v1.Trainer"
+BATCHES = "llmsvc.v1.Batches"
 
 
 @dataclass
@@ -34,12 +38,14 @@ class TrainerService:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     supervisor: Supervisor
+    batches: BatchRunner
     engine: AsyncEngine
     port: int
 
     async def stop(self, grace_s: float, *, suspend: bool = True) -> None:
-        await set_serving(self.health, [SERVICE], False)
+        await set_serving(self.health, [SERVICE, BATCHES], False)
         await self.server.stop(grace_s)
+        await self.batches.close()
         await self.supervisor.close(suspend=suspend)
         for client in (self.supervisor.finisher.warm, self.supervisor.finisher.evals):
             if client is not None:
@@ -64,13 +70,20 @@ async def start(settings: TrainerSettings, runner: Runner | None = None) -> Trai
     limits = JobLimits(settings.max_active_jobs_per_owner, settings.max_steps, settings.max_nodes,
                        settings.max_nproc_per_node)
     factory = JobFactory(store, runner, settings.data_dirs, limits, evals=evals is not None)
-    servicer = TrainerServicer(sessions, FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20),
-                               factory, supervisor, notifier)
+    files = FileStore(settings.files_dir, sessions, settings.max_upload_mib * 2**20,
+                      settings.max_batch_file_mib * 2**20)
+    servicer = TrainerServicer(sessions, files, factory, supervisor, notifier)
+    batches = BatchRunner(sessions, files, gateway_url=settings.gateway_url, leader=lambda: supervisor.leader,
+                          concurrency=settings.batch_concurrency, request_timeout_s=settings.batch_request_timeout_s,
+                          poll_interval_s=settings.poll_interval_s)
     server, health_servicer = build_server(
-        "trainer", [(trainer_pb2_grpc.add_TrainerServicer_to_server, servicer, SERVICE)])
+        "trainer", [(trainer_pb2_grpc.add_TrainerServicer_to_server, servicer, SERVICE),
+                    (batches_pb2_grpc.add_BatchesServicer_to_server,
+                     BatchesServicer(BatchStore(sessions, files, settings.max_batch_lines), batches), BATCHES)])
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     supervisor.start()
-    await set_serving(health_servicer, [SERVICE], True)
+    batches.start()
+    await set_serving(health_servicer, [SERVICE, BATCHES], True)
     log.info("trainer on %s:%d (runner %s, store %s)", settings.host, port, runner.name, settings.model_store)
-    return TrainerService(server, health_servicer, supervisor, engine, port)
+    return TrainerService(server, health_servicer, supervisor, batches, engine, port)

@@ -109,8 +109,9 @@ CALL_GRAPH = {
     # The trainer has the router start a finished full fine-tune (EnsureServed) and the eval service run the
     # suites a job names.
     ("trainer", "router", 50052), ("trainer", "eval", 50054),
-    # The eval service's lm-evaluation-harness backend calls the public API; `helm test` checks it.
-    ("eval", "gateway", 8000), ("test", "gateway", 8000),
+    # The eval service's lm-evaluation-harness backend calls the public API, and so does the trainer's batch
+    # runner (a batch's lines); `helm test` checks it.
+    ("eval", "gateway", 8000), ("trainer", "gateway", 8000), ("test", "gateway", 8000),
 }
 # The router reads the model registry (which versions are LoRA adapters of which base).
 IN_CHART_DATABASES = ({(c, "postgresql", 5432) for c in ("auth", "trainer", "eval", "migrate", "router")}

@@ -70,6 +70,8 @@ def test_every_variable_is_read_and_valid(profile, monkeypatch):
             k8s = KubernetesSettings()
             assert settings.runner == "kubernetes" and k8s.namespace == "llmsvc"
             assert k8s.store_pvc == "llmsvc-models" and str(settings.model_store) == "/models"
+            # A batch's lines go to the gateway's Service (the network policy lets this edge through).
+            assert settings.gateway_url == "http://llmsvc-gateway:8000"
         if svc == "worker":
             assert settings.model.startswith(("/models/", "/model-cache/"))
             assert "enable_chunked_prefill" in settings.engine_args

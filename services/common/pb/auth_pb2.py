@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14llmsvc/v1/auth.proto\x12\tllmsvc.v1\"\xa6\x01\n\x0eRateLimitState\x12\x16\n\x0elimit_requests\x18\x01 \x01(\x03\x12\x1a\n\x12remaining_requests\x18\x02 \x01(\x03\x12\x18\n\x10reset_requests_s\x18\x03 \x01(\x01\x12\x14\n\x0climit_tokens\x18\x04 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x05 \x01(\x03\x12\x16\n\x0ereset_tokens_s\x18\x06 \x01(\x01\"i\n\x0c\x41\x64mitRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x16\n\x0ereserve_tokens\x18\x05 \x01(\x03\"\xfa\x01\n\rAdmitResponse\x12%\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x13.llmsvc.v1.Decision\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\nrate_limit\x18\x04 \x01(\x0b\x32\x19.llmsvc.v1.RateLimitState\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\n \x03(\t\"\xb4\x01\n\x12ReportUsageRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x11\n\tlatency_s\x18\x08 \x01(\x01\"&\n\x13ReportUsageResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"I\n\x17ReportUsageBatchRequest\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.llmsvc.v1.ReportUsageRequest\",\n\x18ReportUsageBatchResponse\x12\x10\n\x08outcomes\x18\x01 \x03(\t\"\x89\x02\n\x07KeyInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x16\n\x0e\x61llowed_models\x18\x06 \x03(\t\x12\x0b\n\x03rpm\x18\x07 \x01(\x03\x12\x0b\n\x03tpm\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x61ily_token_quota\x18\t \x01(\x03\x12\x16\n\x0emax_concurrent\x18\n \x01(\x03\x12\x12\n\nexpires_at\x18\x0b \x01(\t\x12\x12\n\nrevoked_at\x18\x0c \x01(\t\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x14\n\x0clast_used_at\x18\x0e \x01(\t\"\xb8\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12\x0b\n\x03rpm\x18\x05 \x01(\x03\x12\x0b\n\x03tpm\x18\x06 \x01(\x03\x12\x19\n\x11\x64\x61ily_token_quota\x18\x07 \x01(\x03\x12\x16\n\x0emax_concurrent\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\t\"D\n\x11\x43reateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.llmsvc.v1.KeyInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"9\n\x0fListKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.llmsvc.v1.KeyInfo\"\x18\n\x06KeyRef\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"2\n\x12GetKeyUsageRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"m\n\x0bUsageBucket\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\"\x92\x01\n\x13GetKeyUsageResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\'\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x16.llmsvc.v1.UsageBucket\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03*\xa5\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_ALLOWED\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_UNAUTHENTICATED\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_FORBIDDEN\x10\x03\x12\x19\n\x15\x44\x45\x43ISION_RATE_LIMITED\x10\x04\x12\x18\n\x14\x44\x45\x43ISION_UNAVAILABLE\x10\x05\x32\xed\x01\n\x04\x41uth\x12:\n\x05\x41\x64mit\x12\x17.llmsvc.v1.AdmitRequest\x1a\x18.llmsvc.v1.AdmitResponse\x12L\n\x0bReportUsage\x12\x1d.llmsvc.v1.ReportUsageRequest\x1a\x1e.llmsvc.v1.ReportUsageResponse\x12[\n\x10ReportUsageBatch\x12\".llmsvc.v1.ReportUsageBatchRequest\x1a#.llmsvc.v1.ReportUsageBatchResponse2\xcb\x02\n\tAuthAdmin\x12\x46\n\tCreateKey\x12\x1b.llmsvc.v1.CreateKeyRequest\x1a\x1c.llmsvc.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.llmsvc.v1.ListKeysRequest\x1a\x1b.llmsvc.v1.ListKeysResponse\x12/\n\x06GetKey\x12\x11.llmsvc.v1.KeyRef\x1a\x12.llmsvc.v1.KeyInfo\x12\x32\n\tRevokeKey\x12\x11.llmsvc.v1.KeyRef\x1a\x12.llmsvc.v1.KeyInfo\x12L\n\x0bGetKeyUsage\x12\x1d.llmsvc.v1.GetKeyUsageRequest\x1a\x1e.llmsvc.v1.GetKeyUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14llmsvc/v1/auth.proto\x12\tllmsvc.v1\"\xa6\x01\n\x0eRateLimitState\x12\x16\n\x0elimit_requests\x18\x01 \x01(\x03\x12\x1a\n\x12remaining_requests\x18\x02 \x01(\x03\x12\x18\n\x10reset_requests_s\x18\x03 \x01(\x01\x12\x14\n\x0climit_tokens\x18\x04 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x05 \x01(\x03\x12\x16\n\x0ereset_tokens_s\x18\x06 \x01(\x01\"~\n\x0c\x41\x64mitRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x16\n\x0ereserve_tokens\x18\x05 \x01(\x03\x12\x13\n\x0b\x61s_identity\x18\x06 \x01(\x08\"\xfa\x01\n\rAdmitResponse\x12%\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x13.llmsvc.v1.Decision\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\nrate_limit\x18\x04 \x01(\x0b\x32\x19.llmsvc.v1.RateLimitState\x12\x15\n\rretry_after_s\x18\x05 \x01(\x01\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x16\n\x0ereservation_id\x18\x07 \x01(\t\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\n \x03(\t\"\xb4\x01\n\x12ReportUsageRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x11\n\tlatency_s\x18\x08 \x01(\x01\"&\n\x13ReportUsageResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\"I\n\x17ReportUsageBatchRequest\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.llmsvc.v1.ReportUsageRequest\",\n\x18ReportUsageBatchResponse\x12\x10\n\x08outcomes\x18\x01 \x03(\t\"\x89\x02\n\x07KeyInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x16\n\x0e\x61llowed_models\x18\x06 \x03(\t\x12\x0b\n\x03rpm\x18\x07 \x01(\x03\x12\x0b\n\x03tpm\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x61ily_token_quota\x18\t \x01(\x03\x12\x16\n\x0emax_concurrent\x18\n \x01(\x03\x12\x12\n\nexpires_at\x18\x0b \x01(\t\x12\x12\n\nrevoked_at\x18\x0c \x01(\t\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x14\n\x0clast_used_at\x18\x0e \x01(\t\"\xb8\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12\x0b\n\x03rpm\x18\x05 \x01(\x03\x12\x0b\n\x03tpm\x18\x06 \x01(\x03\x12\x19\n\x11\x64\x61ily_token_quota\x18\x07 \x01(\x03\x12\x16\n\x0emax_concurrent\x18\x08 \x01(\x03\x12\x12\n\nexpires_at\x18\t \x01(\t\"D\n\x11\x43reateKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.llmsvc.v1.KeyInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\"9\n\x0fListKeysRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.llmsvc.v1.KeyInfo\"\x18\n\x06KeyRef\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"2\n\x12GetKeyUsageRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\x05\"m\n\x0bUsageBucket\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\"\x92\x01\n\x13GetKeyUsageResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\'\n\x07\x62uckets\x18\x02 \x03(\x0b\x32\x16.llmsvc.v1.UsageBucket\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03*\xa5\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_ALLOWED\x10\x01\x12\x1c\n\x18\x44\x45\x43ISION_UNAUTHENTICATED\x10\x02\x12\x16\n\x12\x44\x45\x43ISION_FORBIDDEN\x10\x03\x12\x19\n\x15\x44\x45\x43ISION_RATE_LIMITED\x10\x04\x12\x18\n\x14\x44\x45\x43ISION_UNAVAILABLE\x10\x05\x32\xed\x01\n\x04\x41uth\x12:\n\x05\x41\x64mit\x12\x17.llmsvc.v1.AdmitRequest\x1a\x18.llmsvc.v1.AdmitResponse\x12L\n\x0bReportUsage\x12\x1d.llmsvc.v1.ReportUsageRequest\x1a\x1e.llmsvc.v1.ReportUsageResponse\x12[\n\x10ReportUsageBatch\x12\".llmsvc.v1.ReportUsageBatchRequest\x1a#.llmsvc.v1.ReportUsageBatchResponse2\xcb\x02\n\tAuthAdmin\x12\x46\n\tCreateKey\x12\x1b.llmsvc.v1.CreateKeyRequest\x1a\x1c.llmsvc.v1.CreateKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.llmsvc.v1.ListKeysRequest\x1a\x1b.llmsvc.v1.ListKeysResponse\x12/\n\x06GetKey\x12\x11.llmsvc.v1.KeyRef\x1a\x12.llmsvc.v1.KeyInfo\x12\x32\n\tRevokeKey\x12\x11.llmsvc.v1.KeyRef\x1a\x12.llmsvc.v1.KeyInfo\x12L\n\x0bGetKeyUsage\x12\x1d.llmsvc.v1.GetKeyUsageRequest\x1a\x1e.llmsvc.v1.GetKeyUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmsvc.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1885
-  _globals['_DECISION']._serialized_end=2050
+  _globals['_DECISION']._serialized_start=1906
+  _globals['_DECISION']._serialized_end=2071
   _globals['_RATELIMITSTATE']._serialized_start=36
   _globals['_RATELIMITSTATE']._serialized_end=202
   _globals['_ADMITREQUEST']._serialized_start=204
-  _globals['_ADMITREQUEST']._serialized_end=309
-  _globals['_ADMITRESPONSE']._serialized_start=312
-  _globals['_ADMITRESPONSE']._serialized_end=562
-  _globals['_REPORTUSAGEREQUEST']._serialized_start=565
-  _globals['_REPORTUSAGEREQUEST']._serialized_end=745
-  _globals['_REPORTUSAGERESPONSE']._serialized_start=747
-  _globals['_REPORTUSAGERESPONSE']._serialized_end=785
-  _globals['_REPORTUSAGEBATCHREQUEST']._serialized_start=787
-  _globals['_REPORTUSAGEBATCHREQUEST']._serialized_end=860
-  _globals['_REPORTUSAGEBATCHRESPONSE']._serialized_start=862
-  _globals['_REPORTUSAGEBATCHRESPONSE']._serialized_end=906
-  _globals['_KEYINFO']._serialized_start=909
-  _globals['_KEYINFO']._serialized_end=1174
-  _globals['_CREATEKEYREQUEST']._serialized_start=1177
-  _globals['_CREATEKEYREQUEST']._serialized_end=1361
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1363
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1431
-  _globals['_LISTKEYSREQUEST']._serialized_start=1433
-  _globals['_LISTKEYSREQUEST']._serialized_end=1490
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1492
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1544
-  _globals['_KEYREF']._serialized_start=1546
-  _globals['_KEYREF']._serialized_end=1570
-  _globals['_GETKEYUSAGEREQUEST']._serialized_start=1572
-  _globals['_GETKEYUSAGEREQUEST']._serialized_end=1622
-  _globals['_USAGEBUCKET']._serialized_start=1624
-  _globals['_USAGEBUCKET']._serialized_end=1733
-  _globals['_GETKEYUSAGERESPONSE']._serialized_start=1736
-  _globals['_GETKEYUSAGERESPONSE']._serialized_end=1882
-  _globals['_AUTH']._serialized_start=2053
-  _globals['_AUTH']._serialized_end=2290
-  _globals['_AUTHADMIN']._serialized_start=2293
-  _globals['_AUTHADMIN']._serialized_end=2624
+  _globals['_ADMITREQUEST']._serialized_end=330
+  _globals['_ADMITRESPONSE']._serialized_start=333
+  _globals['_ADMITRESPONSE']._serialized_end=583
+  _globals['_REPORTUSAGEREQUEST']._serialized_start=586
+  _globals['_REPORTUSAGEREQUEST']._serialized_end=766
+  _globals['_REPORTUSAGERESPONSE']._serialized_start=768
+  _globals['_REPORTUSAGERESPONSE']._serialized_end=806
+  _globals['_REPORTUSAGEBATCHREQUEST']._serialized_start=808
+  _globals['_REPORTUSAGEBATCHREQUEST']._serialized_end=881
+  _globals['_REPORTUSAGEBATCHRESPONSE']._serialized_start=883
+  _globals['_REPORTUSAGEBATCHRESPONSE']._serialized_end=927
+  _globals['_KEYINFO']._serialized_start=930
+  _globals['_KEYINFO']._serialized_end=1195
+  _globals['_CREATEKEYREQUEST']._serialized_start=1198
+  _globals['_CREATEKEYREQUEST']._serialized_end=1382
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1384
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1452
+  _globals['_LISTKEYSREQUEST']._serialized_start=1454
+  _globals['_LISTKEYSREQUEST']._serialized_end=1511
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1513
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1565
+  _globals['_KEYREF']._serialized_start=1567
+  _globals['_KEYREF']._serialized_end=1591
+  _globals['_GETKEYUSAGEREQUEST']._serialized_start=1593
+  _globals['_GETKEYUSAGEREQUEST']._serialized_end=1643
+  _globals['_USAGEBUCKET']._serialized_start=1645
+  _globals['_USAGEBUCKET']._serialized_end=1754
+  _globals['_GETKEYUSAGERESPONSE']._serialized_start=1757
+  _globals['_GETKEYUSAGERESPONSE']._serialized_end=1903
+  _globals['_AUTH']._serialized_start=2074
+  _globals['_AUTH']._serialized_end=2311
+  _globals['_AUTHADMIN']._serialized_start=2314
+  _globals['_AUTHADMIN']._serialized_end=2645
 # @@protoc_insertion_point(module_scope)

@@ -39,18 +39,20 @@ class RateLimitState(_message.Message):
     def __init__(self, limit_requests: _Optional[int] = ..., remaining_requests: _Optional[int] = ..., reset_requests_s: _Optional[float] = ..., limit_tokens: _Optional[int] = ..., remaining_tokens: _Optional[int] = ..., reset_tokens_s: _Optional[float] = ...) -> None: ...
 
 class AdmitRequest(_message.Message):
-    __slots__ = ("api_key", "request_id", "model", "scope", "reserve_tokens")
+    __slots__ = ("api_key", "request_id", "model", "scope", "reserve_tokens", "as_identity")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AS_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     api_key: str
     request_id: str
     model: str
     scope: str
     reserve_tokens: int
-    def __init__(self, api_key: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., scope: _Optional[str] = ..., reserve_tokens: _Optional[int] = ...) -> None: ...
+    as_identity: bool
+    def __init__(self, api_key: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., scope: _Optional[str] = ..., reserve_tokens: _Optional[int] = ..., as_identity: _Optional[bool] = ...) -> None: ...
 
 class AdmitResponse(_message.Message):
     __slots__ = ("decision", "code", "message", "rate_limit", "retry_after_s", "key_id", "reservation_id", "scopes", "owner", "allowed_models")

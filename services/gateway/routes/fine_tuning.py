@@ -53,11 +53,15 @@ class JobCreate(_Body):
     """Eval suites to run on the new version when the job succeeds (names or ``{"suite", "params"}``)."""
 
 
-def trainer_stub(upstreams, settings) -> trainer_pb2_grpc.TrainerStub:
+def trainer_channel(upstreams, settings):
     channel = upstreams.extra.get("trainer")
     if channel is None:  # the app's lifespan opens it; this covers an app built without it
         channel = upstreams.extra["trainer"] = insecure_channel(settings.trainer_addr)
-    return trainer_pb2_grpc.TrainerStub(channel)
+    return channel
+
+
+def trainer_stub(upstreams, settings) -> trainer_pb2_grpc.TrainerStub:
+    return trainer_pb2_grpc.TrainerStub(trainer_channel(upstreams, settings))
 
 
 def trainer_error(exc: grpc.aio.AioRpcError) -> APIError:
