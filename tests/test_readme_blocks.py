@@ -45,6 +45,9 @@ REGISTRY: dict[str, list[str] | str] = {
     "### Embeddings [1c2c81b6b0e6]": [
         "tests/gateway/test_tool_agent.py::test_the_readme_embeddings_example_runs_as_written",
     ],
+    "### Batches [882e97acd238]": [
+        "tests/gateway/test_tool_agent.py::test_the_readme_batch_example_runs_as_written",
+    ],
     "## Fine-tune [c1d25d40160c]": [
         "tests/trainer_service/test_api_e2e.py::test_the_readme_fine_tune_example_runs_as_written",
     ],

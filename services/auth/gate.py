@@ -55,6 +55,8 @@ class Gate:
     limiter: GuardedLimiter
     recorder: UsageRecorder
     _used: dict = field(default_factory=dict, init=False)
+    _prefixes: dict = field(default_factory=dict, init=False)
+    """key id → its prefix, for admissions as a key id (a batch's lines)."""
     """key id → when it was last admitted, flushed to ``last_used_at`` by the maintenance loop."""
 
     async def authenticate(self, api_key: str, scope: str) -> KeyRecord:
@@ -73,10 +75,20 @@ class Gate:
         return self._usable(record, scope, prefix)
 
     async def authenticate_id(self, key_id: str, scope: str) -> KeyRecord:
-        """The usable key record with id ``key_id`` (read from the database, so a revocation counts at once),
-        for a call that acts as a key without its secret: a batch's lines, sent by the batch runner."""
+        """The usable key record with id ``key_id``, for a call that acts as a key without its secret: a batch's
+        lines, sent by the batch runner. Read through the key cache as a key with its secret is (a key's prefix
+        never changes), so a revocation counts as soon as it does for the key itself."""
         try:
-            record = await self.cache.store.key_by_id(key_id) if key_id else None
+            if not key_id:
+                record = None
+            elif (prefix := self._prefixes.get(key_id)) is not None:
+                record = await self.cache.lookup(prefix)
+            elif (record := await self.cache.store.key_by_id(key_id)) is not None:
+                if len(self._prefixes) >= 100_000:
+                    self._prefixes.clear()
+                self._prefixes[key_id] = record.prefix
+            if record is not None and record.id != key_id:
+                record = None
         except StoreUnavailable as exc:
             log.warning("cannot read key %s: database unavailable (%s)", key_id, exc)
             raise AuthFailure(pb.DECISION_UNAVAILABLE, "auth_unavailable",

@@ -17,10 +17,11 @@ from redis.backoff import NoBackoff
 
 from services.common.db.engine import default_database_url, make_engine
 from services.common.grpcutil import build_server
-from services.common.pb import auth_pb2_grpc, responses_pb2_grpc
+from services.common.pb import auth_pb2_grpc, batches_pb2_grpc, responses_pb2_grpc
 
 from . import keys
 from .admin import ADMIN_SERVICE, AdminAuthInterceptor, AdminServicer
+from .batch_results import BATCH_RESULTS_SERVICE, BatchResultsServicer
 from .cache import KeyCache
 from .config import AuthSettings
 from .gate import Gate
@@ -112,14 +113,17 @@ class AuthRuntime:
                              self.settings.usage_retention_days)
 
     def build_server(self):
-        """The gRPC server (Auth + AuthAdmin + ResponseStore + health + reflection) and its health servicer."""
+        """The gRPC server (Auth + AuthAdmin + ResponseStore + BatchResults + health + reflection) and its health
+        servicer."""
         return build_server(
             "auth",
             [(auth_pb2_grpc.add_AuthServicer_to_server, AuthServicer(self.gate), AUTH_SERVICE),
              (auth_pb2_grpc.add_AuthAdminServicer_to_server, AdminServicer(self.store, self.invalidation),
               ADMIN_SERVICE),
              (responses_pb2_grpc.add_ResponseStoreServicer_to_server,
-              ResponseStoreServicer(self.store.engine, self.settings.db_timeout_s), RESPONSES_SERVICE)],
+              ResponseStoreServicer(self.store.engine, self.settings.db_timeout_s), RESPONSES_SERVICE),
+             (batches_pb2_grpc.add_BatchResultsServicer_to_server,
+              BatchResultsServicer(self.store.engine, self.settings.db_timeout_s), BATCH_RESULTS_SERVICE)],
             interceptors=[AdminAuthInterceptor(self.gate)],
         )
 

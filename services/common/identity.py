@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 IDENTITY_KEY = "x-llmsvc-identity"
 SIGNATURE_KEY = "x-llmsvc-identity-sig"
 SERVICE_TOKEN_KEY = "x-llmsvc-service-token"
+# The batch line (``<batch id>:<line>``) a request sent by the batch runner answers; honoured with a signed
+# identity only (services/gateway/batch_lines.py).
+BATCH_LINE_KEY = "x-llmsvc-batch-line"
 SECRET_ENV = "LLMSVC_INTERNAL_SECRET"
 TTL_S = 3600.0
 

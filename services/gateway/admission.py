@@ -15,7 +15,7 @@ import grpc
 from fastapi import Request
 
 from services.common.grpcutil import request_metadata
-from services.common.identity import IDENTITY_KEY, SIGNATURE_KEY, Identity
+from services.common.identity import BATCH_LINE_KEY, IDENTITY_KEY, SIGNATURE_KEY, Identity
 from services.common.pb import auth_pb2 as pb
 
 from .errors import APIError
@@ -62,6 +62,8 @@ class Admission:
     allowed_models: tuple[str, ...] = ()
     # Outgoing metadata for the calls made for this request: its id and its signed identity.
     metadata: tuple[tuple[str, str], ...] = ()
+    # (batch id, line) when the request is a batch's line, sent by the batch runner as the batch's key.
+    batch_line: tuple[str, int] | None = None
 
     def may_use(self, model: str, owned_by: str) -> bool:
         """Whether this key may see and use ``model`` (listed as owned by ``owned_by``): a shared model
@@ -73,6 +75,12 @@ class Admission:
     @property
     def identity(self) -> Identity:
         return Identity(owner=self.owner or self.key_id, key_id=self.key_id, admin="admin" in self.scopes)
+
+
+def batch_line(request: Request) -> tuple[str, int] | None:
+    """``<batch id>:<line>`` from the batch runner's header (honoured only with a signed identity)."""
+    batch_id, _, line = request.headers.get(BATCH_LINE_KEY, "").rpartition(":")
+    return (batch_id, int(line)) if batch_id and line.isdigit() else None
 
 
 def bearer_key(request: Request) -> str:
@@ -117,6 +125,8 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
         admission = Admission(resp.key_id, resp.reservation_id, list(resp.scopes), headers, resp.owner,
                               tuple(resp.allowed_models))
         admission.metadata = request_metadata(rid) + upstreams.identity.metadata(admission.identity)
+        if as_identity:
+            admission.batch_line = batch_line(request)
         return admission
     if resp.decision == pb.DECISION_UNAUTHENTICATED:
         raise APIError(401, resp.message or "Incorrect API key provided.", code=resp.code or "invalid_api_key")

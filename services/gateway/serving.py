@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.common.pb import inference_pb2 as pb
 
-from . import metrics
+from . import batch_lines, metrics
 from .admission import Admission, admit, report_usage
 from .config import GatewaySettings
 from .errors import APIError
@@ -143,6 +143,11 @@ class GenerationFlow:
             return _SSEResponse(self._sse(), {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
         try:
             doc = await self._fold_while_connected()
+            # A batch line's answer is recorded before it goes back: the runner may die in between.
+            await batch_lines.record(self.upstreams, self.admission, self.request_id, doc,
+                                     sum(g.usage.prompt_tokens for g in self.generations),
+                                     sum(g.usage.completion_tokens for g in self.generations),
+                                     self.settings.auth_timeout_s)
         except APIError as exc:
             self._report("error")
             exc.headers = {**headers, **exc.headers}

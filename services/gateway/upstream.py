@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.grpcutil import insecure_channel, request_metadata
 from services.common.identity import IdentityCodec
 from services.common.mux import MuxChannel
-from services.common.pb import auth_pb2_grpc, responses_pb2_grpc, router_pb2_grpc
+from services.common.pb import auth_pb2_grpc, batches_pb2_grpc, responses_pb2_grpc, router_pb2_grpc
 from services.common.pb import inference_pb2 as pb
 from services.common.transport import CallTransport, ChunkStream, Transport
 
@@ -52,6 +52,8 @@ class Upstreams:
     model_owners: dict[str, str] = field(default_factory=dict)
     # The Responses API's stored responses (served by auth, on the shared database).
     responses: responses_pb2_grpc.ResponseStoreStub | None = None
+    # Where a batch line's answer is recorded before it is sent back to the batch runner (auth, too).
+    batch_results: batches_pb2_grpc.BatchResultsStub | None = None
 
     @classmethod
     def connect(cls, router_addr: str, auth_addr: str, multiplex: bool = True,
@@ -61,7 +63,8 @@ class Upstreams:
         auth = auth_pb2_grpc.AuthStub(ac)
         reporter = UsageReporter(auth, UsageJournal(journal_dir) if journal_dir else None)
         return cls(rc, ac, router_pb2_grpc.RouterStub(rc), auth, reporter, transport=transport,
-                   responses=responses_pb2_grpc.ResponseStoreStub(ac))
+                   responses=responses_pb2_grpc.ResponseStoreStub(ac),
+                   batch_results=batches_pb2_grpc.BatchResultsStub(ac))
 
     async def healthy(self, timeout: float = 1.0) -> dict[str, bool]:
         async def check(channel: grpc.aio.Channel) -> bool:

@@ -39,6 +39,10 @@ class WorkerSettings(ServiceSettings):
     """Upper bound of sequences scheduled together."""
     seed: int = 0
     """Engine seed; per-request seeds still apply."""
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    """vLLM's scheduler policy. ``priority`` schedules waiting requests by the priority the router passes
+    (interactive 0 before batch 1: a batch's lines, a ``batch``-scoped key, ``x-priority: batch``), then by
+    arrival; ``fcfs`` ignores it."""
     cpu_nice: int = Field(default=0, ge=0, le=19)
     """Nice value of the worker and its engine processes (0: unchanged). ``llmsvc up`` sets 10, so that on
     shared cores the spinning engine yields to the serving path's short wake-ups (see ``priority.py``)."""

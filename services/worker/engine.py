@@ -100,6 +100,7 @@ class EngineHost:
             tensor_parallel_size=s.tensor_parallel_size,
             max_num_seqs=s.max_num_seqs,
             seed=s.seed,
+            scheduling_policy=s.scheduling_policy,
             disable_log_stats=False,
             **({"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank,
                 "max_cpu_loras": s.max_cpu_loras, "lora_target_modules": LORA_TARGET_MODULES}

@@ -250,3 +250,16 @@ def test_the_readme_embeddings_example_runs_as_written(client, capsys):
     assert e.model == "tiny-chat-embed" and [d.index for d in e.data] == [0, 1]
     assert len(e.data[0].embedding) == len(e.data[1].embedding) > 1 and e.data[0].embedding != e.data[1].embedding
     assert capsys.readouterr().out.split() == ["2", str(len(e.data[0].embedding)), str(e.usage.prompt_tokens)]
+
+
+def test_the_readme_batch_example_runs_as_written(client, capsys):
+    text = README.read_text()
+    section = text[text.index("### Batches"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {"client": client}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    batch = scope["batch"]
+    assert batch.status == "completed" and batch.endpoint == "/v1/chat/completions" and batch.model == "tiny-chat"
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (6, 6, 0)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in printed] == [f"q{i}" for i in range(6)]  # input order

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, UTCDateTime, utcnow
@@ -68,3 +68,21 @@ class BatchLine(Base):
     response: Mapped[str] = mapped_column(Text, default="")
     """The response body the gateway answered (JSON), once done."""
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+async def record_line(session, batch_id: str, line: int, status_code: int, request_id: str, response: str,
+                      input_tokens: int, output_tokens: int) -> bool:
+    """Mark a line done with its answer and count it in its batch, in the caller's transaction; False when the
+    line was already done (a line is counted once, whoever records it first: the gateway that made the
+    answer, or the runner that received it)."""
+    done = await session.execute(
+        update(BatchLine).where(BatchLine.batch_id == batch_id, BatchLine.line == line, BatchLine.done.is_(False))
+        .values(done=True, status_code=status_code, request_id=request_id[:128], response=response,
+                finished_at=utcnow()))
+    if done.rowcount != 1:
+        return False
+    ok = 200 <= status_code < 300
+    await session.execute(update(Batch).where(Batch.id == batch_id).values(
+        completed=Batch.completed + int(ok), failed=Batch.failed + int(not ok),
+        input_tokens=Batch.input_tokens + input_tokens, output_tokens=Batch.output_tokens + output_tokens))
+    return True

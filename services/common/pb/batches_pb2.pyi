@@ -125,3 +125,27 @@ class ListBatchesResponse(_message.Message):
     batches: _containers.RepeatedCompositeFieldContainer[Batch]
     has_more: bool
     def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class LineResult(_message.Message):
+    __slots__ = ("batch_id", "line", "status_code", "request_id", "body_json", "input_tokens", "output_tokens")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    line: int
+    status_code: int
+    request_id: str
+    body_json: str
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, batch_id: _Optional[str] = ..., line: _Optional[int] = ..., status_code: _Optional[int] = ..., request_id: _Optional[str] = ..., body_json: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+
+class RecordLineReply(_message.Message):
+    __slots__ = ("recorded",)
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    recorded: bool
+    def __init__(self, recorded: _Optional[bool] = ...) -> None: ...

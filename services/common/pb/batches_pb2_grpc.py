@@ -229,3 +229,81 @@ class Batches:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class BatchResultsStub:
+    """Served by the auth service, on the shared database (the runner may be the process that died). The call
+    carries the signed identity the line was sent with; another owner's batch is NOT_FOUND.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RecordLine = channel.unary_unary(
+                '/llmsvc.v1.BatchResults/RecordLine',
+                request_serializer=llmsvc_dot_v1_dot_batches__pb2.LineResult.SerializeToString,
+                response_deserializer=llmsvc_dot_v1_dot_batches__pb2.RecordLineReply.FromString,
+                _registered_method=True)
+
+
+class BatchResultsServicer:
+    """Served by the auth service, on the shared database (the runner may be the process that died). The call
+    carries the signed identity the line was sent with; another owner's batch is NOT_FOUND.
+    """
+
+    def RecordLine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BatchResultsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RecordLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordLine,
+                    request_deserializer=llmsvc_dot_v1_dot_batches__pb2.LineResult.FromString,
+                    response_serializer=llmsvc_dot_v1_dot_batches__pb2.RecordLineReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'llmsvc.v1.BatchResults', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('llmsvc.v1.BatchResults', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class BatchResults:
+    """Served by the auth service, on the shared database (the runner may be the process that died). The call
+    carries the signed identity the line was sent with; another owner's batch is NOT_FOUND.
+    """
+
+    @staticmethod
+    def RecordLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmsvc.v1.BatchResults/RecordLine',
+            llmsvc_dot_v1_dot_batches__pb2.LineResult.SerializeToString,
+            llmsvc_dot_v1_dot_batches__pb2.RecordLineReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -21,7 +21,7 @@ from pydantic import Field
 from services.common.grpcutil import request_metadata
 from services.common.pb import inference_pb2 as pb
 
-from .. import metrics
+from .. import batch_lines, metrics
 from ..admission import admit, report_usage
 from ..deps import SettingsDep, UpstreamsDep
 from ..errors import APIError, from_grpc
@@ -103,4 +103,10 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, settings: 
         data.append({"object": "embedding", "index": i, "embedding": vector})
     doc = {"object": "list", "data": data, "model": resp.model or body.model,
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    try:  # a batch line's answer is recorded before it goes back (see services/gateway/batch_lines.py)
+        await batch_lines.record(upstreams, admission, request.state.request_id, doc, tokens, 0,
+                                 settings.auth_timeout_s)
+    except APIError as exc:
+        exc.headers = {**admission.headers, **exc.headers}
+        raise
     return JSONResponse(doc, headers={"x-request-id": request.state.request_id, **admission.headers})

@@ -6,12 +6,13 @@ batch's owner and key in a signed identity (``services.common.identity``) instea
 key's own request would be, and the router's admission queue and vLLM's scheduler put interactive traffic
 first.
 
-Exactly once: a line's result, its done mark and its batch's counts are written in one transaction, and a
-line is only ever marked done once (the update requires it not done). A runner that stops (cancel, a lost
-lease, a crash) closes its connections; the gateway then aborts those requests (a non-streamed request is
-cancelled when its client leaves), so their lines are neither finished nor recorded, and the runner that
-goes on runs them from the start. Only the lease holder (the trainer instance that supervises jobs) runs
-batches.
+Exactly once: a line is marked done, with its answer, in the same transaction that counts it in its batch,
+and only while it is not done. The gateway that makes a line's answer records it (``BatchResults`` in auth)
+before it sends it back, so it is kept even if this runner dies the moment after. A runner that stops
+(cancel, a lost lease, a crash) closes its connections; the gateway aborts the requests still in flight (a
+non-streamed request is cancelled when its client leaves), and nothing of theirs is recorded. Whichever
+runner goes on sends only the lines not done. Only the lease holder (the trainer instance that supervises
+jobs) runs batches.
 
 Retries: 429 (the key's limits, the router's queue), 503 and 504 and a gateway that cannot be reached are
 waited out (``retry-after`` when given) until the batch expires; other answers are the line's result.
@@ -33,8 +34,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.base import utcnow
-from services.common.db.batch_tables import TERMINAL_STATUSES, Batch, BatchLine
-from services.common.identity import IDENTITY_KEY, SIGNATURE_KEY, Identity, IdentityCodec
+from services.common.db.batch_tables import TERMINAL_STATUSES, Batch, BatchLine, record_line
+from services.common.identity import BATCH_LINE_KEY, IDENTITY_KEY, SIGNATURE_KEY, Identity, IdentityCodec
 
 from ..files import FileStore
 
@@ -134,62 +135,90 @@ class BatchRunner:
             self._wake.clear()
 
     async def _run_batch(self, batch_id: str) -> None:
-        in_flight: dict[int, asyncio.Task] = {}
+        """Keep ``concurrency`` of the batch's lines in flight until none is left, then end the batch. A slot
+        is free as soon as a line's answer arrives (its result is recorded while the next line is sent); the
+        batch's status (cancel, expiry, the lease) is read every poll interval."""
+        tasks: dict[int, asyncio.Task] = {}
+        sending: set[int] = set()
+        progress = asyncio.Event()
+        exhausted, next_check = False, 0.0
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                async with self.sessions() as session:
-                    batch = await session.get(Batch, batch_id)
-                    pending = await session.scalar(select(func.count()).select_from(BatchLine).where(
-                        BatchLine.batch_id == batch_id, BatchLine.done.is_(False)))
-                if batch is None or batch.status in TERMINAL_STATUSES or not self.leader():
-                    return
-                for line, task in list(in_flight.items()):
+                if loop.time() >= next_check:
+                    async with self.sessions() as session:
+                        batch = await session.get(Batch, batch_id)
+                    if batch is None or batch.status in TERMINAL_STATUSES or not self.leader():
+                        return
+                    if batch.status == "cancelling" or utcnow() >= batch.expires_at:
+                        await _cancel(tasks)
+                        await self._finalize(batch_id, "cancelled" if batch.status == "cancelling" else "expired")
+                        return
+                    next_check = loop.time() + self.poll_s
+                for line, task in list(tasks.items()):
                     if task.done():
-                        del in_flight[line]
+                        del tasks[line]
                         if not task.cancelled() and (exc := task.exception()) is not None:
+                            exhausted = False  # its line is not done: it is sent again
                             log.error("batch %s line %d failed in the runner: %r", batch_id, line, exc)
-                if batch.status == "cancelling" or utcnow() >= batch.expires_at:
-                    await _cancel(in_flight)
-                    await self._finalize(batch_id, "cancelled" if batch.status == "cancelling" else "expired")
-                    return
-                if not pending and not in_flight:
-                    await self._finalize(batch_id, "completed")
-                    return
-                if free := self.concurrency - len(in_flight):
+                if (free := self.concurrency - len(sending)) > 0 and not exhausted:
                     async with self.sessions() as session:
                         rows = list(await session.scalars(select(BatchLine).where(
                             BatchLine.batch_id == batch_id, BatchLine.done.is_(False),
-                            BatchLine.line.not_in(list(in_flight) or [-1])).order_by(BatchLine.line).limit(free)))
+                            BatchLine.line.not_in(list(tasks) or [-1])).order_by(BatchLine.line).limit(free)))
+                    exhausted = len(rows) < free  # every line not done is in flight now
                     for row in rows:
-                        in_flight[row.line] = asyncio.get_running_loop().create_task(self._run_line(batch, row))
-                waits = [*in_flight.values()]
-                if waits:
-                    await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    await asyncio.sleep(self.poll_s)
+                        tasks[row.line] = loop.create_task(self._run_line(batch, row, sending, progress))
+                if exhausted and not tasks:
+                    async with self.sessions() as session:
+                        pending = await session.scalar(select(func.count()).select_from(BatchLine).where(
+                            BatchLine.batch_id == batch_id, BatchLine.done.is_(False)))
+                    if not pending:
+                        await self._finalize(batch_id, "completed")
+                        return
+                    exhausted = False
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(progress.wait(), self.poll_s)
+                progress.clear()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("batch %s: the runner failed; it will be picked up again", batch_id)
         finally:
-            await _cancel(in_flight)
+            await _cancel(tasks)
             self._batches.pop(batch_id, None)
             RUNNING.set(len(self._batches))
 
-    def _headers(self, batch: Batch, request_id: str) -> dict[str, str]:
+    def _headers(self, batch: Batch, line: int) -> dict[str, str]:
         md = dict(self.codec.metadata(Identity(owner=batch.owner, key_id=batch.key_id)))
         return {IDENTITY_KEY: md[IDENTITY_KEY], SIGNATURE_KEY: md[SIGNATURE_KEY], "x-priority": "batch",
-                "x-request-id": request_id, "content-type": "application/json"}
+                "x-request-id": line_request_id(batch.id, line), BATCH_LINE_KEY: f"{batch.id}:{line}",
+                "content-type": "application/json"}
 
-    async def _run_line(self, batch: Batch, row: BatchLine) -> None:
-        rid = line_request_id(batch.id, row.line)
+    async def _run_line(self, batch: Batch, row: BatchLine, sending: set[int], progress: asyncio.Event) -> None:
+        sending.add(row.line)
+        try:
+            resp = await self._send(batch, row)
+        finally:
+            sending.discard(row.line)
+            progress.set()
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"error": {"message": resp.text[:2000], "type": "server_error", "param": None, "code": None}}
+        await self._record(batch, row.line, resp.status_code,
+                           resp.headers.get("x-request-id") or line_request_id(batch.id, row.line), body)
+        progress.set()
+
+    async def _send(self, batch: Batch, row: BatchLine) -> httpx.Response:
+        """The line's answer, once it is one to keep (retryable answers are waited out and sent again)."""
         url = self.gateway_url + batch.endpoint
         attempt = 0
         while True:
             attempt += 1
             try:
                 # Signed afresh each attempt: the identity expires (an hour) and a batch may wait longer.
-                resp = await self._client.post(url, content=row.body.encode(), headers=self._headers(batch, rid))
+                resp = await self._client.post(url, content=row.body.encode(), headers=self._headers(batch, row.line))
             except httpx.HTTPError as exc:
                 wait = min(MAX_BACKOFF_S, 0.5 * 2 ** min(attempt, 5))
                 log.info("batch %s line %d: gateway unreachable (%s); retrying in %.1fs", batch.id, row.line,
@@ -201,27 +230,15 @@ class BatchRunner:
                 LINES.labels("retried").inc()
                 await asyncio.sleep(_retry_after(resp, attempt))
                 continue
-            break
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"error": {"message": resp.text[:2000], "type": "server_error", "param": None, "code": None}}
-        await self._record(batch, row.line, resp.status_code, resp.headers.get("x-request-id") or rid, body)
+            return resp
 
     async def _record(self, batch: Batch, line: int, status: int, request_id: str, body: dict) -> None:
-        ok = 200 <= status < 300
+        """Record the answer the runner received; a no-op when the gateway that made it recorded it first."""
         tokens_in, tokens_out = usage_of(batch.endpoint, body)
         async with self.sessions() as session, session.begin():
-            done = await session.execute(
-                update(BatchLine).where(BatchLine.batch_id == batch.id, BatchLine.line == line,
-                                        BatchLine.done.is_(False))
-                .values(done=True, status_code=status, request_id=request_id[:128],
-                        response=json.dumps(body, separators=(",", ":")), finished_at=utcnow()))
-            if done.rowcount == 1:
-                await session.execute(update(Batch).where(Batch.id == batch.id).values(
-                    completed=Batch.completed + int(ok), failed=Batch.failed + int(not ok),
-                    input_tokens=Batch.input_tokens + tokens_in, output_tokens=Batch.output_tokens + tokens_out))
-        LINES.labels("ok" if ok else "error").inc()
+            await record_line(session, batch.id, line, status, request_id, json.dumps(body, separators=(",", ":")),
+                              tokens_in, tokens_out)
+        LINES.labels("ok" if 200 <= status < 300 else "error").inc()
 
     async def _finalize(self, batch_id: str, outcome: str) -> None:
         """Write the output and error files and end the batch, in one transaction with the files' rows. A
