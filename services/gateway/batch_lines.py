@@ -18,10 +18,15 @@ from .upstream import Upstreams
 log = logging.getLogger(__name__)
 
 
+RECORDED = {"x-llmsvc-batch-recorded": "1"}
+"""The header of an answer whose batch line this gateway recorded: the runner need not record it again."""
+
+
 async def record(upstreams: Upstreams, admission: Admission, request_id: str, doc: dict, input_tokens: int,
-                 output_tokens: int, timeout_s: float) -> None:
+                 output_tokens: int, timeout_s: float) -> dict[str, str]:
+    """Record the answer when the request is a batch line; the headers to add to the answer."""
     if admission.batch_line is None or upstreams.batch_results is None:
-        return
+        return {}
     batch_id, line = admission.batch_line
     try:
         await upstreams.batch_results.RecordLine(
@@ -31,6 +36,7 @@ async def record(upstreams: Upstreams, admission: Admission, request_id: str, do
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:  # not this owner's batch: the runner records what it gets
             log.warning("batch line %s:%d: %s", batch_id, line, exc.details())
-            return
+            return {}
         raise APIError(503, "The answer could not be recorded for its batch; the line will be sent again.",
                        code="service_unavailable", headers={"retry-after": "1"}) from None
+    return RECORDED

@@ -144,10 +144,10 @@ class GenerationFlow:
         try:
             doc = await self._fold_while_connected()
             # A batch line's answer is recorded before it goes back: the runner may die in between.
-            await batch_lines.record(self.upstreams, self.admission, self.request_id, doc,
-                                     sum(g.usage.prompt_tokens for g in self.generations),
-                                     sum(g.usage.completion_tokens for g in self.generations),
-                                     self.settings.auth_timeout_s)
+            headers |= await batch_lines.record(self.upstreams, self.admission, self.request_id, doc,
+                                                sum(g.usage.prompt_tokens for g in self.generations),
+                                                sum(g.usage.completion_tokens for g in self.generations),
+                                                self.settings.auth_timeout_s)
         except APIError as exc:
             self._report("error")
             exc.headers = {**headers, **exc.headers}

@@ -104,9 +104,9 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, settings: 
     doc = {"object": "list", "data": data, "model": resp.model or body.model,
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     try:  # a batch line's answer is recorded before it goes back (see services/gateway/batch_lines.py)
-        await batch_lines.record(upstreams, admission, request.state.request_id, doc, tokens, 0,
-                                 settings.auth_timeout_s)
+        recorded = await batch_lines.record(upstreams, admission, request.state.request_id, doc, tokens, 0,
+                                            settings.auth_timeout_s)
     except APIError as exc:
         exc.headers = {**admission.headers, **exc.headers}
         raise
-    return JSONResponse(doc, headers={"x-request-id": request.state.request_id, **admission.headers})
+    return JSONResponse(doc, headers={"x-request-id": request.state.request_id, **admission.headers, **recorded})

@@ -202,12 +202,15 @@ class BatchRunner:
         finally:
             sending.discard(row.line)
             progress.set()
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"error": {"message": resp.text[:2000], "type": "server_error", "param": None, "code": None}}
-        await self._record(batch, row.line, resp.status_code,
-                           resp.headers.get("x-request-id") or line_request_id(batch.id, row.line), body)
+        if resp.headers.get("x-llmsvc-batch-recorded") == "1":
+            LINES.labels("ok").inc()  # the gateway recorded it before answering
+        else:  # an answer the gateway made without running the line: an error, recorded here
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": {"message": resp.text[:2000], "type": "server_error", "param": None, "code": None}}
+            await self._record(batch, row.line, resp.status_code,
+                               resp.headers.get("x-request-id") or line_request_id(batch.id, row.line), body)
         progress.set()
 
     async def _send(self, batch: Batch, row: BatchLine) -> httpx.Response:
