@@ -36,6 +36,13 @@ REGISTRY: dict[str, list[str] | str] = {
         f"{CLI}::test_the_quick_start_runs_the_console_script_install_sh_makes",
         PARSED,
     ],
+    # curl …/v1/chat/completions; the openai client streaming, both at 127.0.0.1:8000 with $KEY
+    "## Talk to it [9fb9b6fb154b]": [
+        "tests/gateway/test_tool_agent.py::test_the_readme_curl_line_streams_a_chat",
+    ],
+    "## Talk to it [50ef1b05512d]": [
+        "tests/gateway/test_tool_agent.py::test_the_readme_python_client_streams_a_chat",
+    ],
     "### Tool calls and structured outputs [797a6189584e]": [
         "tests/gateway/test_tool_agent.py::test_the_readme_tool_call_example_runs_as_written",
     ],
@@ -78,15 +85,6 @@ UNTESTED: dict[str, str] = {
         "port 8000 and the default model's first-run build (minutes) before vLLM serves; "
         "tests/cli/test_up.py runs `python -m services.cli.main up --home --port --model` instead. "
         "`bash scripts/test.sh` is the whole suite, which no test can run.",
-    "## Talk to it [9fb9b6fb154b]":
-        "no test runs this curl line: it needs a vLLM stack serving tiny-chat (tests/gateway/test_tool_agent.py's "
-        "tool_stack does), `KEY` set to its key, curl installed, and that gateway on 127.0.0.1:8000 (or the "
-        "address replaced); a test would check the server-sent events it prints end with `data: [DONE]`.",
-    "## Talk to it [50ef1b05512d]":
-        "no test execs this block: it builds its own client on 127.0.0.1:8000, so a test needs `KEY` bound and a "
-        "vLLM stack serving tiny-chat there (or that base_url replaced), e.g. tool_stack in "
-        "tests/gateway/test_tool_agent.py; tests/gateway/test_chat.py::test_streamed_chat_follows_openai_chunk_shape "
-        "makes the same call otherwise.",
     "## Evaluate and promote [5c37ef7b0464]":
         "only parsed: no test runs `llmsvc eval run adder-v1 perplexity`, `llmsvc eval compare tiny-chat-v1 "
         "adder-v1` or `llmsvc models promote tiny-chat adder-v1`; it needs the eval stack with vLLM and versions "

@@ -7,7 +7,7 @@ for the whole session would raise the suite's peak memory on this 24 GiB machine
 gives the same vector, alone or in a batch; a batch gives vectors of one size; base64 decodes to the very
 floats; token-id input is the text's own tokens; usage counts them. A chat request to the embedding model, an
 embedding request to the chat model, ``dimensions`` on a model without Matryoshka support and each malformed
-input are 400s naming the parameter.
+input are 400s naming the parameter. A batch of ``/v1/embeddings`` lines answers each with the online vector.
 """
 
 from __future__ import annotations
@@ -130,3 +130,29 @@ def test_user_is_named_in_the_workers_log_line_for_the_request(openai_client, em
     openai_client.embeddings.create(model=embed_model, input="logged", user="end-user-42")
     log = (embed_stack.logs / "worker-embed.log").read_text()
     assert f"embed model={embed_model} inputs=1 user=end-user-42" in log
+
+
+def test_a_batch_of_embedding_lines_gives_the_vectors_online_requests_give(openai_client, embed_model):
+    """``/v1/embeddings`` lines in a batch (``/v1/batches``): each line's answer is the online answer."""
+    import io
+    import json
+    import time
+
+    texts = ["a dog", "the cat sat", "a bird"]
+    data = "".join(json.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                               "body": {"model": embed_model, "input": t}}) + "\n" for i, t in enumerate(texts))
+    f = openai_client.files.create(file=("embed.jsonl", io.BytesIO(data.encode())), purpose="batch")
+    b = openai_client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while b.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        b = openai_client.batches.retrieve(b.id)
+    assert b.status == "completed" and b.request_counts.completed == 3 and b.usage.output_tokens == 0
+    rows = [json.loads(x) for x in openai_client.files.content(b.output_file_id).text.splitlines()]
+    assert [r["custom_id"] for r in rows] == ["e0", "e1", "e2"]
+    for text, r in zip(texts, rows, strict=True):
+        online = openai_client.embeddings.create(model=embed_model, input=text, encoding_format="float")
+        got = r["response"]["body"]["data"][0]["embedding"]
+        assert len(got) == len(online.data[0].embedding)
+        assert max(abs(x - y) for x, y in zip(got, online.data[0].embedding, strict=True)) < 1e-5
+    assert b.usage.input_tokens == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in rows)

@@ -53,11 +53,24 @@ def tool_model() -> Path:
     return out
 
 
+def _port_8000_or_free(fallback: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", 8000))
+        except OSError:
+            return fallback
+    return 8000
+
+
 @pytest.fixture(scope="module")
 def tool_stack(tmp_path_factory, tool_model):
     key = "sk-tools-" + secrets.token_hex(12)
     # With the embedding worker `llmsvc up` runs (tiny-chat-embed), for the README's embeddings example.
     cfg = StackConfig.ephemeral(tmp_path_factory.mktemp("tools"), tool_model, key, embeddings=True)
+    # On 127.0.0.1:8000, where `llmsvc up` serves and the README's "Talk to it" examples call, when it is free.
+    cfg.gateway_port = _port_8000_or_free(cfg.gateway_port)
     with Stack(cfg).running() as stack:
         yield stack
 
@@ -263,3 +276,33 @@ def test_the_readme_batch_example_runs_as_written(client, capsys):
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (6, 6, 0)
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(" ", 1)[0] for line in printed] == [f"q{i}" for i in range(6)]  # input order
+
+
+def _talk_to_it(stack, lang: str) -> str:
+    """The "Talk to it" block, as written; only if port 8000 was taken on this machine (the stack then serves
+    elsewhere) is its address replaced, the one change."""
+    from tests.readme import block
+
+    text = block("## Talk to it", lang).text
+    assert "127.0.0.1:8000" in text
+    return text.replace("127.0.0.1:8000", f"127.0.0.1:{stack.cfg.gateway_port}")
+
+
+def test_the_readme_curl_line_streams_a_chat(tool_stack):
+    import subprocess
+
+    r = subprocess.run(["bash", "-c", _talk_to_it(tool_stack, "bash")], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "KEY": tool_stack.cfg.api_key})
+    assert r.returncode == 0, r.stderr
+    events = [line.removeprefix("data: ") for line in r.stdout.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) > 2
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and chunks[0]["model"] == "tiny-chat"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks).strip()  # it said something
+
+
+def test_the_readme_python_client_streams_a_chat(tool_stack, capsys):
+    code = _talk_to_it(tool_stack, "python")
+    exec(compile(code, "README.md", "exec"), {"KEY": tool_stack.cfg.api_key})  # noqa: S102 - the README's example
+    assert capsys.readouterr().out.strip()  # the streamed reply, printed as it came

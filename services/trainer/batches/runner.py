@@ -202,7 +202,9 @@ class BatchRunner:
         finally:
             sending.discard(row.line)
             progress.set()
-        if resp.headers.get("x-llmsvc-batch-recorded") == "1":
+        if resp is None:
+            LINES.labels("ok").inc()  # an earlier attempt's answer was recorded by its gateway
+        elif resp.headers.get("x-llmsvc-batch-recorded") == "1":
             LINES.labels("ok").inc()  # the gateway recorded it before answering
         else:  # an answer the gateway made without running the line: an error, recorded here
             try:
@@ -213,12 +215,16 @@ class BatchRunner:
                                resp.headers.get("x-request-id") or line_request_id(batch.id, row.line), body)
         progress.set()
 
-    async def _send(self, batch: Batch, row: BatchLine) -> httpx.Response:
-        """The line's answer, once it is one to keep (retryable answers are waited out and sent again)."""
+    async def _send(self, batch: Batch, row: BatchLine) -> httpx.Response | None:
+        """The line's answer, once it is one to keep (retryable answers are waited out and sent again); None
+        when an earlier attempt turns out to have been answered and recorded (its gateway died, or could not
+        say so, after recording it): the line is not sent again."""
         url = self.gateway_url + batch.endpoint
         attempt = 0
         while True:
             attempt += 1
+            if attempt > 1 and await self._done(batch.id, row.line):
+                return None
             try:
                 # Signed afresh each attempt: the identity expires (an hour) and a batch may wait longer.
                 resp = await self._client.post(url, content=row.body.encode(), headers=self._headers(batch, row.line))
@@ -234,6 +240,11 @@ class BatchRunner:
                 await asyncio.sleep(_retry_after(resp, attempt))
                 continue
             return resp
+
+    async def _done(self, batch_id: str, line: int) -> bool:
+        async with self.sessions() as session:
+            return bool(await session.scalar(select(BatchLine.done).where(BatchLine.batch_id == batch_id,
+                                                                          BatchLine.line == line)))
 
     async def _record(self, batch: Batch, line: int, status: int, request_id: str, body: dict) -> None:
         """Record the answer the runner received; a no-op when the gateway that made it recorded it first."""
