@@ -105,8 +105,8 @@ class TrainerSettings(ServiceSettings):
     """The gateway's HTTP address (``http://host:port``), to which batches send their requests. Empty: batches
     are refused with 503."""
     batch_concurrency: int = 8
-    """Requests of one batch in flight at once (the router's queue and vLLM's scheduler put interactive ones
-    first whatever this is)."""
+    """Batch requests this instance has in flight at once, across every batch (the router's queue and vLLM's
+    scheduler put interactive ones first whatever this is)."""
     max_batch_lines: int = 50_000
     """Requests one batch may hold."""
     max_batch_file_mib: int = 200

@@ -427,3 +427,63 @@ def test_interactive_requests_are_answered_while_a_batch_runs(team, openai_clien
     print(f"\ninteractive TTFT p50: idle {sorted(idle)[4] * 1000:.0f} ms, during a batch "
           f"{sorted(busy)[4] * 1000:.0f} ms ({during.request_counts.completed}/{len(ids)} lines done after)")
     assert _wait(client, b.id).status == "completed"
+
+
+def test_batches_running_together_share_the_runners_slots(batch_trainer, team, model_name):
+    """Two batches at once: both complete, and the engine never holds more of their requests than the runner's
+    8 slots (shared by every batch, not 8 each), read from the worker's own load."""
+    from services.common.pb import inference_pb2 as ipb
+    from services.common.pb import inference_pb2_grpc
+
+    stack = batch_trainer
+    _, client = team
+
+    async def load() -> int:
+        async with stack.channel(stack.cfg.worker_ports[0]) as ch:
+            got = await inference_pb2_grpc.InferenceStub(ch).GetLoad(ipb.GetLoadRequest(), timeout=5)
+        return got.running + got.waiting
+
+    made = []
+    for name in ("a", "b"):
+        f = _upload(client, [_line(f"{name}{i}", _chat_body(model_name, "count", 128)) for i in range(20)])
+        made.append(client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h").id)
+    most, deadline = 0, time.monotonic() + 300
+    while {client.batches.retrieve(b).status for b in made} != {"completed"}:
+        assert time.monotonic() < deadline
+        most = max(most, asyncio.run(load()))
+        time.sleep(0.05)
+    assert 2 <= most <= 8
+    for b in made:
+        assert client.batches.retrieve(b).request_counts.completed == 20
+
+
+def test_a_worker_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
+    """The only vLLM worker dies with lines in flight and starts again (about a minute): meanwhile the lines get
+    503 (no worker serves the model) or a broken generation, which the runner waits out or sends again; then
+    the batch completes with every line once and one finished request per line."""
+    stack = batch_trainer
+    key = _key(admin, "batch-worker-crash", "team-worker-crash")
+    client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)
+    ids = [f"w-{i}" for i in range(16)]
+    f = _upload(client, [_line(c, _chat_body(model_name, "go on", 96)) for c in ids])
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 300
+    while client.batches.retrieve(b.id).request_counts.completed < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    stack.stop_proc("worker0", signal.SIGKILL)
+    stack.start_worker(0)
+    stack.wait_for("/models", timeout_s=300, listed=True)
+    b = _wait(client, b.id)
+    assert b.status == "completed"
+    out, err = _every_line_once(client, b, ids)
+    assert not err
+    usage = {}
+    deadline = time.monotonic() + 30
+    while set(usage) != {r["id"] for r in out} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        usage = asyncio.run(_ok_requests(stack.cfg.db_url, key["id"]))
+    assert set(usage) == {r["id"] for r in out}
+    assert all(statuses.count("ok") == 1 for statuses in usage.values()), \
+        {k: v for k, v in usage.items() if v != ["ok"]}

@@ -15,7 +15,8 @@ runner goes on sends only the lines not done. Only the lease holder (the trainer
 jobs) runs batches.
 
 Retries: 429 (the key's limits, the router's queue), 503 and 504 and a gateway that cannot be reached are
-waited out (``retry-after`` when given) until the batch expires; other answers are the line's result.
+waited out (``retry-after`` when given) until the batch expires; 500 and 502 (a worker that died mid-request)
+are sent again twice; other answers are the line's result.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ LINES = Counter("llmsvc_batch_lines_total", "Batch lines that ended, by outcome 
                 "another answer; retried: attempts waited out and sent again).", ["outcome"])
 RUNNING = Gauge("llmsvc_batches_running", "Batches this trainer instance is running now.")
 RETRYABLE = {429, 503, 504}
+"""Answers that say "not now": waited out and sent again until the batch expires."""
+SERVER_ERRORS = {500, 502}
+"""Answers that may be transient (a worker that died mid-request): sent again up to SERVER_ERROR_TRIES times."""
+SERVER_ERROR_TRIES = 3
 MAX_BACKOFF_S = 10.0
 _UNRUN = {"expired": ("batch_expired", "This request could not be executed before the completion window expired."),
           "cancelled": ("batch_cancelled", "This request was not executed: the batch was cancelled.")}
@@ -81,6 +86,8 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batches: dict[str, asyncio.Task] = {}
+        self._sending: set[tuple[str, int]] = set()
+        """(batch, line) of the requests in flight, of every batch: at most ``concurrency``."""
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -120,7 +127,7 @@ class BatchRunner:
                 if self.leader():
                     async with self.sessions() as session:
                         ids = list(await session.scalars(select(Batch.id).where(
-                            Batch.status.in_(("in_progress", "finalizing", "cancelling")))))
+                            Batch.status.in_(("in_progress", "finalizing", "cancelling"))).order_by(Batch.created_at)))
                     for batch_id in ids:
                         if batch_id not in self._batches:
                             self._batches[batch_id] = asyncio.get_running_loop().create_task(
@@ -135,11 +142,11 @@ class BatchRunner:
             self._wake.clear()
 
     async def _run_batch(self, batch_id: str) -> None:
-        """Keep ``concurrency`` of the batch's lines in flight until none is left, then end the batch. A slot
-        is free as soon as a line's answer arrives (its result is recorded while the next line is sent); the
-        batch's status (cancel, expiry, the lease) is read every poll interval."""
+        """Keep the batch's lines in flight (up to ``concurrency`` in flight across every batch, shared)
+        until none is left, then end the batch. A slot is free as soon as a line's answer arrives (its result
+        is recorded while the next line is sent); the batch's status (cancel, expiry, the lease) is read
+        every poll interval."""
         tasks: dict[int, asyncio.Task] = {}
-        sending: set[int] = set()
         progress = asyncio.Event()
         exhausted, next_check = False, 0.0
         loop = asyncio.get_running_loop()
@@ -161,14 +168,14 @@ class BatchRunner:
                         if not task.cancelled() and (exc := task.exception()) is not None:
                             exhausted = False  # its line is not done: it is sent again
                             log.error("batch %s line %d failed in the runner: %r", batch_id, line, exc)
-                if (free := self.concurrency - len(sending)) > 0 and not exhausted:
+                if (free := self.concurrency - len(self._sending)) > 0 and not exhausted:
                     async with self.sessions() as session:
                         rows = list(await session.scalars(select(BatchLine).where(
                             BatchLine.batch_id == batch_id, BatchLine.done.is_(False),
                             BatchLine.line.not_in(list(tasks) or [-1])).order_by(BatchLine.line).limit(free)))
                     exhausted = len(rows) < free  # every line not done is in flight now
                     for row in rows:
-                        tasks[row.line] = loop.create_task(self._run_line(batch, row, sending, progress))
+                        tasks[row.line] = loop.create_task(self._run_line(batch, row, progress))
                 if exhausted and not tasks:
                     async with self.sessions() as session:
                         pending = await session.scalar(select(func.count()).select_from(BatchLine).where(
@@ -195,12 +202,12 @@ class BatchRunner:
                 "x-request-id": line_request_id(batch.id, line), BATCH_LINE_KEY: f"{batch.id}:{line}",
                 "content-type": "application/json"}
 
-    async def _run_line(self, batch: Batch, row: BatchLine, sending: set[int], progress: asyncio.Event) -> None:
-        sending.add(row.line)
+    async def _run_line(self, batch: Batch, row: BatchLine, progress: asyncio.Event) -> None:
+        self._sending.add((batch.id, row.line))
         try:
             resp = await self._send(batch, row)
         finally:
-            sending.discard(row.line)
+            self._sending.discard((batch.id, row.line))
             progress.set()
         if resp is None:
             LINES.labels("ok").inc()  # an earlier attempt's answer was recorded by its gateway
@@ -235,7 +242,8 @@ class BatchRunner:
                 LINES.labels("retried").inc()
                 await asyncio.sleep(wait * (0.5 + random.random() / 2))
                 continue
-            if resp.status_code in RETRYABLE and not _final_refusal(resp):
+            if (resp.status_code in RETRYABLE and not _final_refusal(resp)) or \
+                    (resp.status_code in SERVER_ERRORS and attempt < SERVER_ERROR_TRIES):
                 LINES.labels("retried").inc()
                 await asyncio.sleep(_retry_after(resp, attempt))
                 continue
