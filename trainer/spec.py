@@ -14,11 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .data.synthetic import TOKEN_WORDS
 
-Recipe = Literal["pretrain", "sft", "lora", "dpo", "tiny-chat"]
+RECIPES = ("pretrain", "sft", "lora", "dpo", "tiny-chat")
+"""Every recipe, the one list: the control plane, the CLI and ``trainer.recipes`` take theirs from here."""
+Recipe = Literal[RECIPES]
 
 
 class SpecError(ValueError):
-    """The spec cannot be run as written; the message says which field and why."""
+    """The spec cannot be run as written; the message says which field and why (``param``: the request's
+    field, where the control plane knows it)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class _Strict(BaseModel):

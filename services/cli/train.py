@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from trainer.spec import RECIPES
+
 from .eval import FINAL, add_client_args, check, client, console
 
 
@@ -25,7 +27,7 @@ def add_parser(sub) -> None:
     s.add_argument("--suffix", help="name of the resulting model (default: <base>-ft)")
     s.add_argument("--validation", help="validation JSONL file or file id")
     s.add_argument("--method", choices=["supervised", "dpo"], default="supervised")
-    s.add_argument("--recipe", choices=["pretrain", "sft", "lora", "dpo", "tiny-chat"], help="override the recipe")
+    s.add_argument("--recipe", choices=RECIPES, help="override the recipe")
     for flag, kind, dest in (("--epochs", int, "n_epochs"), ("--batch-size", int, "batch_size"),
                              ("--lr-multiplier", float, "learning_rate_multiplier"), ("--steps", int, "steps"),
                              ("--lr", float, "lr"), ("--seq-len", int, "seq_len")):

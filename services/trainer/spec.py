@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.spec import TINY_CHAT_HYPERPARAMETERS
+from trainer.spec import RECIPES, TINY_CHAT_HYPERPARAMETERS, SpecError
 
-RECIPES = ("pretrain", "sft", "lora", "dpo", "tiny-chat")
+__all__ = ["RECIPES", "SpecError"]  # the job's own: one recipe list, one error class
 BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat": TINY_CHAT_HYPERPARAMETERS["lr"]}
 """Learning rate that ``learning_rate_multiplier`` scales, per recipe (tiny-chat's is the recipe's own tuned one)."""
 OPENAI_HPARAMS = {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
@@ -25,12 +25,6 @@ EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoi
 DEFAULT_EPOCHS, DEFAULT_BATCH = 3, 4
 DEFAULT_KEEP = 3
 """Checkpoints a job keeps (OpenAI keeps the last three)."""
-
-
-class SpecError(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def choose_recipe(method: dict, extra: dict) -> str:

@@ -247,7 +247,7 @@ class Supervisor:
 
     async def suspend_running(self) -> None:
         """On a graceful stop of this service: SIGTERM local jobs, wait, queue them to resume later."""
-        if not getattr(self.runner, "suspend_on_shutdown", False):
+        if not self.runner.suspend_on_shutdown:
             return
         async with self.sessions() as session:
             running = await repo.jobs_in(session, "running")

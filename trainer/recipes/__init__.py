@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 
+from ..spec import RECIPES as _NAMES
 from .common import JobContext, Setup
 
-RECIPES = {"pretrain": "pretrain", "sft": "sft", "lora": "lora", "dpo": "dpo", "tiny-chat": "tiny_chat"}
+RECIPES = {name: name.replace("-", "_") for name in _NAMES}
+"""Recipe name → its module here."""
 
 
 def setup(name: str, ctx: JobContext) -> Setup:

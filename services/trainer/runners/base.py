@@ -31,10 +31,15 @@ class RunState:
 
 
 class Runner(ABC):
+    """Everything the supervisor and the job factory call on a runner is declared here."""
+
     name: str
     supports_nodes: bool = False
     default_nproc: int = 1
     """Processes per machine when a job does not say."""
+    suspend_on_shutdown: bool = False
+    """Whether a graceful stop of this service stops the running jobs (they checkpoint) and queues them to
+    resume on the next start: local jobs, which are this service's children. Kubernetes Jobs keep running."""
 
     @abstractmethod
     async def start(self, launch: Launch) -> str:
@@ -57,6 +62,11 @@ class Runner(ABC):
         """
         return
 
+    async def wait_all(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the jobs :meth:`stop` was called on to exit (with
+        ``suspend_on_shutdown``). A default that returns at once, for runners whose jobs outlive this service."""
+        return
+
+    @abstractmethod
     def memory_budget(self) -> tuple[float, bool]:
         """Bytes one process may use and whether that is GPU memory."""
-        raise NotImplementedError
