@@ -325,79 +325,6 @@ async def _ok_requests(db_url: str, key_id: str) -> dict[str, list[str]]:
     return by_request
 
 
-def test_a_trainer_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
-    stack = batch_trainer
-    key = _key(admin, "batch-crash", "team-crash")
-    client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)
-    ids = [f"k-{i}" for i in range(16)]
-    f = _upload(client, [_line(c, _chat_body(model_name, "go on", 96)) for c in ids])
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 300
-    while client.batches.retrieve(b.id).request_counts.completed < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    stack.stop_proc("trainer", signal.SIGKILL)  # lines in flight: their connections drop with the process
-    with pytest.raises(openai.APIStatusError) as e:  # the gateway stays up; batches wait for the trainer
-        client.batches.retrieve(b.id)
-    assert e.value.status_code == 503
-    _start_trainer(stack, TEST_TRAINER_ENV)
-    b = _wait(client, b.id)
-    assert b.status == "completed"
-    out, err = _every_line_once(client, b, ids)
-    assert not err
-    # Each line's request finished exactly once: one "ok" usage record per line's request id. A request the
-    # killed runner had in flight was aborted by the gateway (recorded "cancelled") and run again; one whose
-    # answer was made was recorded by the gateway before it went back, so it was not run again. The kill
-    # comes right after a result is recorded, when the others of its wave (the same length, so they end
-    # together) are being recorded: the worst moment for it.
-    usage = {}
-    deadline = time.monotonic() + 30
-    while set(usage) != {r["id"] for r in out} and time.monotonic() < deadline:
-        time.sleep(0.5)  # usage reports are sent in the background (batched)
-        usage = asyncio.run(_ok_requests(stack.cfg.db_url, key["id"]))
-    assert set(usage) == {r["id"] for r in out}
-    assert all(statuses.count("ok") == 1 for statuses in usage.values()), \
-        {k: v for k, v in usage.items() if v != ["ok"]}
-    assert set(sum(usage.values(), [])) <= {"ok", "cancelled"}
-    assert any("cancelled" in statuses for statuses in usage.values()), "the kill caught lines in flight"
-
-
-def test_a_gateway_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, api_key,
-                                                                     model_name):
-    """The gateway dies with lines in flight: the router aborts their engine requests, the runner cannot reach
-    the gateway and waits; once a gateway is back it sends only the lines not done (one the dead gateway had
-    recorded is not sent again)."""
-    stack = batch_trainer
-    key = _key(admin, "batch-gw-crash", "team-gw-crash")
-    client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)
-    ids = [f"g-{i}" for i in range(16)]
-    f = _upload(client, [_line(c, _chat_body(model_name, "go on", 96)) for c in ids])
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 300
-    while client.batches.retrieve(b.id).request_counts.completed < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    stack.stop_proc("gateway", signal.SIGKILL)
-    time.sleep(1)
-    stack.spawn("gateway", "services.gateway.main", stack.env_for("gateway"))
-    stack.wait_for("/models", timeout_s=120, listed=True)
-    client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)  # new connections
-    b = _wait(client, b.id)
-    assert b.status == "completed"
-    out, err = _every_line_once(client, b, ids)
-    assert not err
-    usage = {}
-    deadline = time.monotonic() + 30
-    while set(usage) != {r["id"] for r in out} and time.monotonic() < deadline:
-        time.sleep(0.5)
-        usage = asyncio.run(_ok_requests(stack.cfg.db_url, key["id"]))
-    assert set(usage) == {r["id"] for r in out}
-    # The dead gateway's usage reports for its last requests may be lost with it (aborted, not finished);
-    # every line finished exactly once.
-    assert all(statuses.count("ok") == 1 for statuses in usage.values()), \
-        {k: v for k, v in usage.items() if v != ["ok"]}
-
-
 def test_interactive_requests_are_answered_while_a_batch_runs(team, openai_client, model_name):
     """Interactive TTFT while a batch runs, against idle: measured and printed, not held to a threshold (these
     machines are noisy; ``bench/batches.py`` measures it properly). What must hold: every interactive request
@@ -458,23 +385,22 @@ def test_batches_running_together_share_the_runners_slots(batch_trainer, team, m
         assert client.batches.retrieve(b).request_counts.completed == 20
 
 
-def test_a_worker_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
-    """The only vLLM worker dies with lines in flight and starts again (about a minute): meanwhile the lines get
-    503 (no worker serves the model) or a broken generation, which the runner waits out or sends again; then
-    the batch completes with every line once and one finished request per line."""
-    stack = batch_trainer
-    key = _key(admin, "batch-worker-crash", "team-worker-crash")
+def _kill_halfway(stack, admin, base_url, model_name, name: str, kill_and_restart) -> None:
+    """Run a batch of 16 lines, call ``kill_and_restart`` once 3 have finished (lines in flight), then hold that
+    every line ends exactly once, in the output file, and that each line's request finished exactly once: one
+    "ok" usage record per line's request id (a request aborted by the kill is recorded "cancelled" or "error"
+    and run again). The usage is the key's alone: a key made for this test."""
+    key = _key(admin, f"batch-{name}-crash", f"team-{name}-crash")
     client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)
-    ids = [f"w-{i}" for i in range(16)]
+    ids = [f"{name}-{i}" for i in range(16)]
     f = _upload(client, [_line(c, _chat_body(model_name, "go on", 96)) for c in ids])
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     deadline = time.monotonic() + 300
     while client.batches.retrieve(b.id).request_counts.completed < 3:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    stack.stop_proc("worker0", signal.SIGKILL)
-    stack.start_worker(0)
-    stack.wait_for("/models", timeout_s=300, listed=True)
+    kill_and_restart(client, b.id)
+    client = openai.OpenAI(base_url=base_url, api_key=key["key"], max_retries=0, timeout=120)  # new connections
     b = _wait(client, b.id)
     assert b.status == "completed"
     out, err = _every_line_once(client, b, ids)
@@ -482,8 +408,48 @@ def test_a_worker_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer,
     usage = {}
     deadline = time.monotonic() + 30
     while set(usage) != {r["id"] for r in out} and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.5)  # usage reports are sent in the background (batched; a killed gateway's, from its journal)
         usage = asyncio.run(_ok_requests(stack.cfg.db_url, key["id"]))
     assert set(usage) == {r["id"] for r in out}
     assert all(statuses.count("ok") == 1 for statuses in usage.values()), \
         {k: v for k, v in usage.items() if v != ["ok"]}
+
+
+def test_a_trainer_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
+    """The trainer (the batch runner) dies with lines in flight; the gateway aborts those requests (their
+    client left) and records nothing for them; an answer the gateway had made was recorded before it went
+    back, so it is not made again. The kill comes right after a result is recorded, when the others of its
+    wave (the same length, so they end together) are being recorded: the worst moment for it. While the
+    trainer is down the gateway answers for batches with a 503."""
+    def kill(client, batch_id):
+        batch_trainer.stop_proc("trainer", signal.SIGKILL)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.batches.retrieve(batch_id)
+        assert e.value.status_code == 503
+        _start_trainer(batch_trainer, TEST_TRAINER_ENV)
+
+    _kill_halfway(batch_trainer, admin, base_url, model_name, "trainer", kill)
+
+
+def test_a_gateway_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
+    """The gateway dies with lines in flight: the router aborts their engine requests, the runner cannot reach
+    the gateway and waits; once a gateway is back it sends only the lines not done (one the dead gateway had
+    recorded is not sent again)."""
+    def kill(client, batch_id):
+        batch_trainer.stop_proc("gateway", signal.SIGKILL)
+        time.sleep(1)
+        batch_trainer.spawn("gateway", "services.gateway.main", batch_trainer.env_for("gateway"))
+        batch_trainer.wait_for("/models", timeout_s=120, listed=True)
+
+    _kill_halfway(batch_trainer, admin, base_url, model_name, "gateway", kill)
+
+
+def test_a_worker_killed_halfway_neither_loses_nor_repeats_a_line(batch_trainer, admin, base_url, model_name):
+    """The only vLLM worker dies with lines in flight and starts again: meanwhile the lines get 503 (no worker
+    serves the model) or a broken generation, which the runner waits out or sends again."""
+    def kill(client, batch_id):
+        batch_trainer.stop_proc("worker0", signal.SIGKILL)
+        batch_trainer.start_worker(0)
+        batch_trainer.wait_for("/models", timeout_s=300, listed=True)
+
+    _kill_halfway(batch_trainer, admin, base_url, model_name, "worker", kill)
