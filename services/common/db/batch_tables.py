@@ -14,7 +14,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, UTCDateTime, utcnow
 
-ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+RUNNABLE_STATUSES = ("in_progress", "finalizing", "cancelling")
+"""Statuses the batch runner picks a batch up in (to run its lines, finish writing it, or stop it)."""
 TERMINAL_STATUSES = ("failed", "completed", "expired", "cancelled")
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.base import utcnow
-from services.common.db.batch_tables import TERMINAL_STATUSES, Batch, BatchLine, record_line
+from services.common.db.batch_tables import RUNNABLE_STATUSES, TERMINAL_STATUSES, Batch, BatchLine, record_line
 from services.common.identity import BATCH_LINE_KEY, IDENTITY_KEY, SIGNATURE_KEY, Identity, IdentityCodec
 
 from ..files import FileStore
@@ -127,7 +127,7 @@ class BatchRunner:
                 if self.leader():
                     async with self.sessions() as session:
                         ids = list(await session.scalars(select(Batch.id).where(
-                            Batch.status.in_(("in_progress", "finalizing", "cancelling"))).order_by(Batch.created_at)))
+                            Batch.status.in_(RUNNABLE_STATUSES)).order_by(Batch.created_at)))
                     for batch_id in ids:
                         if batch_id not in self._batches:
                             self._batches[batch_id] = asyncio.get_running_loop().create_task(
