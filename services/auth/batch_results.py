@@ -14,13 +14,16 @@ import logging
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db.batch_tables import Batch, record_line
 from services.common.db.engine import session_factory
 from services.common.identity import Identity, IdentityCodec
 from services.common.pb import batches_pb2 as pb
 from services.common.pb import batches_pb2_grpc
+
+from . import metrics
+from .guard import GuardedLimiter
+from .store import Store, UsageRow
 
 log = logging.getLogger(__name__)
 BATCH_RESULTS_SERVICE = "llmsvc.v1.BatchResults"
@@ -30,8 +33,11 @@ class BatchResultsServicer(batches_pb2_grpc.BatchResultsServicer):
     """Records lines with group commit: the lines that arrive while one transaction is being written go
     together in the next (a batch's lines often end together: the same length, decoded side by side)."""
 
-    def __init__(self, engine: AsyncEngine, timeout_s: float = 5.0, codec: IdentityCodec | None = None) -> None:
-        self.sessions = session_factory(engine)
+    def __init__(self, store: Store, limiter: GuardedLimiter, timeout_s: float = 5.0,
+                 codec: IdentityCodec | None = None) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.sessions = session_factory(store.engine)
         self.timeout_s = timeout_s
         self.codec = codec or IdentityCodec()
         self._pending: list[tuple[Identity, pb.LineResult, asyncio.Future]] = []
@@ -56,21 +62,36 @@ class BatchResultsServicer(batches_pb2_grpc.BatchResultsServicer):
         while self._pending:
             items, self._pending = self._pending, []
             try:
-                results = []
+                results, usage, written = [], [], set()
                 async with self.sessions() as session, session.begin():
                     for who, r, _ in items:
                         batch = await session.get(Batch, r.batch_id)
                         if batch is None or not who.may_see(batch.owner):
                             results.append(None)
                             continue
-                        results.append(await record_line(session, r.batch_id, int(r.line), r.status_code,
-                                                         r.request_id, r.body_json or "{}", max(0, r.input_tokens),
-                                                         max(0, r.output_tokens)))
+                        recorded = await record_line(session, r.batch_id, int(r.line), r.status_code, r.request_id,
+                                                     r.body_json or "{}", max(0, r.input_tokens),
+                                                     max(0, r.output_tokens))
+                        results.append(recorded)
+                        if recorded and r.HasField("usage"):
+                            usage.append(r.usage)
+                    if usage:  # with the lines, or not at all
+                        written = await self.store.insert_usage_in(session, [UsageRow.from_report(u) for u in usage])
             except Exception as exc:  # noqa: BLE001 - every waiter gets the failure; the next group goes on
                 for *_, fut in items:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            metrics.USAGE_RECORDS.labels("written").inc(len(written))
             for (*_, fut), result in zip(items, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+            # Settled as ReportUsage would; idempotent, so the gateway's own report (which follows unless the
+            # gateway died) settles nothing twice. Done after the answers: the callers need not wait for it.
+            await asyncio.gather(*(self._settle(u) for u in usage if u.reservation_id))
+
+    async def _settle(self, u) -> None:
+        try:
+            await self.limiter.settle(u.key_id, u.reservation_id, max(0, u.prompt_tokens) + max(0, u.completion_tokens))
+        except Exception as exc:  # noqa: BLE001 - a lost settle only over-counts until the window passes
+            log.warning("batch results: settling %s: %s", u.reservation_id, exc)

@@ -34,7 +34,6 @@ _LIMIT_TEXT = {
     "quota_exceeded": "Daily token quota reached (limit {quota} per UTC day)",
     "concurrency_limit": "Too many concurrent requests for this key (limit {conc})",
 }
-_STATUSES = ("ok", "cancelled", "error")
 
 
 class AuthFailure(Exception):
@@ -166,13 +165,7 @@ class Gate:
         used = max(0, req.prompt_tokens) + max(0, req.completion_tokens)
         if req.reservation_id:
             await self.limiter.settle(req.key_id, req.reservation_id, used)
-        row = UsageRow(
-            reservation_id=(req.reservation_id or f"req:{req.request_id}")[:64], request_id=req.request_id[:128],
-            key_id=req.key_id[:36], model=req.model[:200], prompt_tokens=max(0, req.prompt_tokens),
-            completion_tokens=max(0, req.completion_tokens),
-            status=req.status if req.status in _STATUSES else "error", latency_s=max(0.0, req.latency_s),
-            created_at=utcnow())
-        return await self.recorder.record(row)
+        return await self.recorder.record(UsageRow.from_report(req))
 
     def take_used(self) -> dict:
         """Keys used since the last call, with when (for ``last_used_at``)."""

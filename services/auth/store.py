@@ -86,6 +86,9 @@ class KeySpec:
     expires_at: datetime | None = None
 
 
+USAGE_STATUSES = ("ok", "cancelled", "error")
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     reservation_id: str
@@ -100,6 +103,16 @@ class UsageRow:
 
     def as_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.__slots__}
+
+    @classmethod
+    def from_report(cls, req) -> UsageRow:
+        """The record of a ``ReportUsageRequest``, clamped to the table's columns."""
+        return cls(
+            reservation_id=(req.reservation_id or f"req:{req.request_id}")[:64], request_id=req.request_id[:128],
+            key_id=req.key_id[:36], model=req.model[:200], prompt_tokens=max(0, req.prompt_tokens),
+            completion_tokens=max(0, req.completion_tokens),
+            status=req.status if req.status in USAGE_STATUSES else "error", latency_s=max(0.0, req.latency_s),
+            created_at=utcnow())
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,19 +244,23 @@ class Store:
     # -- usage ------------------------------------------------------------------------
     async def insert_usage(self, rows: Iterable[UsageRow]) -> set[str]:
         """Insert rows, skipping reservation ids already present; returns the reservation ids that were new."""
-        values = [r.as_dict() for r in rows]
-        if not values:
+        rows = list(rows)
+        if not rows:
             return set()
-        # RETURNING yields only the rows actually inserted, which counts the new ones on both dialects.
-        stmt = (self._insert()(UsageRecord).on_conflict_do_nothing(index_elements=[UsageRecord.reservation_id])
-                .returning(UsageRecord.reservation_id))
 
         async def q(s: AsyncSession):
-            inserted = set((await s.execute(stmt, values)).scalars())
+            inserted = await self.insert_usage_in(s, rows)
             await s.commit()
             return inserted
 
         return await self._run(q)
+
+    async def insert_usage_in(self, session: AsyncSession, rows: list[UsageRow]) -> set[str]:
+        """:meth:`insert_usage` in the caller's transaction (which commits it)."""
+        # RETURNING yields only the rows actually inserted, which counts the new ones on both dialects.
+        stmt = (self._insert()(UsageRecord).on_conflict_do_nothing(index_elements=[UsageRecord.reservation_id])
+                .returning(UsageRecord.reservation_id))
+        return set((await session.execute(stmt, [r.as_dict() for r in rows])).scalars())
 
     async def usage_summary(self, key_id: str, since: datetime) -> list[UsageBucket]:
         day = (func.date(func.timezone("UTC", UsageRecord.created_at)) if self.dialect == "postgresql"

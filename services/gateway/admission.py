@@ -143,12 +143,18 @@ async def admit(upstreams: Upstreams, request: Request, *, model: str, scope: st
                    headers={"retry-after": str(max(1, math.ceil(resp.retry_after_s or 1)))})
 
 
-def report_usage(upstreams: Upstreams, admission: Admission, *, request_id: str, model: str, prompt_tokens: int,
-                 completion_tokens: int, status: str, latency_s: float) -> None:
-    """Queue the request's usage for auth (see :class:`.usage_reports.UsageReporter`); the client never waits."""
-    upstreams.usage_reports.add(pb.ReportUsageRequest(
+def usage_report(admission: Admission, *, request_id: str, model: str, prompt_tokens: int, completion_tokens: int,
+                 status: str, latency_s: float) -> pb.ReportUsageRequest:
+    """The usage report of an admitted request (idempotent by its reservation id)."""
+    return pb.ReportUsageRequest(
         reservation_id=admission.reservation_id, request_id=request_id, key_id=admission.key_id, model=model,
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status, latency_s=latency_s))
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status, latency_s=latency_s)
+
+
+def report_usage(upstreams: Upstreams, admission: Admission, **report) -> None:
+    """Queue the request's usage for auth (see :class:`.usage_reports.UsageReporter`); the client never waits.
+    ``report`` is :func:`usage_report`'s keywords."""
+    upstreams.usage_reports.add(usage_report(admission, **report))
 
 
 class RateLimitHeadersMiddleware:

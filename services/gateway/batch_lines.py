@@ -11,7 +11,7 @@ import grpc
 
 from services.common.pb import batches_pb2 as pb
 
-from .admission import Admission
+from .admission import Admission, usage_report
 from .errors import APIError
 from .upstream import Upstreams
 
@@ -22,17 +22,21 @@ RECORDED = {"x-llmsvc-batch-recorded": "1"}
 """The header of an answer whose batch line this gateway recorded: the runner need not record it again."""
 
 
-async def record(upstreams: Upstreams, admission: Admission, request_id: str, doc: dict, input_tokens: int,
-                 output_tokens: int, timeout_s: float) -> dict[str, str]:
-    """Record the answer when the request is a batch line; the headers to add to the answer."""
+async def record(upstreams: Upstreams, admission: Admission, doc: dict, usage: dict,
+                 timeout_s: float) -> dict[str, str]:
+    """Record the answer when the request is a batch line, with its usage (``usage`` is
+    :func:`.admission.usage_report`'s keywords: auth writes the usage with the line, in one transaction, so a
+    gateway killed right after still has it charged); the headers to add to the answer."""
     if admission.batch_line is None or upstreams.batch_results is None:
         return {}
     batch_id, line = admission.batch_line
+    report = usage_report(admission, **usage)
     try:
         await upstreams.batch_results.RecordLine(
-            pb.LineResult(batch_id=batch_id, line=line, status_code=200, request_id=request_id,
-                          body_json=json.dumps(doc, separators=(",", ":")), input_tokens=input_tokens,
-                          output_tokens=output_tokens), metadata=admission.metadata, timeout=timeout_s)
+            pb.LineResult(batch_id=batch_id, line=line, status_code=200, request_id=report.request_id,
+                          body_json=json.dumps(doc, separators=(",", ":")), input_tokens=report.prompt_tokens,
+                          output_tokens=report.completion_tokens, usage=report),
+            metadata=admission.metadata, timeout=timeout_s)
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:  # not this owner's batch: the runner records what it gets
             log.warning("batch line %s:%d: %s", batch_id, line, exc.details())

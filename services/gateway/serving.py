@@ -144,9 +144,7 @@ class GenerationFlow:
         try:
             doc = await self._fold_while_connected()
             # A batch line's answer is recorded before it goes back: the runner may die in between.
-            headers |= await batch_lines.record(self.upstreams, self.admission, self.request_id, doc,
-                                                sum(g.usage.prompt_tokens for g in self.generations),
-                                                sum(g.usage.completion_tokens for g in self.generations),
+            headers |= await batch_lines.record(self.upstreams, self.admission, doc, self._usage("ok"),
                                                 self.settings.auth_timeout_s)
         except APIError as exc:
             self._report("error")
@@ -257,10 +255,16 @@ class GenerationFlow:
         for g in self.generations:
             g.close()
 
+    def _usage(self, status: str) -> dict:
+        """The request's usage so far, as :func:`.admission.usage_report`'s keywords."""
+        return {"request_id": self.request_id, "model": self.model,
+                "prompt_tokens": sum(g.usage.prompt_tokens for g in self.generations),
+                "completion_tokens": sum(g.usage.completion_tokens for g in self.generations),
+                "status": status, "latency_s": time.perf_counter() - self.started}
+
     def _report(self, status: str) -> None:
-        prompt = sum(g.usage.prompt_tokens for g in self.generations)
-        completion = sum(g.usage.completion_tokens for g in self.generations)
-        elapsed = time.perf_counter() - self.started
+        usage = self._usage(status)
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
         label = metric_model(self.request.scope, self.model)
         metrics.TOKENS.labels(label, "prompt").inc(prompt)
         metrics.TOKENS.labels(label, "completion").inc(completion)
@@ -268,5 +272,4 @@ class GenerationFlow:
         if first and completion > 1:
             metrics.ITL.labels(label).observe((time.perf_counter() - first) / (completion - 1))
         if self.admission is not None:
-            report_usage(self.upstreams, self.admission, request_id=self.request_id, model=self.model,
-                         prompt_tokens=prompt, completion_tokens=completion, status=status, latency_s=elapsed)
+            report_usage(self.upstreams, self.admission, **usage)

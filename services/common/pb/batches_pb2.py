@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from . import auth_pb2 as llmsvc_dot_v1_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17llmsvc/v1/batches.proto\x12\tllmsvc.v1\"F\n\x12\x42\x61tchRequestCounts\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\"H\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x03\"\xe3\x04\n\x05\x42\x61tch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x15\n\rinput_file_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ompletion_window\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0eoutput_file_id\x18\x06 \x01(\t\x12\x15\n\rerror_file_id\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x16\n\x0ein_progress_at\x18\t \x01(\x03\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x15\n\rfinalizing_at\x18\x0b \x01(\x03\x12\x14\n\x0c\x63ompleted_at\x18\x0c \x01(\x03\x12\x11\n\tfailed_at\x18\r \x01(\x03\x12\x12\n\nexpired_at\x18\x0e \x01(\x03\x12\x15\n\rcancelling_at\x18\x0f \x01(\x03\x12\x14\n\x0c\x63\x61ncelled_at\x18\x10 \x01(\x03\x12\x35\n\x0erequest_counts\x18\x11 \x01(\x0b\x32\x1d.llmsvc.v1.BatchRequestCounts\x12\x30\n\x08metadata\x18\x12 \x03(\x0b\x32\x1e.llmsvc.v1.Batch.MetadataEntry\x12%\n\x06\x65rrors\x18\x13 \x03(\x0b\x32\x15.llmsvc.v1.BatchError\x12\r\n\x05model\x18\x14 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x15 \x01(\x03\x12\x15\n\routput_tokens\x18\x16 \x01(\x03\x12\r\n\x05owner\x18\x17 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x12\x43reateBatchRequest\x12\x15\n\rinput_file_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_window\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.llmsvc.v1.CreateBatchRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"2\n\x12ListBatchesRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"J\n\x13ListBatchesResponse\x12!\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x10.llmsvc.v1.Batch\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\x95\x01\n\nLineResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\x03\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\tbody_json\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\"#\n\x0fRecordLineReply\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x32\x80\x02\n\x07\x42\x61tches\x12>\n\x0b\x43reateBatch\x12\x1d.llmsvc.v1.CreateBatchRequest\x1a\x10.llmsvc.v1.Batch\x12\x31\n\x08GetBatch\x12\x13.llmsvc.v1.BatchRef\x1a\x10.llmsvc.v1.Batch\x12L\n\x0bListBatches\x12\x1d.llmsvc.v1.ListBatchesRequest\x1a\x1e.llmsvc.v1.ListBatchesResponse\x12\x34\n\x0b\x43\x61ncelBatch\x12\x13.llmsvc.v1.BatchRef\x1a\x10.llmsvc.v1.Batch2O\n\x0c\x42\x61tchResults\x12?\n\nRecordLine\x12\x15.llmsvc.v1.LineResult\x1a\x1a.llmsvc.v1.RecordLineReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17llmsvc/v1/batches.proto\x12\tllmsvc.v1\x1a\x14llmsvc/v1/auth.proto\"F\n\x12\x42\x61tchRequestCounts\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\"H\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\x03\"\xe3\x04\n\x05\x42\x61tch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x15\n\rinput_file_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ompletion_window\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0eoutput_file_id\x18\x06 \x01(\t\x12\x15\n\rerror_file_id\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x03\x12\x16\n\x0ein_progress_at\x18\t \x01(\x03\x12\x12\n\nexpires_at\x18\n \x01(\x03\x12\x15\n\rfinalizing_at\x18\x0b \x01(\x03\x12\x14\n\x0c\x63ompleted_at\x18\x0c \x01(\x03\x12\x11\n\tfailed_at\x18\r \x01(\x03\x12\x12\n\nexpired_at\x18\x0e \x01(\x03\x12\x15\n\rcancelling_at\x18\x0f \x01(\x03\x12\x14\n\x0c\x63\x61ncelled_at\x18\x10 \x01(\x03\x12\x35\n\x0erequest_counts\x18\x11 \x01(\x0b\x32\x1d.llmsvc.v1.BatchRequestCounts\x12\x30\n\x08metadata\x18\x12 \x03(\x0b\x32\x1e.llmsvc.v1.Batch.MetadataEntry\x12%\n\x06\x65rrors\x18\x13 \x03(\x0b\x32\x15.llmsvc.v1.BatchError\x12\r\n\x05model\x18\x14 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x15 \x01(\x03\x12\x15\n\routput_tokens\x18\x16 \x01(\x03\x12\r\n\x05owner\x18\x17 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x12\x43reateBatchRequest\x12\x15\n\rinput_file_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_window\x18\x03 \x01(\t\x12=\n\x08metadata\x18\x04 \x03(\x0b\x32+.llmsvc.v1.CreateBatchRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"2\n\x12ListBatchesRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"J\n\x13ListBatchesResponse\x12!\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x10.llmsvc.v1.Batch\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xc3\x01\n\nLineResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\x03\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\tbody_json\x18\x05 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12,\n\x05usage\x18\x08 \x01(\x0b\x32\x1d.llmsvc.v1.ReportUsageRequest\"#\n\x0fRecordLineReply\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x32\x80\x02\n\x07\x42\x61tches\x12>\n\x0b\x43reateBatch\x12\x1d.llmsvc.v1.CreateBatchRequest\x1a\x10.llmsvc.v1.Batch\x12\x31\n\x08GetBatch\x12\x13.llmsvc.v1.BatchRef\x1a\x10.llmsvc.v1.Batch\x12L\n\x0bListBatches\x12\x1d.llmsvc.v1.ListBatchesRequest\x1a\x1e.llmsvc.v1.ListBatchesResponse\x12\x34\n\x0b\x43\x61ncelBatch\x12\x13.llmsvc.v1.BatchRef\x1a\x10.llmsvc.v1.Batch2O\n\x0c\x42\x61tchResults\x12?\n\nRecordLine\x12\x15.llmsvc.v1.LineResult\x1a\x1a.llmsvc.v1.RecordLineReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCH_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEBATCHREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_BATCHREQUESTCOUNTS']._serialized_start=38
-  _globals['_BATCHREQUESTCOUNTS']._serialized_end=108
-  _globals['_BATCHERROR']._serialized_start=110
-  _globals['_BATCHERROR']._serialized_end=182
-  _globals['_BATCH']._serialized_start=185
-  _globals['_BATCH']._serialized_end=796
-  _globals['_BATCH_METADATAENTRY']._serialized_start=749
-  _globals['_BATCH_METADATAENTRY']._serialized_end=796
-  _globals['_CREATEBATCHREQUEST']._serialized_start=799
-  _globals['_CREATEBATCHREQUEST']._serialized_end=999
-  _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_start=749
-  _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_end=796
-  _globals['_BATCHREF']._serialized_start=1001
-  _globals['_BATCHREF']._serialized_end=1029
-  _globals['_LISTBATCHESREQUEST']._serialized_start=1031
-  _globals['_LISTBATCHESREQUEST']._serialized_end=1081
-  _globals['_LISTBATCHESRESPONSE']._serialized_start=1083
-  _globals['_LISTBATCHESRESPONSE']._serialized_end=1157
-  _globals['_LINERESULT']._serialized_start=1160
-  _globals['_LINERESULT']._serialized_end=1309
-  _globals['_RECORDLINEREPLY']._serialized_start=1311
-  _globals['_RECORDLINEREPLY']._serialized_end=1346
-  _globals['_BATCHES']._serialized_start=1349
-  _globals['_BATCHES']._serialized_end=1605
-  _globals['_BATCHRESULTS']._serialized_start=1607
-  _globals['_BATCHRESULTS']._serialized_end=1686
+  _globals['_BATCHREQUESTCOUNTS']._serialized_start=60
+  _globals['_BATCHREQUESTCOUNTS']._serialized_end=130
+  _globals['_BATCHERROR']._serialized_start=132
+  _globals['_BATCHERROR']._serialized_end=204
+  _globals['_BATCH']._serialized_start=207
+  _globals['_BATCH']._serialized_end=818
+  _globals['_BATCH_METADATAENTRY']._serialized_start=771
+  _globals['_BATCH_METADATAENTRY']._serialized_end=818
+  _globals['_CREATEBATCHREQUEST']._serialized_start=821
+  _globals['_CREATEBATCHREQUEST']._serialized_end=1021
+  _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_start=771
+  _globals['_CREATEBATCHREQUEST_METADATAENTRY']._serialized_end=818
+  _globals['_BATCHREF']._serialized_start=1023
+  _globals['_BATCHREF']._serialized_end=1051
+  _globals['_LISTBATCHESREQUEST']._serialized_start=1053
+  _globals['_LISTBATCHESREQUEST']._serialized_end=1103
+  _globals['_LISTBATCHESRESPONSE']._serialized_start=1105
+  _globals['_LISTBATCHESRESPONSE']._serialized_end=1179
+  _globals['_LINERESULT']._serialized_start=1182
+  _globals['_LINERESULT']._serialized_end=1377
+  _globals['_RECORDLINEREPLY']._serialized_start=1379
+  _globals['_RECORDLINEREPLY']._serialized_end=1414
+  _globals['_BATCHES']._serialized_start=1417
+  _globals['_BATCHES']._serialized_end=1673
+  _globals['_BATCHRESULTS']._serialized_start=1675
+  _globals['_BATCHRESULTS']._serialized_end=1754
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from . import auth_pb2 as _auth_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -127,7 +128,7 @@ class ListBatchesResponse(_message.Message):
     def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
 
 class LineResult(_message.Message):
-    __slots__ = ("batch_id", "line", "status_code", "request_id", "body_json", "input_tokens", "output_tokens")
+    __slots__ = ("batch_id", "line", "status_code", "request_id", "body_json", "input_tokens", "output_tokens", "usage")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +136,7 @@ class LineResult(_message.Message):
     BODY_JSON_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     line: int
     status_code: int
@@ -142,7 +144,8 @@ class LineResult(_message.Message):
     body_json: str
     input_tokens: int
     output_tokens: int
-    def __init__(self, batch_id: _Optional[str] = ..., line: _Optional[int] = ..., status_code: _Optional[int] = ..., request_id: _Optional[str] = ..., body_json: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    usage: _auth_pb2.ReportUsageRequest
+    def __init__(self, batch_id: _Optional[str] = ..., line: _Optional[int] = ..., status_code: _Optional[int] = ..., request_id: _Optional[str] = ..., body_json: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., usage: _Optional[_Union[_auth_pb2.ReportUsageRequest, _Mapping]] = ...) -> None: ...
 
 class RecordLineReply(_message.Message):
     __slots__ = ("recorded",)

@@ -104,8 +104,11 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, settings: 
     doc = {"object": "list", "data": data, "model": resp.model or body.model,
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     try:  # a batch line's answer is recorded before it goes back (see services/gateway/batch_lines.py)
-        recorded = await batch_lines.record(upstreams, admission, request.state.request_id, doc, tokens, 0,
-                                            settings.auth_timeout_s)
+        recorded = await batch_lines.record(
+            upstreams, admission, doc,
+            {"request_id": request.state.request_id, "model": body.model, "prompt_tokens": tokens,
+             "completion_tokens": 0, "status": "ok", "latency_s": time.perf_counter() - started},
+            settings.auth_timeout_s)
     except APIError as exc:
         exc.headers = {**admission.headers, **exc.headers}
         raise
