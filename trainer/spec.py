@@ -162,11 +162,11 @@ class Spec(_Strict):
             _fill_unset(self.hyperparameters, TINY_CHAT_HYPERPARAMETERS)
             return self
         if self.model is None:
-            raise ValueError(f"recipe {self.recipe!r} needs 'model' ({{'preset': ...}} or {{'base': ...}})")
+            raise SpecError(f"recipe {self.recipe!r} needs 'model' ({{'preset': ...}} or {{'base': ...}})", "model")
         if self.data.train is None:
-            raise ValueError(f"recipe {self.recipe!r} needs 'data.train'")
+            raise SpecError(f"recipe {self.recipe!r} needs 'data.train'", "data.train")
         if self.recipe in ("lora", "dpo") and self.model.base is None:
-            raise ValueError(f"recipe {self.recipe!r} starts from a trained model: give 'model.base'")
+            raise SpecError(f"recipe {self.recipe!r} starts from a trained model: give 'model.base'", "model.base")
         return self
 
     @property
@@ -202,11 +202,15 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def parse_spec(raw: dict) -> Spec:
+    """The typed spec; a :class:`SpecError` naming every problem, whose ``param`` is the first one's field
+    (``lora.r``, ``hyperparameters.seq_len``, ``model.base``…)."""
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        lines = []
+        lines, params = [], []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "spec"
-            lines.append(f"{where}: {err['msg']}")
-        raise SpecError("invalid spec: " + "; ".join(lines)) from None
+            cause = (err.get("ctx") or {}).get("error")
+            where = ".".join(str(p) for p in err["loc"]) or getattr(cause, "param", None) or "spec"
+            params.append(getattr(cause, "param", None) or ".".join(str(p) for p in err["loc"]) or None)
+            lines.append(f"{where}: {cause if isinstance(cause, SpecError) else err['msg']}")
+        raise SpecError("invalid spec: " + "; ".join(lines), params[0] if params else None) from None

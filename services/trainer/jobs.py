@@ -20,7 +20,7 @@ from services.common.db.job_tables import TERMINAL_STATUSES, Job, TrainingFile
 
 from . import memory, repo
 from .datafile import InvalidFile, check_recipe_format
-from .spec import SpecError, check_extra, choose_recipe, resolve_hyperparameters
+from .spec import JobPaths, SpecError, build_spec, check_extra, choose_recipe, complete_steps, resolve_hyperparameters
 from .store import NAME_RE, ModelStore
 
 
@@ -168,12 +168,19 @@ class JobFactory:
             raise RequestError(f"The job would run {hparams['steps']} steps; at most {self.limits.max_steps}. Ask "
                                "for fewer epochs or steps.", param="hyperparameters")
         self._check_memory(base.spec, recipe, hparams, *self._check_resources(extra))
+        output_name = req.suffix or f"{base.name}-ft"
+        try:  # the job's own spec, as it will be written at launch: what the job would refuse is refused now
+            build_spec(recipe=recipe, model=dict(base.spec), train=train.path, validation=val.path if val else None,
+                       hparams=complete_steps(hparams, train.examples or 1), extra=extra,
+                       paths=JobPaths(Path("job")), name=output_name)
+        except SpecError as exc:
+            raise RequestError(str(exc), param=exc.param) from None
         job = Job(id=f"ftjob-{secrets.token_hex(12)}", status="validating_files", model=req.model,
                   base={**base.spec, "parent": base.parent}, recipe=recipe, training_file=req.training_file,
                   validation_file=req.validation_file or None, hyperparameters=hparams,
                   method=req.method or {"type": "dpo" if recipe == "dpo" else "supervised"},
                   extra={**extra, "train_path": train.path, "validation_path": val.path if val else None},
-                  suffix=req.suffix, output_name=req.suffix or f"{base.name}-ft", seed=seed,
+                  suffix=req.suffix, output_name=output_name, seed=seed,
                   job_metadata=req.metadata, owner=req.owner, runner=self.runner.name)
         session.add(job)
         await repo.add_event(session, job.id, f"Created fine-tuning job: {job.id}")

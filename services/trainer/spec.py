@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.spec import RECIPES, TINY_CHAT_HYPERPARAMETERS, SpecError
+from trainer.spec import RECIPES, TINY_CHAT_HYPERPARAMETERS, Spec, SpecError, parse_spec
 
 __all__ = ["RECIPES", "SpecError"]  # the job's own: one recipe list, one error class
 BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat": TINY_CHAT_HYPERPARAMETERS["lr"]}
@@ -157,11 +157,17 @@ def trainer_hyperparameters(hparams: dict) -> dict:
     return out
 
 
+_REQUEST_PARAM = {"model": "model", "model.base": "model", "model.preset": "model", "data.train": "training_file",
+                  "data.validation": "validation_file", "hyperparameters.dpo_beta": "hyperparameters.beta"}
+"""The request's field for a spec field where their names differ."""
+
+
 def build_spec(*, recipe: str, model: dict, train: str, validation: str | None, hparams: dict, extra: dict,
-               paths: JobPaths, name: str) -> dict:
-    """The trainer's SPEC.json (see trainer/README.md)."""
+               paths: JobPaths, name: str) -> Spec:
+    """The job's typed spec (trainer/spec.py: what ``trainer.run`` reads as SPEC.json), validated here, so a
+    request the job would refuse is refused at create; the :class:`SpecError` names the request's field."""
     steps = hparams["steps"]
-    spec = {
+    raw = {
         "recipe": recipe,
         "model": model,
         "data": {"train": train, **({"validation": validation} if validation else {})},
@@ -175,6 +181,15 @@ def build_spec(*, recipe: str, model: dict, train: str, validation: str | None, 
         "name": name,
     }
     if recipe == "lora":
-        spec["lora"] = extra["lora"] if isinstance(extra.get("lora"), dict) else {}
-        spec["merge_lora"] = bool(extra.get("merge_lora", False))
-    return spec
+        raw["lora"] = extra["lora"] if isinstance(extra.get("lora"), dict) else {}
+        raw["merge_lora"] = bool(extra.get("merge_lora", False))
+    try:
+        return parse_spec(raw)
+    except SpecError as exc:
+        param = exc.param or ""
+        raise SpecError(str(exc).removeprefix("invalid spec: "), _REQUEST_PARAM.get(param, param) or None) from None
+
+
+def spec_json(spec: Spec) -> str:
+    """SPEC.json: the fields the control plane set (the job fills in its own defaults)."""
+    return spec.model_dump_json(indent=2, exclude_unset=True)

@@ -9,7 +9,6 @@ finishes those that ended, and starts queued jobs while there is capacity.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -29,7 +28,7 @@ from .evals import FINAL, summary
 from .finish import Finisher
 from .notifier import Notifier
 from .runners import Launch, Runner
-from .spec import JobPaths, build_spec, complete_steps
+from .spec import JobPaths, build_spec, complete_steps, spec_json
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -197,7 +196,7 @@ class Supervisor:
                           hparams=job.hyperparameters, extra=job.extra, paths=paths, name=job.output_name)
         paths.root.mkdir(parents=True, exist_ok=True)
         tmp = paths.spec.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec, indent=2))
+        tmp.write_text(spec_json(spec))
         os.replace(tmp, paths.spec)
 
     async def _launch(self, session: AsyncSession, job: Job) -> None:

@@ -52,6 +52,13 @@ async def test_uploads_need_the_fine_tune_purpose(trainer):
     ({"suffix": "../escape"}, grpc.StatusCode.INVALID_ARGUMENT, "suffix", "suffix may hold"),
     ({"extra": {"resources": {"nodes": 2}}}, grpc.StatusCode.INVALID_ARGUMENT, "resources.nodes",
      "needs the kubernetes runner"),
+    # What the job itself would refuse at start-up (trainer/spec.py) is refused at create:
+    ({"model": "preset:tiny", "extra": {"lora": {"r": 4}}}, grpc.StatusCode.INVALID_ARGUMENT, "model",
+     "recipe 'lora' starts from a trained model"),
+    ({"extra": {"lora": {"rank": 4}}}, grpc.StatusCode.INVALID_ARGUMENT, "lora.rank", "Extra inputs"),
+    ({"extra": {"lora": {"r": 0}}}, grpc.StatusCode.INVALID_ARGUMENT, "lora.r", "greater than or equal to 1"),
+    ({"hyper": {"seq_len": 4}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.seq_len",
+     "greater than or equal to 8"),
 ])
 async def test_bad_job_requests_are_refused(trainer, chat_file, change, code, param, text):
     kw = {k: v for k, v in change.items() if k != "training_file"}

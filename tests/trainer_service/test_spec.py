@@ -9,8 +9,16 @@ import pytest
 from safetensors import safe_open
 
 from services.trainer.memory import GIB, fit_problem, param_count
-from services.trainer.spec import JobPaths, SpecError, build_spec, check_extra, choose_recipe, resolve_hyperparameters
-from trainer.spec import parse_spec
+from services.trainer.spec import (
+    JobPaths,
+    SpecError,
+    build_spec,
+    check_extra,
+    choose_recipe,
+    resolve_hyperparameters,
+    spec_json,
+)
+from trainer.spec import Spec, parse_spec
 
 LLAMA3_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
@@ -90,17 +98,40 @@ def test_extensions_are_checked():
     ("pretrain", {}, {}),
 ])
 def test_the_spec_is_one_the_trainer_accepts(recipe, method, extra, tmp_path):
-    """The contract with trainer/spec.py, whose models forbid unknown keys."""
+    """The contract with trainer/spec.py, whose models forbid unknown keys: the control plane builds the job's
+    typed Spec, and the SPEC.json it writes reads back as the same."""
     h = resolve_hyperparameters({"n_epochs": 1, "seq_len": 64}, method, recipe, examples=12, seed=1)
     spec = build_spec(recipe=recipe, model={"base": str(tmp_path / "base")}, train=str(tmp_path / "t.jsonl"),
                       validation=None, hparams=h, extra=extra, paths=JobPaths(tmp_path / "job"), name="ft")
-    parsed = parse_spec(json.loads(json.dumps(spec)))
+    assert isinstance(spec, Spec)
+    parsed = parse_spec(json.loads(spec_json(spec)))
+    assert parsed == spec
     assert parsed.resume and parsed.hyperparameters.steps == 3 and parsed.name == "ft"
     assert parsed.checkpoint_dir == str(tmp_path / "job" / "checkpoints")
     if recipe == "lora":
         assert parsed.lora.r == 4 and parsed.merge_lora
     if recipe == "dpo":
         assert parsed.hyperparameters.dpo_beta == 0.1
+
+
+@pytest.mark.parametrize("recipe,model,hyper,extra,param", [
+    ("lora", {"preset": "tiny"}, {}, {"lora": {"r": 4}}, "model"),  # an adapter needs a trained base
+    ("dpo", {"preset": "tiny"}, {}, {}, "model"),
+    ("lora", {"base": "/m"}, {}, {"lora": {"rank": 4}}, "lora.rank"),  # the job's LoraSpec forbids unknown keys
+    ("lora", {"base": "/m"}, {}, {"lora": {"r": 0}}, "lora.r"),
+    ("lora", {"base": "/m"}, {}, {"lora": {"dropout": 1.5}}, "lora.dropout"),
+    ("sft", {"base": "/m"}, {"seq_len": 4}, {}, "hyperparameters.seq_len"),  # the job's minimum is 8
+])
+def test_a_spec_the_job_would_refuse_names_the_requests_field(recipe, model, hyper, extra, param, tmp_path):
+    """What ``trainer.run`` would refuse at start-up is refused where the spec is built (at create), with the
+    field of the request."""
+    method = {"type": "dpo"} if recipe == "dpo" else {}
+    h = resolve_hyperparameters(hyper, method, recipe, examples=12, seed=1)
+    with pytest.raises(SpecError) as err:
+        build_spec(recipe=recipe, model=model, train="/t.jsonl", validation=None, hparams=h, extra=extra,
+                   paths=JobPaths(tmp_path), name="ft")
+    assert err.value.param == param
+    assert param.split(".")[-1] in str(err.value)
 
 
 def test_param_count_matches_the_weights(default_model: Path):
