@@ -59,9 +59,11 @@ class EvalSettings(ServiceSettings):
     """Required suites of the promotion gate as JSON: ``suite``, ``metric``, ``params``, an absolute
     ``threshold`` (a ceiling for lower-is-better metrics, a floor otherwise) and a relative ``tolerance``
     of regression against the alias's current version."""
-    rollout: Literal["embedded", "kubernetes", "none"] = "embedded"
-    """How workers follow a promotion: move aliases between local workers, patch the worker
-    Deployment (a rolling update), or only move the alias in the registry."""
+    rollout: Literal["embedded", "ondemand", "kubernetes", "none"] = "embedded"
+    """How workers follow a promotion: move aliases between local workers (``embedded``); have the router
+    serve the version, which it starts on demand, and follow the registry's alias (``ondemand``: the chart's,
+    with worker Deployments started by the router); patch one fixed worker Deployment (``kubernetes``, a
+    rolling update); or only move the alias in the registry (``none``)."""
     k8s_namespace: str = "default"
     """Namespace of the worker Deployment (``rollout=kubernetes``)."""
     k8s_deployment: str = "llmsvc-worker"

@@ -31,6 +31,10 @@ def build_rollout(settings: EvalSettings, client: ModelClient):
         from services.lifecycle.rollout import EmbeddedRollout
 
         return EmbeddedRollout(client.router, timeout_s=settings.serve_timeout_s)
+    if settings.rollout == "ondemand":
+        from services.lifecycle.rollout import OnDemandRollout
+
+        return OnDemandRollout(client.router, timeout_s=settings.serve_timeout_s)
     from services.lifecycle.rollout import RegistryOnlyRollout
 
     return RegistryOnlyRollout()

@@ -7,8 +7,9 @@ answers to the alias for another version. A draining worker turns NOT_SERVING
 and reports ``draining``, so the router sends it nothing new, while its
 in-flight streams run to completion within its grace period; then it exits.
 
-Kubernetes: see :mod:`services.lifecycle.kubernetes` (a rolling update of the
-worker Deployment with ``maxUnavailable: 0``).
+In a cluster whose router starts versions on demand (the chart): :class:`OnDemandRollout`. With a fixed
+worker Deployment per alias: :mod:`services.lifecycle.kubernetes` (a rolling update of that Deployment with
+``maxUnavailable: 0``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class EmbeddedRollout:
         finally:
             await channel.close()
 
-    async def apply(self, alias: str, version: str, path: str | None) -> dict:
-        """Returns ``{"serving": [addresses], "drained": [addresses]}``."""
+    async def _ensure_served(self, version: str) -> list:
+        """The healthy workers of ``version``, which the router starts on demand if none serves it."""
         try:
             ask = router_pb2.EnsureServedRequest(model=version, wait_s=self.timeout_s)
             ensured = await self.router.EnsureServed(ask, timeout=self.timeout_s + 30.0, metadata=request_metadata())
@@ -60,6 +61,11 @@ class EmbeddedRollout:
         new = [w for w in await self._workers() if w.load.models[0] == version]
         if not new:
             raise RolloutError(f"no healthy worker serves {version}; start one before promoting")
+        return new
+
+    async def apply(self, alias: str, version: str, path: str | None) -> dict:
+        """Returns ``{"serving": [addresses], "drained": [addresses]}``."""
+        new = await self._ensure_served(version)
         for w in new:
             aliases = [m for m in w.load.models[1:] if m != alias] + [alias]
             await self._call(w.address, "SetAliases", pb.SetAliasesRequest(aliases=aliases))
@@ -80,6 +86,19 @@ class EmbeddedRollout:
                 return
             await asyncio.sleep(0.25)
         raise RolloutError(f"the router did not {what} in time")
+
+
+class OnDemandRollout(EmbeddedRollout):
+    """In a cluster (the chart's choice when the router starts versions as worker Deployments): the registry
+    already says where the alias points, and the router follows it (an alias goes to a worker of the version
+    it names; a worker that still answers to it for another version serves it only while that version
+    starts). So a promotion makes sure the version is served (the router starts its Deployment) and has it
+    ready before it returns; nothing is drained. The chart's own worker Deployment keeps serving its version
+    under that version's id (pods it restarts claim the alias again from their environment, which the router
+    no longer follows), and a version the router started stops once idle with no alias on it."""
+
+    async def apply(self, alias: str, version: str, path: str | None) -> dict:
+        return {"serving": [w.address for w in await self._ensure_served(version)], "drained": []}
 
 
 class RegistryOnlyRollout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -47,6 +48,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.max_attempts = max(1, max_attempts)
         # Set on SIGTERM: multiplexed calls refuse new streams and end once theirs have finished.
         self.draining = False
+        self._behind: dict[str, asyncio.Task] = {}
+        """Versions being started behind an alias a worker of another version still answers to."""
 
     async def _candidates(self, model: str, policy: str, context: grpc.aio.ServicerContext) -> list[Worker]:
         workers = self.pool.routable(model)
@@ -88,10 +91,39 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def _existing(self, found: FullVersion, asked: str) -> str | None:
         """The name a running worker serves a registered full version under (asked for as ``asked``): the name
         itself when a worker claims it, or the name of a worker serving its folder; None when it must be started
-        (without an on-demand starter, the name itself: the pool says unknown or unavailable)."""
-        if self.pool.claims(asked) or self.ondemand is None:
+        (without an on-demand starter, the name itself: the pool says unknown or unavailable).
+
+        An alias follows the registry, as an adapter's does: a worker that still answers to it for another
+        version (the chart's worker Deployment, which takes its aliases from its environment at every start;
+        one being replaced) is not the alias's once the registry moved it. That worker serves the alias only
+        while the version it points at starts (started here, without waiting), so a promotion moves what the
+        alias serves in a cluster too, with no request refused in between."""
+        if self.ondemand is None:
             return asked
-        return self.pool.base_name(frozenset({found.name}), frozenset({norm_path(found.path)}))
+        version = self.pool.base_name(frozenset({found.name}), frozenset({norm_path(found.path)}))
+        if asked == found.name:
+            return asked if self.pool.claims(asked) else version
+        if version is not None and self.pool.routable(version):
+            return version
+        if self.pool.routable(asked):
+            self._start_behind(found)
+            return asked
+        return None
+
+    def _start_behind(self, found: FullVersion) -> None:
+        """Start ``found`` without waiting for it (requests go elsewhere meanwhile); one start at a time."""
+        if found.name in self.ondemand.started or found.name in self._behind:
+            return
+
+        async def start() -> None:
+            try:
+                await self.ondemand.ensure(found.name, found.path, 0.0)
+            except (NoCapacity, StartFailed) as exc:
+                log.warning("%s: not started behind its alias: %s", found.name, exc)
+            finally:
+                self._behind.pop(found.name, None)
+
+        self._behind[found.name] = asyncio.get_running_loop().create_task(start())
 
     async def _base_of(self, adapter: Adapter, context) -> str:
         """The name a worker of the adapter's base serves it under; a registered full base is started."""

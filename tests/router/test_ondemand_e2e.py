@@ -25,6 +25,7 @@ from services.common.pb import router_pb2
 
 LOAD_WAIT_S = 3
 IDLE_STOP_S = 20
+STATIC_ALIAS = "odstatic"
 
 
 async def _registry(url: str, action, *args):
@@ -58,6 +59,8 @@ def od(tmp_path_factory, default_model, api_key):
     shutil.copytree(default_model, broken)
     (broken / "config.json").write_text("{not json")
     cfg = StackConfig.ephemeral(home, default_model, api_key, spare_worker_ports=[free_port()],
+                                # The worker answers to an alias from its environment, as the chart's does.
+                                model_aliases=[STATIC_ALIAS],
                                 metrics_ports={"router": free_port()},
                                 extra_env={"LLMSVC_ROUTER_LOAD_WAIT_S": str(LOAD_WAIT_S),
                                            "LLMSVC_ROUTER_IDLE_STOP_S": str(IDLE_STOP_S),
@@ -205,3 +208,52 @@ def test_an_idle_version_is_stopped(od):
     assert ids["b"] not in _served_by_workers(stack)
     assert _metric(stack, "llmsvc_router_ondemand_stops_total", reason="idle") >= 1
     assert not _release(stack, ids["b"]).stopped  # nothing left to release
+
+
+def test_an_alias_follows_the_registry_past_a_worker_that_still_answers_to_it(od):
+    """A promotion in a cluster: the chart's worker Deployment answers to its alias from its environment (here
+    the stack's worker answers to ``odstatic`` for the default model), and a promotion moves the alias in the
+    registry. Requests for the alias then go to the version the registry names: the old worker serves them
+    only while that version starts (started by the first of them, none refused), then the version does.
+    The chart's rollout (``OnDemandRollout``) has the version ready when it returns and drains nothing."""
+    from services.common.pb import router_pb2_grpc
+    from services.lifecycle.rollout import OnDemandRollout
+
+    stack, ids = od
+    b, base = ids["b"], stack.cfg.model.name
+    assert b not in _served_by_workers(stack)  # stopped idle by the test before
+    with _http(stack) as http:
+        r = _chat(http, STATIC_ALIAS)
+        assert r.status_code == 200 and r.json()["model"] == base, r.text  # no registry alias: the worker's own
+        asyncio.run(_registry(stack.cfg.db_url, "alias", STATIC_ALIAS, b))
+        time.sleep(3)  # the router sees a registry change within LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S (2 s)
+        try:
+            served = []
+            deadline = time.monotonic() + 300
+            while not served or served[-1] != b:
+                assert time.monotonic() < deadline, served
+                r = _chat(http, STATIC_ALIAS)
+                assert r.status_code == 200, r.text  # while b starts, the old worker answers: nothing is refused
+                served.append(r.json()["model"])
+                time.sleep(0.5)
+            assert served[0] == base and set(served) == {base, b}, served
+            assert {STATIC_ALIAS, base, b} <= _served_by_workers(stack)  # the old worker still claims the alias
+
+            async def promote():
+                channel = stack.channel(stack.cfg.router_port)
+                try:
+                    return await OnDemandRollout(router_pb2_grpc.RouterStub(channel), timeout_s=120).apply(
+                        STATIC_ALIAS, b, None)
+                finally:
+                    await channel.close()
+
+            done = asyncio.run(promote())
+            assert done["serving"] and not done["drained"]
+            assert base in _served_by_workers(stack)  # nothing drained: the old worker serves its own version
+            assert _chat(http, base).json()["model"] == base
+            assert _chat(http, STATIC_ALIAS).json()["model"] == b
+        finally:
+            asyncio.run(_registry(stack.cfg.db_url, "unalias", STATIC_ALIAS))
+    time.sleep(3)
+    with _http(stack) as http:
+        assert _chat(http, STATIC_ALIAS).json()["model"] == base  # the registry forgot it: the worker's own again

@@ -56,6 +56,29 @@ def test_the_chart_turns_it_on_for_the_router(cluster):
     assert float(env["LLMSVC_ROUTER_LOAD_WAIT_S"]) > 0 and float(env["LLMSVC_ROUTER_IDLE_STOP_S"]) > 0
 
 
+def _eval_env(docs: list[dict]) -> dict:
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"].get("app.kubernetes.io/component")
+              == "eval"]
+    return env_of(dep["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_promotion_in_the_cluster_follows_the_routers_starts(rendered):
+    """With the router starting versions as Deployments, the eval service's promotions have it serve the version
+    (``OnDemandRollout``; tests/router/test_ondemand_e2e.py runs it on a live router); without, they only move
+    the alias in the registry."""
+    from services.eval.config import EvalSettings
+    from services.eval.main import build_rollout
+    from services.lifecycle.rollout import OnDemandRollout, RegistryOnlyRollout
+
+    env = _eval_env(rendered)
+    assert env["LLMSVC_EVAL_ROLLOUT"] == "ondemand"
+    client = type("Client", (), {"router": object()})()
+    assert isinstance(build_rollout(EvalSettings(rollout=env["LLMSVC_EVAL_ROLLOUT"]), client), OnDemandRollout)
+    off = _eval_env(manifests({"router": {"ondemand": {"enabled": False}}}))
+    assert off["LLMSVC_EVAL_ROLLOUT"] == "none"
+    assert isinstance(build_rollout(EvalSettings(rollout="none"), client), RegistryOnlyRollout)
+
+
 def test_a_version_gets_its_own_worker_deployment_copied_from_the_charts(cluster, rendered):
     fake, launcher, template, _env = cluster
     asyncio.run(launcher.start("adder-v2", "/models/adder/2"))
