@@ -58,8 +58,11 @@ REGISTRY: dict[str, list[str] | str] = {
     "## Fine-tune [c1d25d40160c]": [
         "tests/trainer_service/test_api_e2e.py::test_the_readme_fine_tune_example_runs_as_written",
     ],
-    # llmsvc eval run / eval compare / models promote
-    "## Evaluate and promote [5c37ef7b0464]": [PARSED],
+    # llmsvc eval run (twice) / eval compare / models promote
+    "## Evaluate and promote [7608f2bbf9e0]": [
+        "tests/eval/test_readme_eval_block.py::test_the_readme_eval_and_promote_lines_run_as_written",
+        PARSED,
+    ],
     # llmsvc keys create / list / usage / revoke
     "## Auth: keys, limits, usage [6b3127cc9396]": [
         "tests/cli/test_readme_keys.py::test_the_readme_key_commands_run_as_written",
@@ -85,11 +88,6 @@ UNTESTED: dict[str, str] = {
         "port 8000 and the default model's first-run build (minutes) before vLLM serves; "
         "tests/cli/test_up.py runs `python -m services.cli.main up --home --port --model` instead. "
         "`bash scripts/test.sh` is the whole suite, which no test can run.",
-    "## Evaluate and promote [5c37ef7b0464]":
-        "only parsed: no test runs `llmsvc eval run adder-v1 perplexity`, `llmsvc eval compare tiny-chat-v1 "
-        "adder-v1` or `llmsvc models promote tiny-chat adder-v1`; it needs the eval stack with vLLM and versions "
-        "tiny-chat-v1 and adder-v1 (tests/eval/test_generation.py runs `eval compare` with other arguments, "
-        "tests/eval/test_promotion.py promotes over HTTP).",
     "## Kubernetes [a7ffa4dab6ed]":
         "checked offline only (files, namespace, Secrets, helm lint and render with each values file, the test "
         "Pod): no test runs kubectl or helm against a cluster, which needs one (kind) with a ReadWriteMany "
