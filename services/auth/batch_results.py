@@ -22,7 +22,7 @@ from services.common.pb import batches_pb2 as pb
 from services.common.pb import batches_pb2_grpc
 
 from . import metrics
-from .guard import GuardedLimiter
+from .gate import Gate
 from .store import Store, UsageRow
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,9 @@ class BatchResultsServicer(batches_pb2_grpc.BatchResultsServicer):
     """Records lines with group commit: the lines that arrive while one transaction is being written go
     together in the next (a batch's lines often end together: the same length, decoded side by side)."""
 
-    def __init__(self, store: Store, limiter: GuardedLimiter, timeout_s: float = 5.0,
-                 codec: IdentityCodec | None = None) -> None:
+    def __init__(self, store: Store, gate: Gate, timeout_s: float = 5.0, codec: IdentityCodec | None = None) -> None:
         self.store = store
-        self.limiter = limiter
+        self.gate = gate
         self.sessions = session_factory(store.engine)
         self.timeout_s = timeout_s
         self.codec = codec or IdentityCodec()
@@ -88,10 +87,7 @@ class BatchResultsServicer(batches_pb2_grpc.BatchResultsServicer):
                     fut.set_result(result)
             # Settled as ReportUsage would; idempotent, so the gateway's own report (which follows unless the
             # gateway died) settles nothing twice. Done after the answers: the callers need not wait for it.
-            await asyncio.gather(*(self._settle(u) for u in usage if u.reservation_id))
-
-    async def _settle(self, u) -> None:
-        try:
-            await self.limiter.settle(u.key_id, u.reservation_id, max(0, u.prompt_tokens) + max(0, u.completion_tokens))
-        except Exception as exc:  # noqa: BLE001 - a lost settle only over-counts until the window passes
-            log.warning("batch results: settling %s: %s", u.reservation_id, exc)
+            for u, outcome in zip(usage, await asyncio.gather(*map(self.gate.settle, usage), return_exceptions=True),
+                                  strict=True):
+                if isinstance(outcome, Exception):  # a lost settle only over-counts until the window passes
+                    log.warning("batch results: settling %s: %s", u.reservation_id, outcome)

@@ -162,10 +162,14 @@ class Gate:
 
     async def report(self, req: pb.ReportUsageRequest) -> str:
         """Settle the reservation to the tokens used and record the usage; returns the record's outcome."""
-        used = max(0, req.prompt_tokens) + max(0, req.completion_tokens)
-        if req.reservation_id:
-            await self.limiter.settle(req.key_id, req.reservation_id, used)
+        await self.settle(req)
         return await self.recorder.record(UsageRow.from_report(req))
+
+    async def settle(self, req: pb.ReportUsageRequest) -> None:
+        """Replace the report's reservation with the tokens it used (idempotent: a second settle is a no-op)."""
+        if req.reservation_id:
+            await self.limiter.settle(req.key_id, req.reservation_id,
+                                      max(0, req.prompt_tokens) + max(0, req.completion_tokens))
 
     def take_used(self) -> dict:
         """Keys used since the last call, with when (for ``last_used_at``)."""

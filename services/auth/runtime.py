@@ -123,7 +123,7 @@ class AuthRuntime:
              (responses_pb2_grpc.add_ResponseStoreServicer_to_server,
               ResponseStoreServicer(self.store.engine, self.settings.db_timeout_s), RESPONSES_SERVICE),
              (batches_pb2_grpc.add_BatchResultsServicer_to_server,
-              BatchResultsServicer(self.store, self.gate.limiter, self.settings.db_timeout_s), BATCH_RESULTS_SERVICE)],
+              BatchResultsServicer(self.store, self.gate, self.settings.db_timeout_s), BATCH_RESULTS_SERVICE)],
             interceptors=[AdminAuthInterceptor(self.gate)],
         )
 

@@ -124,6 +124,10 @@ class OnDemand:
                     self._mark_ready(started)
                 self.touch(version)
                 return True
+            if started is None and not self.pool.claims(version):  # the worker that knew it did not come back
+                started = await self._start(version, path)
+            elif started is not None and started.ready_at is not None and self.launcher.failure(version):
+                started = await self._start(version, path)  # it had served and has exited since: start it again
             if started is not None and (why := self._failure(version, started)):
                 raise StartFailed(f"The model '{version}' could not be started: {why}.")
             left = deadline - time.monotonic()
@@ -158,9 +162,13 @@ class OnDemand:
     async def _start(self, version: str, path: str) -> Started:
         async with self._lock:
             if (s := self.started.get(version)) is not None:
-                if s.ready_at is None or self.launcher.failure(version) is None:
+                exited = self.launcher.failure(version) is not None
+                if s.ready_at is None or (not exited and self.pool.claims(version)):
                     return s
-                self._gone(s)  # it served, then exited (drained by a rollout, killed): start it again
+                if exited:
+                    self._gone(s)  # it served, then exited (killed, or drained and gone): start it again
+                else:  # drained by a rollout and still finishing: let it go, and start a new one
+                    await self._stop(s, "drained")
             failed = self.failed.get(version)
             if failed and time.monotonic() - failed[0] < self.retry_failed_s:
                 raise StartFailed(f"The model '{version}' could not be started: {failed[1]}.")

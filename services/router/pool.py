@@ -155,9 +155,11 @@ class WorkerPool:
 
     def claims(self, model: str, stale_s: float = 30.0) -> bool:
         """A worker serves ``model``, or did within ``stale_s`` (ejected for a moment, it may come back): a
-        dead worker's names stop counting, so its version can be started again."""
+        dead worker's names stop counting, so its version can be started again. A draining worker (a rollout
+        moved its alias away, or it is stopping) never serves again: it claims nothing."""
         now = time.monotonic()
-        return any(model in w.models and (w.healthy or now - w.last_ok < stale_s) for w in self.workers.values())
+        return any(model in w.models and not w.load.draining and (w.healthy or now - w.last_ok < stale_s)
+                   for w in self.workers.values())
 
     def forget(self, model: str) -> None:
         """A worker serving ``model`` was stopped on purpose: route nothing more to it and let its names go."""

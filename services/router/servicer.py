@@ -355,7 +355,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             served = await self._base_of(found, context)
             return router_pb2.EnsureServedResponse(served_as=served, ready=bool(self.pool.routable(served)))
         if isinstance(found, FullVersion) and self.ondemand is not None:
-            if existing := self._existing(found, request.model):
+            existing = self._existing(found, request.model)
+            # A worker that knows the version by its own id but cannot take requests now (ejected) is waited for
+            # below, and the version started if that worker does not come back.
+            if existing and (self.pool.routable(existing) or existing != found.name):
                 return router_pb2.EnsureServedResponse(served_as=existing, ready=bool(self.pool.routable(existing)))
             running = found.name in self.ondemand.started or self.pool.claims(found.name)
             try:

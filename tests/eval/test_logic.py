@@ -68,6 +68,19 @@ def test_gate_verdicts(req, cand, cur, passed):
     assert check.passed is passed, check.reason
 
 
+def test_the_default_gate_passes_the_built_in_model_and_refuses_a_broken_one():
+    """The default gate's ceiling: the built-in tiny-chat's perplexity on heldout.txt (about 2,200, measured on a
+    fresh ``llmsvc up``) is within it, so a promotion there is judged by regression; NaN and infinite are not."""
+    from services.eval.config import EvalSettings
+
+    (req,) = [gate.Requirement.parse(r) for r in EvalSettings().gate]
+    metric = {"value": 2268.0, "higher_is_better": False}
+    assert gate.evaluate(req, metric, {"value": 2260.0, "higher_is_better": False}).passed
+    assert "regresses" in gate.evaluate(req, metric, {"value": 2000.0, "higher_is_better": False}).reason
+    for broken in (math.nan, math.inf):
+        assert not gate.evaluate(req, {"value": broken, "higher_is_better": False}, None).passed
+
+
 def test_gate_fails_without_a_measurement_and_says_why():
     check = gate.evaluate(PPL, None, None, candidate_error="the run failed: boom")
     assert not check.passed and "boom" in check.reason

@@ -160,3 +160,19 @@ def test_force_needs_no_gate_and_is_audited(gw, lifecycle, eval_pg_url):
     assert last.action == "force_promote" and last.details["version_id"] == lifecycle["v2"]
     assert last.actor  # the key id that forced it
     assert _alias(eval_pg_url, alias) == lifecycle["v2"]
+
+
+def test_rollback_right_after_a_promotion_starts_the_drained_version_again(gw, eval_stack, lifecycle, eval_pg_url):
+    """The promotion before this one drained v3's worker (moments ago: the router still remembers it). Rolling
+    back to v3 starts it again on a free slot, and the alias answers from it: a drained worker claims its
+    version no more, so the router neither waits for it nor answers "not ready" at once."""
+    alias = lifecycle["alias"]
+    assert lifecycle["v3"] not in _routable(eval_stack)
+    r = gw.post(f"/v1/models/{alias}/rollback")
+    assert r.status_code == 200, r.text
+    assert _alias(eval_pg_url, alias) == lifecycle["v3"]
+    assert _audit(eval_pg_url, alias)[-1].action == "rollback"
+    assert lifecycle["v3"] in _routable(eval_stack)
+    reply = gw.post("/v1/chat/completions", json={"model": alias, "max_tokens": 2,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200 and reply.json()["model"] == lifecycle["v3"], reply.text
