@@ -1,6 +1,7 @@
-"""README.md's fenced code blocks, each with the heading it is under, its text and a stable key.
+"""The fenced code blocks of README.md and of each ``services/*/README.md``, each with the heading it is under,
+its text and a stable key.
 
-The README is a test: every command it shows runs in a test, as written. ``tests/test_readme_blocks.py`` holds
+The READMEs are tests: every command they show runs in a test, as written. ``tests/test_readme_blocks.py`` holds
 the registry from each block's key to the tests that run it; tests that run a block find it here, by heading
 (:func:`block`), rather than by a regular expression of their own.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+SERVICE_READMES = sorted(ROOT.glob("services/*/README.md"))
+"""The services' own READMEs, whose blocks the registry covers as README.md's."""
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
@@ -31,7 +34,9 @@ class Block:
     text: str
     """The lines between the fences, each ending in a newline."""
     line: int
-    """1-based line of the opening fence in README.md."""
+    """1-based line of the opening fence in its file."""
+    source: str = "README.md"
+    """The file, relative to the repository (``services/trainer/README.md``)."""
 
     @property
     def digest(self) -> str:
@@ -39,8 +44,10 @@ class Block:
 
     @property
     def key(self) -> str:
-        """``<heading> [<first 12 hex of sha256(text)>]``: changes whenever the block's text or heading does."""
-        return f"{self.heading} [{self.digest}]"
+        """``<heading> [<first 12 hex of sha256(text)>]``, after ``<source>: `` for a file other than README.md:
+        changes whenever the block's text, heading or file does."""
+        key = f"{self.heading} [{self.digest}]"
+        return key if self.source == "README.md" else f"{self.source}: {key}"
 
     @property
     def first_line(self) -> str:
@@ -74,7 +81,7 @@ def variants(words: list[str]) -> list[list[str]]:
     return [bare] if bare == full else [bare, full]
 
 
-def parse(text: str) -> list[Block]:
+def parse(text: str, source: str = "README.md") -> list[Block]:
     """Every fenced block of a Markdown text (backtick or tilde fences, CommonMark's closing rule)."""
     blocks: list[Block] = []
     heading, fence, lang, body, start = "", "", "", [], 0
@@ -82,7 +89,7 @@ def parse(text: str) -> list[Block]:
         if fence:
             stripped = line.strip()
             if stripped.startswith(fence[0] * len(fence)) and set(stripped) == {fence[0]}:
-                blocks.append(Block(heading, lang, "".join(s + "\n" for s in body), start))
+                blocks.append(Block(heading, lang, "".join(s + "\n" for s in body), start, source))
                 fence = ""
             else:
                 body.append(line)
@@ -91,17 +98,22 @@ def parse(text: str) -> list[Block]:
         elif m := _HEADING.match(line):
             heading = f"{m.group(1)} {m.group(2)}"
     if fence:
-        raise ValueError(f"README.md line {start}: a ``` fence is never closed")
+        raise ValueError(f"{source} line {start}: a ``` fence is never closed")
     return blocks
 
 
 def blocks(path: Path = README) -> list[Block]:
-    return parse(path.read_text())
+    return parse(path.read_text(), str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name)
 
 
-def block(heading: str, lang: str | None = None, index: int = 0) -> Block:
-    """The ``index``-th block (of ``lang``, if given) under ``heading`` (written with its ``#``s)."""
-    found = [b for b in blocks() if b.heading == heading and lang in (None, b.lang)]
+def all_blocks() -> list[Block]:
+    """README.md's blocks, then each service README's."""
+    return [b for path in (README, *SERVICE_READMES) for b in blocks(path)]
+
+
+def block(heading: str, lang: str | None = None, index: int = 0, path: Path = README) -> Block:
+    """The ``index``-th block (of ``lang``, if given) under ``heading`` (written with its ``#``s) in ``path``."""
+    found = [b for b in blocks(path) if b.heading == heading and lang in (None, b.lang)]
     if len(found) <= index:
-        raise LookupError(f"README.md has no {lang or ''} block #{index} under {heading!r}")
+        raise LookupError(f"{path.name} has no {lang or ''} block #{index} under {heading!r}")
     return found[index]

@@ -1,7 +1,8 @@
 """The README is a test: every command it shows runs in a test, as written. This guard keeps that true.
 
-Each fenced code block of README.md (``tests/readme.py`` parses them) is known here by its key, ``<heading>
-[<first 12 hex of the sha256 of its text>]``, so any edit to a block, or a move under another heading, gives it
+Each fenced code block of README.md and of every ``services/*/README.md`` (``tests/readme.py`` parses them) is
+known here by its key, ``<heading> [<first 12 hex of the sha256 of its text>]`` (after ``<file>: `` for a
+service's README), so any edit to a block, or a move under another heading, gives it
 a new key. ``REGISTRY`` maps each key to the tests that run (or check) that block as written, read from
 README.md; a block that is not a command (sample output, a JSON shape) may have ``"not a command: <what it
 is>"`` instead. ``UNTESTED`` names, for now, what no test runs yet: a block in it alone has no test at all, a
@@ -17,7 +18,7 @@ import ast
 import functools
 from pathlib import Path
 
-from tests.readme import ROOT, Block, blocks, parse
+from tests.readme import ROOT, Block, all_blocks, parse
 
 HERE = "tests/test_readme_blocks.py"
 NOT_A_COMMAND = "not a command: "
@@ -31,7 +32,11 @@ K8S_OFFLINE = [f"{K8S}::test_every_line_works_in_the_namespace_the_block_creates
 
 REGISTRY: dict[str, list[str] | str] = {
     # bash scripts/install.sh && .venv/bin/llmsvc up / bash scripts/test.sh
+    # The first line runs as written in tests/cli/test_quick_start.py (a fresh home, port 8000, a 60-step
+    # build); the second is the command .ci/run runs, the whole suite.
     "# llmsvc [6544246a90e1]": [
+        "tests/cli/test_quick_start.py::"
+        "test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000_and_stops_on_ctrl_c",
         f"{CLI}::test_the_quick_start_scripts_exist_and_parse",
         f"{CLI}::test_the_quick_start_runs_the_console_script_install_sh_makes",
         PARSED,
@@ -79,15 +84,14 @@ REGISTRY: dict[str, list[str] | str] = {
         *K8S_OFFLINE,
         f"{K8S}::test_the_model_path_listed_is_where_the_job_writes_on_the_store_the_trainer_mounts",
     ],
+    # services/*/README.md. The trainer's: a fine-tune's client calls (create, retrieve, events, checkpoints, cancel)
+    "services/trainer/README.md: ## With the OpenAI client [7295bcb9ac59]": [
+        "tests/trainer_service/test_api_e2e.py::test_the_trainer_readme_client_example_runs_as_written",
+    ],
 }
 
 # What no test runs yet. Keep it short: a test that runs the block as written takes its entry out.
 UNTESTED: dict[str, str] = {
-    "# llmsvc [6544246a90e1]":
-        "neither line runs as written. `bash scripts/install.sh && .venv/bin/llmsvc up` needs a fresh home, "
-        "port 8000 and the default model's first-run build (minutes) before vLLM serves; "
-        "tests/cli/test_up.py runs `python -m services.cli.main up --home --port --model` instead. "
-        "`bash scripts/test.sh` is the whole suite, which no test can run.",
     "## Kubernetes [a7ffa4dab6ed]":
         "checked offline only (files, namespace, Secrets, helm lint and render with each values file, the test "
         "Pod): no test runs kubectl or helm against a cluster, which needs one (kind) with a ReadWriteMany "
@@ -123,7 +127,7 @@ def _test_problem(test_id: str, root: Path) -> str | None:
 
 
 def _describe(b: Block) -> str:
-    return f"README.md line {b.line} ({b.heading or 'before any heading'}), the ```{b.lang} block `{b.first_line}`"
+    return f"{b.source} line {b.line} ({b.heading or 'before any heading'}), the ```{b.lang} block `{b.first_line}`"
 
 
 def problems(readme: list[Block], registry: dict, untested: dict, root: Path = ROOT) -> list[str]:
@@ -180,7 +184,7 @@ def problems(readme: list[Block], registry: dict, untested: dict, root: Path = R
 
 
 def test_every_readme_block_is_run_by_a_registered_test_that_exists():
-    found = problems(blocks(), REGISTRY, UNTESTED)
+    found = problems(all_blocks(), REGISTRY, UNTESTED)
     assert not found, f"{len(found)} README block problem(s):\n\n" + "\n\n".join(found)
 
 

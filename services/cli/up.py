@@ -20,7 +20,29 @@ def default_home() -> Path:
     return Path(os.environ.get("LLMSVC_HOME", Path.home() / ".llmsvc"))
 
 
-def ensure_default_model(home: Path) -> Path:
+STEPS_ENV = "LLMSVC_TINY_CHAT_STEPS"
+"""Train the first-run tiny-chat for this many optimizer steps instead of the recipe's (1,800): a quicker,
+weaker model, for a first look on a slow machine (and the quick-start test)."""
+
+
+def build_overrides(environ: dict[str, str]) -> dict:
+    """The tiny-chat build's overrides from :data:`STEPS_ENV`: fewer steps see proportionally fewer
+    conversations (the recipe's ~111 a step); {} when unset."""
+    from trainer.spec import TINY_CHAT_HYPERPARAMETERS
+
+    recipe_steps = TINY_CHAT_HYPERPARAMETERS["steps"]
+    raw = environ.get(STEPS_ENV, "").strip()
+    if not raw:
+        return {}
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{STEPS_ENV}={raw!r}: give a whole number of training steps (the recipe's is "
+                         f"{recipe_steps}), or unset it")
+    steps = int(raw)
+    return {"hyperparameters": {"steps": steps, "warmup_steps": min(50, max(1, steps // 10))},
+            "tiny_chat": {"examples": max(1000, min(200_000, steps * 111))}}
+
+
+def ensure_default_model(home: Path, overrides: dict | None = None) -> Path:
     """Train the tiny-chat default model on first run (a few minutes on CPU, with a progress bar); reuse it
     afterwards. An interrupted build resumes from its last checkpoint on the next run."""
     from trainer.tiny_chat import build
@@ -28,12 +50,18 @@ def ensure_default_model(home: Path) -> Path:
     path = home / "models" / "tiny-chat"
     if (path / "config.json").exists():
         return path
-    console.print("Training the default model [bold]tiny-chat[/] (first run only; a few minutes on CPU)…")
+    overrides = overrides or {}
+    steps = overrides.get("hyperparameters", {}).get("steps")
+    console.print("Training the default model [bold]tiny-chat[/] (first run only; a few minutes on CPU)…"
+                  if steps is None else
+                  f"Training the default model [bold]tiny-chat[/] for {steps} steps ({STEPS_ENV}; fewer than the "
+                  f"recipe's make a weaker model)…")
     with Progress(TextColumn("[bold]tiny-chat[/]"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=None)
-        build(path, progress=lambda step, total, label: progress.update(task, completed=step, total=total,
-                                                                        description=label))
+        build(path, overrides=overrides,
+              progress=lambda step, total, label: progress.update(task, completed=step, total=total,
+                                                                  description=label))
     return path
 
 
@@ -61,7 +89,12 @@ def run_up(args) -> int:
             console.print(f"[red]{model} is not a Hugging Face model directory[/] (no config.json).")
             return 2
     else:
-        model = ensure_default_model(home)
+        try:
+            overrides = build_overrides(os.environ)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 2
+        model = ensure_default_model(home, overrides)
     key = load_or_create_key(home, args.api_key or os.environ.get("LLMSVC_API_KEY"))
     from services.auth import keys
 

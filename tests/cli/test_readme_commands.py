@@ -1,7 +1,8 @@
 """The README's ``llmsvc`` and setup commands, read from README.md as written.
 
-Every ``llmsvc …`` line of a README block is parsed by the real CLI parser (an optional ``[…]`` part both
-left out and given); the quick start's scripts exist and parse as bash, ``scripts/install.sh`` makes the
+Every ``llmsvc …`` line of a README block, and every inline ```llmsvc …``` of README.md and the services'
+READMEs, is parsed by the real CLI parser (an optional ``[…]`` part both left out and given; upper-case words
+such as ``JOB`` stand for a value); the quick start's scripts exist and parse as bash, ``scripts/install.sh`` makes the
 ``.venv`` whose console script the quick start runs, and that console script answers. What the commands do
 against a running stack is tested elsewhere, with other arguments (see tests/test_readme_blocks.py).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import build_parser
-from tests.readme import ROOT, Block, block, blocks, variants
+from tests.readme import README, ROOT, SERVICE_READMES, Block, block, blocks, variants
 
 
 def _llmsvc_lines(b: Block) -> list[list[str]]:
@@ -47,6 +48,29 @@ def test_every_llmsvc_command_in_the_readme_parses(readme_block, capsys):
             except SystemExit:
                 pytest.fail(f"README.md line {readme_block.line}+ ({readme_block.heading}): `llmsvc {' '.join(args)}`"
                             f" is refused by the CLI:\n{capsys.readouterr().err}")
+
+
+_INLINE = re.compile(r"`(llmsvc [^`]+)`")
+
+
+def _inline_commands() -> list[tuple[str, str]]:
+    """(``file:line``, command) for each ```llmsvc …``` in the text of README.md and the services' READMEs."""
+    found = []
+    for path in (README, *SERVICE_READMES):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            found += [(f"{path.relative_to(ROOT)}:{number}", m.group(1)) for m in _INLINE.finditer(line)]
+    return found
+
+
+def test_every_inline_llmsvc_command_in_the_readmes_parses(capsys):
+    commands = _inline_commands()
+    assert len(commands) > 20 and any(c.startswith("llmsvc train submit") for _, c in commands)
+    for where, command in commands:
+        for args in variants(command.split()[1:]):
+            try:
+                _strict(build_parser()).parse_args(args)
+            except SystemExit:
+                pytest.fail(f"{where}: `{command}` is refused by the CLI:\n{capsys.readouterr().err}")
 
 
 QUICKSTART = block("# llmsvc", "bash")

@@ -149,9 +149,7 @@ def test_the_readme_fine_tune_example_runs_as_written(client, trainer_stack, def
     """README's "## Fine-tune" code, unchanged, with ``client`` bound and a ``chat.jsonl`` in the working directory,
     on a home where ``tiny-chat`` is a registered version's alias, as the first ``llmsvc up`` leaves it (the random
     tiny model stands in for the trained one). The job it creates succeeds as ``adder-v1``, as the README says."""
-    home_model = trainer_stack.cfg.home / "models" / "tiny-chat"  # where `llmsvc up` builds its default model
-    home_model.symlink_to(default_model, target_is_directory=True)
-    assert ensure_default_version(trainer_stack.cfg.db_url, home_model) == ("tiny-chat-v1", ["tiny-chat"])
+    _tiny_chat_registered(trainer_stack, default_model)
     (tmp_path / "chat.jsonl").write_bytes(jsonl(CHAT))
     monkeypatch.chdir(tmp_path)
     scope = {"client": client}
@@ -162,6 +160,41 @@ def test_the_readme_fine_tune_example_runs_as_written(client, trainer_stack, def
     assert done.status == "succeeded" and done.fine_tuned_model == "adder-v1", done.error
     assert llmsvc(["models", "list", "--name", "adder", "--json", "--url", trainer_stack.cfg.db_url]) == 0
     assert [v["id"] for v in json.loads(capsys.readouterr().out)] == ["adder-v1"]
+
+
+def _tiny_chat_registered(stack, default_model) -> None:
+    """``tiny-chat`` as the first ``llmsvc up`` leaves it: the version ``tiny-chat-v1`` of the home's model folder,
+    with the alias (the random tiny model stands in for the trained one)."""
+    home_model = stack.cfg.home / "models" / "tiny-chat"  # where `llmsvc up` builds its default model
+    if not home_model.exists():
+        home_model.symlink_to(default_model, target_is_directory=True)
+    assert ensure_default_version(stack.cfg.db_url, home_model) == ("tiny-chat-v1", ["tiny-chat"])
+
+
+def test_the_trainer_readme_client_example_runs_as_written(client, trainer_stack, default_model, tmp_path,
+                                                           monkeypatch):
+    """services/trainer/README.md's client example, unchanged but for its address: it names 127.0.0.1:8000, where
+    ``llmsvc up`` serves (tests/cli/test_quick_start.py), and this stack serves on a free port. ``KEY`` is bound
+    to the stack's key and ``chat.jsonl`` is in the working directory. The job it creates from ``tiny-chat`` is
+    looked at (status, events, checkpoints) and then cancelled, as the README's last line does."""
+    from pathlib import Path
+
+    from tests.readme import ROOT
+
+    _tiny_chat_registered(trainer_stack, default_model)
+    (tmp_path / "chat.jsonl").write_bytes(jsonl(CHAT))
+    monkeypatch.chdir(tmp_path)
+    code = block("## With the OpenAI client", "python", path=Path(ROOT) / "services/trainer/README.md").text
+    assert code.count("http://127.0.0.1:8000/v1") == 1
+    code = code.replace("http://127.0.0.1:8000/v1", trainer_stack.cfg.base_url)
+    scope = {"KEY": trainer_stack.cfg.api_key}
+    exec(compile(code, "services/trainer/README.md", "exec"), scope)  # noqa: S102 - the README's code
+    job = scope["job"]
+    assert (job.model, job.training_file, job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (
+        "tiny-chat", scope["f"].id, 2, 8)
+    assert wait_final(client, job.id).status == "cancelled"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data]
+    assert any("cancel" in m.lower() for m in messages), messages
 
 
 def test_a_stopped_trainer_service_is_a_503(client, trainer_stack):
