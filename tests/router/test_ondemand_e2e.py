@@ -50,7 +50,7 @@ async def _registry(url: str, action, *args):
 
 
 @pytest.fixture(scope="module")
-def od(tmp_path_factory, default_model, api_key):
+def od(tmp_path_factory, default_model, api_key, pg_database):
     home = tmp_path_factory.mktemp("ondemand")
     store = home / "store"
     shutil.copytree(default_model, store / "a")
@@ -59,6 +59,7 @@ def od(tmp_path_factory, default_model, api_key):
     shutil.copytree(default_model, broken)
     (broken / "config.json").write_text("{not json")
     cfg = StackConfig.ephemeral(home, default_model, api_key, spare_worker_ports=[free_port()],
+                                database_url=pg_database(),  # the registry on PostgreSQL, as in a cluster
                                 # The worker answers to an alias from its environment, as the chart's does.
                                 model_aliases=[STATIC_ALIAS],
                                 metrics_ports={"router": free_port()},

@@ -5,7 +5,8 @@ gateway → auth → router (which reads the registry: which versions are adapte
 worker with multi-LoRA on, each service its own process. The worker holds at most two adapters in memory and
 one per batch (``LLMSVC_WORKER_MAX_CPU_LORAS=2``, ``LLMSVC_WORKER_MAX_LORAS=1``), so a rotation of three evicts.
 This worker also runs without a tool parser (``LLMSVC_WORKER_TOOL_PARSER=none``): offered tools are refused.
-The router has one spare worker slot, as ``llmsvc up`` gives it, where a full fine-tune is started.
+The router has one spare worker slot, as ``llmsvc up`` gives it, where a full fine-tune is started. The
+registry, keys and fine-tuning jobs are in a PostgreSQL database of the module's own.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 
 
 @pytest.fixture(scope="module")
-def lora_stack(tmp_path_factory, default_model, api_key):
+def lora_stack(tmp_path_factory, default_model, api_key, pg_database):
     home = tmp_path_factory.mktemp("lora-stack")
     (home / "models").mkdir()
     # The trainer's store holds the served base, so fine-tunes name it as the API does: model="tiny-random".
     (home / "models" / BASE).symlink_to(default_model, target_is_directory=True)
     cfg = StackConfig.ephemeral(home, default_model, api_key, metrics_ports={"worker0": free_port()},
                                 spare_worker_ports=[free_port()],
+                                database_url=pg_database(),  # registry, keys and jobs on PostgreSQL
                                 extra_env={"LLMSVC_WORKER_MAX_LORAS": "1", "LLMSVC_WORKER_MAX_CPU_LORAS": "2",
                                            "LLMSVC_WORKER_TOOL_PARSER": "none",
                                            "LLMSVC_ROUTER_ADAPTER_CACHE_TTL_S": "0.5"})
@@ -71,8 +73,8 @@ def register(lora_stack, default_model):
     return lambda name, path, parent=str(default_model), owner="": asyncio.run(_register(name, path, parent, owner))
 
 
-def _chat(client, model: str, **kw):
-    return client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=12, **kw)
+def _chat(client, model: str, messages: list[dict] = PROMPT, **kw):
+    return client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=12, **kw)
 
 
 def _worker_metric(stack: Stack, event: str) -> float:
@@ -137,12 +139,22 @@ def _finished(client, job_id: str):
 def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_jobs(client, lora_stack):
     """Two fine-tunes of the base: a LoRA adapter (served at once by the base's worker) and a full model, which
     the trainer has the router start as its job succeeds (the first request waits for it, up to the router's
-    ``load_wait_s``; the client's own retries cover a slower start). Then the three answer concurrently."""
-    rows = [{"messages": [{"role": "user", "content": f"What is {a} - {b}?"},
-                          {"role": "assistant", "content": str(a - b)}]} for a in range(6, 12) for b in range(6)]
-    f = client.files.create(file=("sub.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
-                            purpose="fine-tune")
-    full_job, lora_job = _job(client, f.id, "slate"), _job(client, f.id, "moss", lora={"r": 8, "alpha": 16})
+    ``load_wait_s``; the client's own retries cover a slower start). Each was taught one answer ("slate", "moss")
+    and gives it to a training prompt, which the base does not. Then the three answer concurrently."""
+    def taught(answer: str) -> str:
+        """A training file whose every answer is ``answer``: a few steps teach it even to the random base."""
+        rows = [{"messages": [{"role": "user", "content": f"What is {a} - {b}?"},
+                              {"role": "assistant", "content": answer}]} for a in range(6, 12) for b in range(6)]
+        return client.files.create(file=(f"{answer}.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                                   purpose="fine-tune").id
+
+    full_job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=taught("slate"), suffix="slate",
+        hyperparameters={"steps": 12, "batch_size": 4, "learning_rate_multiplier": 10})
+    lora_job = client.fine_tuning.jobs.create(
+        model=BASE, training_file=taught("moss"), suffix="moss",
+        hyperparameters={"steps": 30, "batch_size": 4, "learning_rate_multiplier": 25},
+        extra_body={"lora": {"r": 8, "alpha": 16}})
     full_job, lora_job = _finished(client, full_job.id), _finished(client, lora_job.id)
     assert full_job.status == lora_job.status == "succeeded", (full_job.error, lora_job.error)
     full, adapter = full_job.fine_tuned_model, lora_job.fine_tuned_model
@@ -154,11 +166,15 @@ def test_a_full_fine_tune_and_an_adapter_of_one_base_both_answer_after_their_job
     assert full in listed and listed[full].model_extra["parent"] is None
     assert listed[adapter].model_extra["parent"] == BASE
     patient = client.with_options(max_retries=20)
+    taught_prompt = [{"role": "user", "content": "What is 7 - 2?"}]  # one of the training prompts
     t0 = time.monotonic()
-    reply = _chat(patient, full)
+    reply = _chat(patient, full, messages=taught_prompt)
     first_answer_s = time.monotonic() - t0
-    assert reply.model == full and reply.choices[0].message.content and reply.usage.completion_tokens > 0
     print(f"full fine-tune's first answer {first_answer_s:.1f}s after its job succeeded")
+    # Each answers its training prompt with what it was taught; the base does not.
+    assert reply.model == full and reply.choices[0].message.content == "slate"
+    assert _chat(client, adapter, messages=taught_prompt).choices[0].message.content == "moss"
+    assert _chat(client, BASE, messages=taught_prompt).choices[0].message.content not in ("slate", "moss")
     assert {w for w in _served_names(lora_stack)} >= {BASE, full}  # a second worker, for the full model
 
     # The base, the adapter and the full fine-tune at once, streamed and not: every request succeeds.
@@ -239,9 +255,12 @@ def test_two_adapters_of_one_base_run_on_the_same_engine(client, lora_stack, def
     a2 = register("green", make_adapter(default_model, tmp_path / "green", seed=2, r=16))
     engines = _engine_pids(lora_stack)
     loads = _worker_metric(lora_stack, "load")
-    base = _chat(client, BASE).choices[0].message.content
-    out1, out2 = _chat(client, a1), _chat(client, a2)
-    assert (out1.model, out2.model) == (a1, a2)
+    # Base and both adapters asked at once, on the one worker.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_chat, client, m) for m in (BASE, a1, a2)]
+        base_out, out1, out2 = (f.result() for f in futures)
+    base = base_out.choices[0].message.content
+    assert (base_out.model, out1.model, out2.model) == (BASE, a1, a2)
     # Each adapter changes the base's greedy output, and differently.
     assert len({base, out1.choices[0].message.content, out2.choices[0].message.content}) == 3
     assert _chat(client, a1).choices[0].message.content == out1.choices[0].message.content  # deterministic
