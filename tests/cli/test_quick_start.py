@@ -18,13 +18,13 @@ import re
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
 from services.cli.up import STEPS_ENV, build_overrides
+from tests.cli.procs import read_until
 from tests.readme import ROOT, block
 
 PORT = 8000
@@ -35,21 +35,6 @@ def _line() -> str:
     line = block("# llmsvc", "bash").text.splitlines()[0]
     assert line.startswith("bash scripts/install.sh && .venv/bin/llmsvc up"), line
     return line
-
-
-def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float, out: str = "") -> str:
-    deadline = time.monotonic() + timeout_s
-    os.set_blocking(proc.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            out += chunk.decode(errors="replace")
-            if re.search(pattern, out):
-                return out
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"did not see {pattern!r} (exit {proc.poll()}); output so far:\n{out[-6000:]}")
 
 
 def _port_free(port: int) -> bool:
@@ -78,7 +63,7 @@ def test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         try:
-            out = _read_until(proc, r"Press Ctrl-C to stop", 900)
+            out = read_until(proc, r"Press Ctrl-C to stop", 900)
         except AssertionError as exc:
             logs = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
                              for p in sorted((home / "logs").glob("*.log")))
@@ -118,7 +103,7 @@ def test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000
         children = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the foreground process group
         assert proc.wait(120) == 0
-        out = _read_until(proc, r"stopped\.", 5, out) if "stopped." not in out else out
+        out = read_until(proc, r"stopped\.", 5, out) if "stopped." not in out else out
         gone, alive = psutil.wait_procs(children, timeout=60)
         assert not alive, f"left running after Ctrl-C: {[(p.pid, p.name()) for p in alive]}"
         assert _port_free(PORT)

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import psutil
 
 from services.cli.stack import free_port
-
-
-def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> str:
-    out, deadline = "", time.monotonic() + timeout_s
-    os.set_blocking(proc.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read()  # bytes, or None when nothing is ready
-        if chunk:
-            out += chunk.decode(errors="replace")
-            if re.search(pattern, out):
-                return out
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"did not see {pattern!r}; output so far:\n{out}")
+from tests.cli.procs import read_until
 
 
 def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_model):
@@ -40,7 +24,7 @@ def test_up_serves_a_model_dir_and_stops_cleanly_on_ctrl_c(tmp_path, default_mod
     )
     try:
         try:
-            banner = _read_until(proc, r"Press Ctrl-C to stop", 600)
+            banner = read_until(proc, r"Press Ctrl-C to stop", 600)
         except AssertionError:
             logs = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
                              for p in sorted((tmp_path / "logs").glob("*.log")))
