@@ -72,6 +72,21 @@ def induction_windows(rng: random.Random, pool: list[int], rows: int, width: int
     return torch.tensor(xs), torch.tensor(ps), torch.tensor(ws)
 
 
+@torch.no_grad()
+def mimetic_init(model: torch.nn.Module, scale: float) -> None:
+    """Each query head starts as ``scale`` times its key/value group's key head, so a head's first scores are
+    ``scale · k(x) · k(y)``: attention to similar tokens from the start (after Trockman and Kolter's mimetic
+    initialization of self-attention), the match a look-up needs."""
+    cfg = model.config
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    for layer in model.model.layers:
+        q, k = layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight
+        for h in range(cfg.num_attention_heads):
+            g = h // group
+            q[h * hd:(h + 1) * hd] = scale * k[g * hd:(g + 1) * hd]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", help="comma-separated tasks (default: all)")
@@ -82,6 +97,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-loss", type=float, default=0.0)
     ap.add_argument("--induction", type=float, default=0.0)
+    ap.add_argument("--mimetic", type=float, default=0.0,
+                    help="start each query head as its key head times this (attention to similar tokens at init)")
     ap.add_argument("--watch", default="cities", choices=["cities", "digits"],
                     help="the answer tokens whose loss is reported")
     ap.add_argument("--eval-every", type=int, default=0)
@@ -94,6 +111,8 @@ def main() -> None:
     sp = special_ids(tok)
     model = build_model(llama_config(PRESETS["tiny"], len(tok), bos=sp["bos"], eos=sp["eos"], pad=sp["pad"],
                                      seq_len=HP["seq_len"]), a.seed)
+    if a.mimetic:
+        mimetic_init(model, a.mimetic)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": matrices, "weight_decay": HP["weight_decay"]},
