@@ -13,7 +13,7 @@ import pytest
 
 from services.cli.default_version import ensure_default_version
 from services.cli.main import main as llmsvc
-from tests.readme import block
+from tests.readme import ROOT, block
 
 from .helpers import CHAT, jsonl, trainer_only_stack
 
@@ -177,14 +177,10 @@ def test_the_trainer_readme_client_example_runs_as_written(client, trainer_stack
     ``llmsvc up`` serves (tests/cli/test_quick_start.py), and this stack serves on a free port. ``KEY`` is bound
     to the stack's key and ``chat.jsonl`` is in the working directory. The job it creates from ``tiny-chat`` is
     looked at (status, events, checkpoints) and then cancelled, as the README's last line does."""
-    from pathlib import Path
-
-    from tests.readme import ROOT
-
     _tiny_chat_registered(trainer_stack, default_model)
     (tmp_path / "chat.jsonl").write_bytes(jsonl(CHAT))
     monkeypatch.chdir(tmp_path)
-    code = block("## With the OpenAI client", "python", path=Path(ROOT) / "services/trainer/README.md").text
+    code = block("## With the OpenAI client", "python", path=ROOT / "services/trainer/README.md").text
     assert code.count("http://127.0.0.1:8000/v1") == 1
     code = code.replace("http://127.0.0.1:8000/v1", trainer_stack.cfg.base_url)
     scope = {"KEY": trainer_stack.cfg.api_key}
