@@ -56,6 +56,10 @@ def ensure_default_model(home: Path, overrides: dict | None = None) -> Path:
                   if steps is None else
                   f"Training the default model [bold]tiny-chat[/] for {steps} steps ({STEPS_ENV}; fewer than the "
                   f"recipe's make a weaker model)…")
+    if not console.is_terminal:
+        # Piped to a log (a container, a service manager): a bar would show only at the end; print lines.
+        build(path, overrides=overrides, progress=_log_progress(time.monotonic()))
+        return path
     with Progress(TextColumn("[bold]tiny-chat[/]"), BarColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=None)
@@ -63,6 +67,19 @@ def ensure_default_model(home: Path, overrides: dict | None = None) -> Path:
               progress=lambda step, total, label: progress.update(task, completed=step, total=total,
                                                                   description=label))
     return path
+
+
+def _log_progress(t0: float):
+    """A build progress callback that prints a line at each tenth of the build and at each new stage."""
+    last = {"tenth": -1, "stage": ""}
+
+    def report(step: int, total: int, label: str) -> None:
+        tenth, stage = step * 10 // max(1, total), label.split(" ")[0]
+        if tenth != last["tenth"] or stage != last["stage"]:
+            last.update(tenth=tenth, stage=stage)
+            console.print(f"tiny-chat {step}/{total} ({time.monotonic() - t0:.0f} s): {label}")
+
+    return report
 
 
 def load_or_create_key(home: Path, given: str | None) -> str:

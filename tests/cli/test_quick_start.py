@@ -16,13 +16,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import psutil
 
+from services.cli.stack import free_port, port_in_use
 from services.cli.up import STEPS_ENV, build_overrides
 from tests.cli.procs import read_until
 from tests.readme import ROOT, block
@@ -37,16 +38,6 @@ def _line() -> str:
     return line
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _sse(stdout: str) -> list[dict]:
     events = [line.removeprefix("data: ") for line in stdout.splitlines() if line.startswith("data: ")]
     assert events and events[-1] == "[DONE]", stdout[-2000:]
@@ -54,7 +45,7 @@ def _sse(stdout: str) -> list[dict]:
 
 
 def test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000_and_stops_on_ctrl_c(tmp_path):
-    assert _port_free(PORT), (f"port {PORT} is in use: the quick start serves there. Stop what runs on it "
+    assert not port_in_use(PORT), (f"port {PORT} is in use: the quick start serves there. Stop what runs on it "
                               f"(an `llmsvc up` of your own?) and run this test again.")
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("LLMSVC_API_KEY", "LLMSVC_HOME")}
@@ -70,6 +61,9 @@ def test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000
             raise AssertionError(f"{exc}\nservice logs:\n{logs}") from None
         assert "install: .venv is up to date" in out
         assert "Training the default model tiny-chat for 60 steps" in out
+        # Piped, as here, the build prints its progress as lines: from data preparation to the last step.
+        assert re.search(r"tiny-chat 0/62 \(\d+ s\): preparing synthetic data", out), out[-3000:]
+        assert re.search(r"tiny-chat \d+/62 \(\d+ s\): training step", out) and "tiny-chat 62/62" in out
         # The build ran on this home and published a model with its held-out scores.
         meta = json.loads((home / "models" / "tiny-chat" / "llmsvc.json").read_text())
         assert meta["tool_parser"] == "hermes" and 0 <= meta["metrics"]["accuracy"] <= 1
@@ -106,7 +100,7 @@ def test_the_quick_start_line_builds_tiny_chat_on_a_fresh_home_serves_it_on_8000
         out = read_until(proc, r"stopped\.", 5, out) if "stopped." not in out else out
         gone, alive = psutil.wait_procs(children, timeout=60)
         assert not alive, f"left running after Ctrl-C: {[(p.pid, p.name()) for p in alive]}"
-        assert _port_free(PORT)
+        assert not port_in_use(PORT)
     finally:
         _stop(proc)
 
@@ -133,7 +127,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_a_bad_build_size_is_refused_before_anything_starts(tmp_path):
     """``LLMSVC_TINY_CHAT_STEPS`` that is not a whole number of steps: exit 2 with what to do, nothing built."""
     env = {**os.environ, "LLMSVC_HOME": str(tmp_path), STEPS_ENV: "lots"}
-    r = subprocess.run([str(Path(ROOT) / ".venv" / "bin" / "llmsvc"), "up", "--port", str(_free())],
+    llmsvc = Path(sys.executable).parent / "llmsvc"  # the console script of the environment running the tests
+    r = subprocess.run([str(llmsvc), "up", "--port", str(free_port())],
                        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{STEPS_ENV}='lots'" in r.stderr and "whole number" in r.stderr
@@ -141,8 +136,3 @@ def test_a_bad_build_size_is_refused_before_anything_starts(tmp_path):
     assert build_overrides({}) == {}
     assert build_overrides({STEPS_ENV: "60"})["hyperparameters"]["steps"] == 60
 
-
-def _free() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
