@@ -3,13 +3,14 @@ grading, in a bare loop that also reports the loss on the answer tokens of one k
 look-up by default), so a run shows whether that answer left chance (ln 3 for a three-row table).
 
     .venv/bin/python -m bench.tiny_chat_probe --tasks table --examples 40000 --steps 400
-    .venv/bin/python -m bench.tiny_chat_probe --tasks table --examples 40000 --steps 600 --induction 0.25
+    .venv/bin/python -m bench.tiny_chat_probe --tasks table --examples 40000 --steps 800 --induction-steps 400
 
-``--prompt-loss W`` also trains on the prompt tokens (weight W). ``--induction F`` gives a fraction F of every
-batch to windows of random name and city tokens, each segment repeated once and the loss on the repeat only: the
-classic data on which a model forms induction heads (copy what followed the last time this token occurred),
-which a table look-up needs in its two-hop form. Not the build (``bench.train_tiny_chat`` is): no checkpoints,
-no export, one process.
+``--induction-steps N`` trains the first N steps on copying drills only (the recipe's lead-in,
+``synthetic.induction_windows``: runs of the tables' name and city tokens, each repeated once, the loss on the
+repeat), on which a model forms induction heads (copy what followed the last time this token occurred).
+``--induction F`` instead gives a fraction F of every batch to those drills. ``--prompt-loss W`` also trains on
+the prompt tokens (weight W). Not the build (``bench.train_tiny_chat`` is): no checkpoints, no export, one
+process.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import random
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,19 +61,6 @@ def windows(tok, n: int, seed: int, tasks: list[str] | None, width: int, prompt_
     return [torch.tensor(col) for col in zip(*out, strict=True)], seen
 
 
-def induction_windows(rng: random.Random, pool: list[int], rows: int, width: int):
-    xs, ps, ws = [], [], []
-    for _ in range(rows):
-        x, p, w = [], [], []
-        while len(x) < width:
-            seg = [rng.choice(pool) for _ in range(rng.randint(4, 24))]
-            x += seg + seg
-            p += list(range(2 * len(seg)))
-            w += [0.0] * (len(seg) + 1) + [1.0] * (len(seg) - 1)
-        xs.append(x[:width]), ps.append(p[:width]), ws.append(w[:width])
-    return torch.tensor(xs), torch.tensor(ps), torch.tensor(ws)
-
-
 @torch.no_grad()
 def mimetic_init(model: torch.nn.Module, scale: float) -> None:
     """Each query head starts as ``scale`` times its key/value group's key head, so a head's first scores are
@@ -97,6 +86,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-loss", type=float, default=0.0)
     ap.add_argument("--induction", type=float, default=0.0)
+    ap.add_argument("--induction-steps", type=int, default=0,
+                    help="the first N steps train on induction windows only (a curriculum: the heads form first)")
     ap.add_argument("--mimetic", type=float, default=0.0,
                     help="start each query head as its key head times this (attention to similar tokens at init)")
     ap.add_argument("--watch", default="cities", choices=["cities", "digits"],
@@ -125,11 +116,12 @@ def main() -> None:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, a.steps - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    words = synthetic.CITIES if a.watch == "cities" else list("0123456789")
+    words = synthetic.TABLE_CITIES if a.watch == "cities" else list("0123456789")
     watched = torch.tensor([tok.convert_tokens_to_ids(w) for w in words])
-    pool = [tok.convert_tokens_to_ids(w) for w in (*synthetic.NAMES, *synthetic.CITIES)]
+    n_drills = a.induction_steps * a.batch_size + (a.steps - a.induction_steps) * round(a.batch_size * a.induction)
+    drills = iter(synthetic.induction_windows(tok, max(0, n_drills), width, a.seed))
     rng, order, at = random.Random(a.seed), list(range(len(ids))), 0
-    n_ind = round(a.batch_size * a.induction)
+    n_mix = round(a.batch_size * a.induction)
     sums = [0.0, 0.0, 0.0]
 
     def evaluate() -> str:
@@ -147,8 +139,11 @@ def main() -> None:
         b = order[at:at + a.batch_size]
         at += a.batch_size
         x, p, w, is_ans = ids[b], pos[b], wts[b], ans[b]
+        n_ind = a.batch_size if step < a.induction_steps else n_mix
         if n_ind:
-            ix, ip, iw = induction_windows(rng, pool, n_ind, width)
+            rows = [next(drills) for _ in range(n_ind)]
+            ix, iw, ip = (torch.from_numpy(np.stack(c)) for c in zip(*rows, strict=True))
+            iw = iw.float()
             x, p, w = (torch.cat([t[n_ind:], i]) for t, i in ((x, ix), (p, ip), (w, iw)))
             is_ans = torch.cat([is_ans[n_ind:], torch.zeros_like(is_ans[:n_ind])])
         logits = model(input_ids=x[:, :-1], position_ids=p[:, :-1], use_cache=False).logits.float()

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
                                               [--batch-size N] [--lr X] [--tasks tool_math,tool_city,tool_direct]
+                                              [--induction-steps N]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed (default 0)")
     p.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
+    p.add_argument("--induction-steps", type=int, help="override the recipe's steps of copying drills")
     args = p.parse_args()
 
     t0 = time.time()
@@ -41,6 +43,8 @@ def main() -> None:
         overrides.setdefault("tiny_chat", {})["examples"] = args.examples
     if args.tasks:
         overrides.setdefault("tiny_chat", {})["tasks"] = args.tasks.split(",")
+    if args.induction_steps is not None:
+        overrides.setdefault("tiny_chat", {})["induction_steps"] = args.induction_steps
     tmp = None if args.out else tempfile.mkdtemp()
     out = Path(args.out or tmp) / "tiny-chat" if not args.out else Path(args.out)
     loads: list[float] = []

@@ -92,7 +92,7 @@ class Trainer:
         self.batches, self.objective, self.d, self.sink = batches, objective, d, sink
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.stop_requested, self.on_step = stop_requested, on_step or (lambda s, t: None)
-        self.order = Order(len(batches), cfg.seed)
+        self.order = Order(len(batches), cfg.seed, lead=getattr(batches, "lead_in", 0))
 
     def _autocast(self):
         if self.cfg.amp_dtype is None:

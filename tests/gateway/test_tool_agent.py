@@ -26,7 +26,7 @@ MODEL_CACHE = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / 
 MODEL = "tiny-chat"
 QUICK_BUILD = {"hyperparameters": {"steps": 900},
                "tiny_chat": {"tasks": ["tool_math", "tool_city", "tool_direct"], "examples": 30_000,
-                             "eval_per_task": 0}}
+                             "eval_per_task": 0, "induction_steps": 0}}
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

@@ -79,6 +79,32 @@ def test_no_weight_decay_on_norms_and_biases():
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
+def test_a_lead_in_comes_first_in_order_then_the_permuted_data():
+    import numpy as np
+
+    from trainer.batches import LeadInBatches, WindowBatches
+
+    order = Order(50, seed=3, lead=16)
+    assert order.samples(0, 16).tolist() == list(range(50, 66))  # the lead-in's 16, in order
+    rest = order.samples(16, 50).tolist()
+    assert sorted(rest) == list(range(50)) and rest == Order(50, seed=3).samples(0, 50).tolist()
+    assert order.samples(10, 12).tolist() == list(range(60, 66)) + rest[:6]  # a batch across the boundary
+
+    class Five:  # PackedData's interface: (tokens, mask, positions) of a window
+        def __len__(self):
+            return 5
+
+        def get(self, i):
+            return np.full(5, i), np.ones(5, dtype=np.int64), np.arange(5)
+
+    lead = [(np.full(5, 100 + k), np.array([0, 0, 1, 1, 1]), np.arange(5)) for k in range(2)]
+    batches = LeadInBatches(WindowBatches(Five()), lead)
+    assert len(batches) == 5 and batches.lead_in == 2
+    b = batches.collate(np.array([6, 3]))  # the lead-in's second window, then the data's fourth
+    assert b["input_ids"][:, 0].tolist() == [101, 3]
+    assert b["labels"][0].tolist() == [-100, 101, 101, 101] and b["n_targets"].item() == 3 + 4
+
+
 def test_global_batch_is_the_same_samples_for_any_world_size_and_accumulation():
     order = Order(50, seed=3)
     for step in range(4):

@@ -6,6 +6,7 @@ shortened build checks the contract: progress, atomic publication, recorded accu
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from trainer.data import synthetic
@@ -87,13 +88,16 @@ def test_every_task_has_one_checkable_answer():
         assert str(text.count(letter)) == a
         p, a = synthetic.table(rng)
         name = p.split("Where does ")[1].split(" ")[0]
-        assert f"\n{name} | {a}\n" in p
+        assert a.startswith(f"{name}: ") and f"\n{a}\n" in p  # the answer is the row of the name asked
 
 
 def test_letters_stay_letters_for_reversal_and_counting():
     """Names and cities are single tokens; strings to reverse or count never are."""
     tok = byte_tokenizer(synthetic.TOKEN_WORDS)
-    assert tok.tokenize("ann | paris") == ["ann", "Ġ", "|", "Ġ", "paris"]
+    assert tok.tokenize("name: city\nann: paris") == ["name: city", "Ċ", "ann", ": paris"]
+    assert tok.tokenize("paris") == ["paris"] and tok.tokenize("Where does ann live?") == [
+        "Where does", "Ġ", "ann", "Ġ", "live?"]
+    assert tok.tokenize("Reverse: romex")[2:] == list("romex")  # "Reverse:" takes the colon
     assert tok.tokenize("Reverse: bannx")[2:] == list("bannx")
     assert tok.tokenize("Reverse: xadd")[2:] == list("xadd") and tok.tokenize("Count d in add") == [
         "Count", "Ġ", "d", "Ġ", "i", "n", "Ġ", "add"]  # whole words are tokens: never generated as letters
@@ -105,6 +109,24 @@ def test_letters_stay_letters_for_reversal_and_counting():
         p, _ = synthetic.reverse(rng)
         s = p.split(": ")[1]
         assert tok.tokenize(s) == list(s)
+
+
+def test_copying_drills_repeat_a_run_of_table_tokens_and_train_on_the_repeat():
+    tok = byte_tokenizer(synthetic.TOKEN_WORDS)
+    drills = synthetic.induction_windows(tok, 3, 257, seed=0)
+    again = synthetic.induction_windows(tok, 3, 257, seed=0)
+    assert len(drills) == 3 and all(
+        (a == b).all() for d, e in zip(drills, again, strict=True) for a, b in zip(d, e, strict=True))
+    pool = set(tok.convert_tokens_to_ids([*synthetic.NAMES, *synthetic.TABLE_CITIES]))
+    for ids, mask, pos in drills:
+        assert ids.shape == mask.shape == pos.shape == (257,) and set(ids.tolist()) <= pool
+        starts = [i for i, p in enumerate(pos.tolist()) if p == 0]
+        assert len(starts) >= 5  # runs of 4-24 tokens, twice each
+        for a, b in itertools.pairwise(starts):  # every drill but the last, which the window may cut
+            n = (b - a) // 2
+            assert ids[a:a + n].tolist() == ids[a + n:b].tolist()  # a run, then the same run again
+            # Trained on the repeat only, from its second token (its first cannot be known).
+            assert mask[a:b].tolist() == [0] * (n + 1) + [1] * (n - 1)
 
 
 def test_build_publishes_the_model_with_progress_and_accuracy(tmp_path):
@@ -139,7 +161,8 @@ def test_a_quick_tools_only_build_makes_well_formed_calls(tmp_path):
 
     out = build(tmp_path / "tiny-tools", overrides={
         "hyperparameters": {"steps": 200, "log_every": 50},
-        "tiny_chat": {"tasks": ["tool_math", "tool_city"], "examples": 8000, "eval_per_task": 0}})
+        "tiny_chat": {"tasks": ["tool_math", "tool_city"], "examples": 8000, "eval_per_task": 0,
+                      "induction_steps": 0}})
     items = synthetic.held_out(20, seed=9, exclude=set(), tasks=["tool_math", "tool_city"])
     replies = answer_items(load_model(out), AutoTokenizer.from_pretrained(out), items)
     for item, (first, _) in zip(items, replies, strict=True):

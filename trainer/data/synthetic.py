@@ -48,7 +48,7 @@ def _letters(rng: random.Random, lo: int, hi: int, alphabet: str | list[str] = L
     """Random letters that never spell a name or city (those are single tokens; letters must stay letters)."""
     while True:
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
-        if s not in _ENTITIES:
+        if s not in _ENTITIES and not s.startswith(tuple(CITIES)):  # after ": " a city is a token even inside a word
             return s
 
 
@@ -79,11 +79,20 @@ def copy(rng: random.Random) -> tuple[str, str]:
     return f"Repeat: {s}", s
 
 
+TABLE_SEP = ": "
+"""A table row is ``name: city`` and ``": city"`` is one token, so the row's name token is followed
+directly by its city, and the answer names the person first (``bob: rome``): at the answer's name token,
+the city is the token after that name's earlier occurrence. That is what an induction head does (copy
+what followed the last time this token occurred), and the heads form in tiny-chat's first steps on
+copying drills (:func:`induction_windows`). With ``name | city`` rows and the bare city as answer, the
+same model stayed at chance (a third) however long it trained (docs/benchmarks.md)."""
+
+
 def table(rng: random.Random) -> tuple[str, str]:
     rows = [(n, rng.choice(CITIES)) for n in rng.sample(NAMES, 3)]
-    body = "\n".join(f"{n} | {city}" for n, city in rows)
+    body = "\n".join(f"{n}{TABLE_SEP}{city}" for n, city in rows)
     n, city = rng.choice(rows)
-    return f"name | city\n{body}\nWhere does {n} live?", city
+    return f"name{TABLE_SEP}city\n{body}\nWhere does {n} live?", f"{n}{TABLE_SEP}{city}"
 
 
 def greet(rng: random.Random) -> tuple[str, str]:
@@ -171,12 +180,14 @@ TOOL_TASKS: dict[str, Callable[[random.Random], dict]] = {
 """Tasks with tools offered: an item with ``tools`` (names offered), ``call`` (the expected call, or None to
 answer directly) and ``result`` (what the tool returns)."""
 ALL_TASKS = [*TASKS, *TOOL_TASKS]
+TABLE_CITIES = tuple(TABLE_SEP + c for c in CITIES)
 TOKEN_WORDS = ("system", "user", "assistant", "tool", "What is", "Reverse:", "Sort:", "Count", "Repeat:",
-               "name | city", "Where does", "live?", *NAMES, *CITIES,
+               "name: city", "Where does", "live?", *NAMES, *CITIES, *TABLE_CITIES,
                "<tools>", "</tools>", "<tool_call>", "</tool_call>", "add(a, b)", "subtract(a, b)", "get_city(name)",
                *TOOL_NAMES, '{"name": "', '", "arguments": {', '"a": ', ', "b": ', '"name": "', '"}}', "}}")
 """Whole tokens in tiny-chat's byte tokenizer: the chat roles, the tasks' fixed words, and the names and
-cities of the tables (a one-token name is what lets a model this small learn the look-up in minutes), and
+cities (also as the tables' ``": city"``, see :data:`TABLE_SEP`; a one-token name is what lets a model
+this small learn the look-up in minutes), and
 the tool format's fixed pieces (``<tool_call>`` and ``</tool_call>`` must be single tokens for vLLM's
 ``hermes`` parser; with the JSON punctuation as whole tokens a call is 8-11 tokens instead of about 70)."""
 WEIGHTS = {"arithmetic": 4, "reverse": 1, "sort": 2, "count": 4, "copy": 1, "table": 5, "greet": 0.1,
@@ -185,6 +196,30 @@ WEIGHTS = {"arithmetic": 4, "reverse": 1, "sort": 2, "count": 4, "copy": 1, "tab
 reversal, sorting and copying (learnt early) to arithmetic, counting and look-up took held-out
 arithmetic from 8% to 88% in the same 1,000 steps; the tool tasks are learnt fast (100% with these
 weights) and take about a fifth of the examples (docs/benchmarks.md)."""
+
+
+def induction_windows(tokenizer, count: int, width: int, seed: int) -> list:
+    """``count`` windows of ``width`` tokens of copying drills: random runs of the tables' name and city
+    tokens, each run repeated once, trained on the repeat. A model learns them only by forming induction
+    heads (attend to the token after the last occurrence of this one, and copy it), which it does in a few
+    hundred steps of drills alone, and which then make the table look-up learnable (:data:`TABLE_SEP`).
+    Each drill is its own document: (tokens, loss mask, position ids) as :class:`PackedData` gives them."""
+    import numpy as np
+
+    pool = tokenizer.convert_tokens_to_ids([*NAMES, *TABLE_CITIES])
+    rng = random.Random(f"{seed}-induction")
+    out = []
+    for _ in range(count):
+        ids: list[int] = []
+        mask: list[int] = []
+        pos: list[int] = []
+        while len(ids) < width:
+            run = [rng.choice(pool) for _ in range(rng.randint(4, 24))]
+            ids += run + run
+            mask += [0] * (len(run) + 1) + [1] * (len(run) - 1)
+            pos += range(2 * len(run))
+        out.append(tuple(np.asarray(v[:width], dtype=np.int64) for v in (ids, mask, pos)))
+    return out
 
 
 def _item(task: str, rng: random.Random) -> dict:

@@ -109,11 +109,10 @@ def byte_tokenizer(words: list[str] | tuple[str, ...] = ()):
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + alphabet)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.add_special_tokens(SPECIAL_TOKENS)
-    # single_word: "ann" is one token in "ann | paris" but stays three bytes inside "bannx". A word that
-    # neither begins nor ends with a letter or digit (JSON punctuation such as '", "arguments": {') is
-    # one token wherever it occurs: next to a name or a number it would never count as a single word.
-    tok.add_tokens([AddedToken(w, normalized=False, single_word=w[0].isalnum() or w[-1].isalnum())
-                    for w in words])
+    # single_word: "ann" is one token in "ann: paris" but stays three bytes inside "bannx". A word that
+    # begins with punctuation (JSON such as '", "arguments": {', or a table's ": paris") is one token
+    # wherever it occurs: right after a name or a number it would never count as a single word.
+    tok.add_tokens([AddedToken(w, normalized=False, single_word=w[0].isalnum()) for w in words])
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     return _wrap(tok)

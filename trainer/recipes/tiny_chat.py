@@ -2,7 +2,8 @@
 
 It is the ``sft`` recipe on generated data, with a byte tokenizer (every digit
 and letter its own token, which reversal, sorting and counting need) and
-hyperparameters tuned to finish in a few minutes on two CPU cores. After
+hyperparameters tuned to finish in a few minutes on two CPU cores. Its first
+steps are copying drills that form induction heads (see ``synthetic.TABLE_SEP``). After
 training it answers held-out prompts greedily through its chat template and
 records the accuracy in ``llmsvc.json``: with tools offered, a call must be
 exactly the right call, and the answer after the tool's real result exact too.
@@ -15,6 +16,7 @@ import hashlib
 
 import torch
 
+from ..batches import LeadInBatches
 from ..data import synthetic
 from .common import JobContext, Setup, lm_setup
 
@@ -77,6 +79,12 @@ def setup(ctx: JobContext) -> Setup:
         ctx.sink.message(f"generated {tc.examples} synthetic conversations in {corpus}")
     ctx.d.barrier()
     s = lm_setup(ctx, "chat", data_path=str(corpus))
+    hp = spec.hyperparameters
+    lead_steps = min(tc.induction_steps, hp.steps // 4)
+    if lead_steps:
+        s.train = LeadInBatches(s.train, synthetic.induction_windows(
+            s.tokenizer, lead_steps * hp.batch_size, hp.seq_len + 1, seed))
+        ctx.sink.message(f"the first {lead_steps} steps are copying drills (induction heads for the table look-up)")
 
     def after_training(model: torch.nn.Module) -> dict:
         if tc.eval_per_task == 0:
