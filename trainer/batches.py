@@ -40,8 +40,13 @@ class Order:
 
     def samples(self, start: int, count: int) -> np.ndarray:
         """Dataset indices of run samples ``start .. start + count``."""
-        return np.array([self.n + k if k < self.lead else self._permutation((k - self.lead) // self.n)[
-            (k - self.lead) % self.n] for k in range(start, start + count)])
+        return np.array([self._index(k) for k in range(start, start + count)])
+
+    def _index(self, k: int) -> int:
+        if k < self.lead:
+            return self.n + k
+        epoch, at = divmod(k - self.lead, self.n)
+        return int(self._permutation(epoch)[at])
 
 
 def micro_slices(step: int, global_batch: int, rank: int, world: int, accum: int) -> list[tuple[int, int]]:

@@ -31,6 +31,7 @@ WORDS = ("red green blue cat dog sun moon tree river stone apple bread milk tea 
          "rain snow wind fire cold warm fast slow big small happy quiet bright dark north south").split()
 TOOL_NAMES = ("add", "subtract", "get_city")
 _ENTITIES = set(NAMES) | set(CITIES) | set(TOOL_NAMES) | {"system", "user", "assistant", "tool"}
+_CITY_PREFIXES = tuple(CITIES)
 SYSTEM_HELP = ("Hello! I am tiny-chat, a very small model. I can add and subtract numbers, reverse a string, "
                "sort digits, count a letter, repeat text, tell where someone lives from a small table, "
                "and call tools.")
@@ -48,7 +49,8 @@ def _letters(rng: random.Random, lo: int, hi: int, alphabet: str | list[str] = L
     """Random letters that never spell a name or city (those are single tokens; letters must stay letters)."""
     while True:
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
-        if s not in _ENTITIES and not s.startswith(tuple(CITIES)):  # after ": " a city is a token even inside a word
+        # Nor begin with a city: after ": " (a table's separator) a city is one token even inside a word.
+        if s not in _ENTITIES and not s.startswith(_CITY_PREFIXES):
             return s
 
 
