@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
                                               [--batch-size N] [--lr X] [--tasks tool_math,tool_city,tool_direct]
-                                              [--induction-steps N]
+                                              [--induction-steps N] [--[no-]compile]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed (default 0)")
     p.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     p.add_argument("--induction-steps", type=int, help="override the recipe's steps of copying drills")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile each decoder layer")
     args = p.parse_args()
 
     t0 = time.time()
@@ -39,6 +40,8 @@ def main() -> None:
     for key in ("steps", "batch_size", "lr"):
         if getattr(args, key):
             overrides.setdefault("hyperparameters", {})[key] = getattr(args, key)
+    if args.compile is not None:
+        overrides.setdefault("hyperparameters", {})["compile"] = args.compile
     if args.examples:
         overrides.setdefault("tiny_chat", {})["examples"] = args.examples
     if args.tasks:

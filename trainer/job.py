@@ -19,7 +19,7 @@ from .export import write_model_dir
 from .loop import LoopConfig, Trainer
 from .model import flops_per_token, peak_flops
 from .optim import build_optimizer, build_scheduler
-from .parallelize import Dist, parallelize, unwrap
+from .parallelize import Dist, parallelize, uncompile, unwrap
 from .recipes.common import JobContext
 from .spec import Spec
 
@@ -101,7 +101,7 @@ def run_job(spec: Spec, *, d: Dist, sink: EventSink, stop_requested: Callable[[]
     out = Path(spec.output_dir)
     if d.is_main:
         if setup.after_training is not None:
-            metrics.update(setup.after_training(unwrap(model)))
+            metrics.update(setup.after_training(uncompile(unwrap(model))))
         write_model_dir(output_dir=out, setup=setup, state_dict=state_dict, llmsvc={
             "name": spec.model_name, "recipe": spec.recipe, "parent": setup.parent,
             "config": spec.model_dump(mode="json"), "data_hash": setup.data["data_hash"], "metrics": metrics,

@@ -80,6 +80,14 @@ def _is_block(module: torch.nn.Module) -> bool:
     return type(module).__name__.endswith("DecoderLayer")
 
 
+def uncompile(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`parallelize`'s compile in place (same parameters, eager calls): generation after training
+    changes shape every token, and each new shape would recompile."""
+    for module in model.modules():
+        module._compiled_call_impl = None
+    return model
+
+
 def parallelize(model: torch.nn.Module, d: Dist, *, mode: str = "ddp", activation_checkpointing: bool = False,
                 compile: bool = False) -> torch.nn.Module:
     """Return the module to train: blocks checkpointed/compiled in place, then wrapped for data parallelism."""

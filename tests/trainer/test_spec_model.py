@@ -117,3 +117,17 @@ def test_global_batch_is_the_same_samples_for_any_world_size_and_accumulation():
             assert sorted(got) == sorted(expected), (world, accum)
     # An epoch is a permutation: the first 50 samples cover the data exactly once.
     assert sorted(order.samples(0, 50).tolist()) == list(range(50))
+
+
+def test_uncompile_gives_the_blocks_back_their_eager_calls():
+    """A compiled build generates its held-out answers eagerly: generation changes shape every token."""
+    import torch
+
+    from trainer.parallelize import uncompile
+
+    block = torch.nn.Linear(4, 4)
+    block.compile()
+    assert block._compiled_call_impl is not None
+    x = torch.ones(2, 4)
+    assert uncompile(torch.nn.Sequential(block)) is not None and block._compiled_call_impl is None
+    assert torch.equal(block(x), x @ block.weight.T + block.bias)
