@@ -4,12 +4,15 @@ look-up by default), so a run shows whether that answer left chance (ln 3 for a 
 
     .venv/bin/python -m bench.tiny_chat_probe --tasks table --examples 40000 --steps 400
     .venv/bin/python -m bench.tiny_chat_probe --tasks table --examples 40000 --steps 800 --induction-steps 400
+    .venv/bin/python -m bench.tiny_chat_probe --tasks count --examples 40000 --steps 600 --watch digits [--bare-answers]
 
 ``--induction-steps N`` trains the first N steps on copying drills only (the recipe's lead-in,
 ``synthetic.induction_windows``: runs of the tables' name and city tokens, each repeated once, the loss on the
 repeat), on which a model forms induction heads (copy what followed the last time this token occurred).
 ``--induction F`` instead gives a fraction F of every batch to those drills. ``--prompt-loss W`` also trains on
-the prompt tokens (weight W). Not the build (``bench.train_tiny_chat`` is): no checkpoints, no export, one
+the prompt tokens (weight W). ``--bare-answers`` makes arithmetic and counting answer with the result alone (the
+format before session 16, which a model this small did not learn; see ``synthetic.columns``), and
+``--show-wrong`` prints the misses. Not the build (``bench.train_tiny_chat`` is): no checkpoints, no export, one
 process.
 """
 
@@ -93,7 +96,13 @@ def main() -> None:
     ap.add_argument("--watch", default="cities", choices=["cities", "digits"],
                     help="the answer tokens whose loss is reported")
     ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--bare-answers", action="store_true",
+                    help="arithmetic and counting answer with the bare result, as before session 16 (no work shown)")
+    ap.add_argument("--show-wrong", action="store_true", help="print each held-out prompt answered wrong")
     a = ap.parse_args()
+    if a.bare_answers:  # arithmetic() and count() look these up when they run
+        synthetic.columns = lambda x, op, y: str(x + y if op == "+" else x - y)
+        synthetic.running_count = lambda text, letter: str(text.count(letter))
     t0, width = time.time(), HP["seq_len"] + 1
     tasks = a.tasks.split(",") if a.tasks else None
     tok = byte_tokenizer(list(synthetic.TOKEN_WORDS))
@@ -126,7 +135,11 @@ def main() -> None:
 
     def evaluate() -> str:
         items = synthetic.held_out(40, a.seed, seen, tasks)
-        scores = synthetic.grade(items, answer_items(model, tok, items))
+        replies = answer_items(model, tok, items)
+        scores = synthetic.grade(items, replies)
+        for item, reply in zip(items, replies, strict=True):
+            if a.show_wrong and not synthetic.correct(item, reply):
+                print(f"  wrong: {item['prompt']!r} -> {reply!r} (want {item['answer']!r})")
         model.train()
         return "  ".join(f"{k.removeprefix('accuracy_')} {v:.1%}" for k, v in scores.items())
 

@@ -128,7 +128,7 @@ class TinyChatSpec(_Strict):
     """Held-out prompts per task for the final greedy-decoding accuracy."""
     tasks: list[str] | None = None
     """Subset of task names (default: all)."""
-    induction_steps: int = Field(400, ge=0)
+    induction_steps: int = Field(300, ge=0)
     """The first steps train on copying drills only (at most a quarter of the steps): the induction heads
     they form are what the table look-up needs (``trainer.data.synthetic.induction_windows``)."""
 

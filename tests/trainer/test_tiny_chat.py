@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 from trainer.data import synthetic
 from trainer.data.chat import validate_record
@@ -78,14 +79,20 @@ def test_every_task_has_one_checkable_answer():
     rng = random.Random(0)
     for _ in range(200):
         p, a = synthetic.arithmetic(rng)
-        assert str(eval(p[len("What is "):-1])) == a  # noqa: S307 (our own generated expression)
+        work, result = a.split(": ")  # column by column, then the result
+        assert result == str(eval(p[len("What is "):-1]))  # noqa: S307 (our own generated expression)
+        for step in work.split(", "):  # each column's step is itself right: "7+7=14", "6-3-1=2"
+            left, right = step.split("=")
+            assert str(eval(left)) == right  # noqa: S307
         p, a = synthetic.reverse(rng)
         assert p.split(": ")[1][::-1] == a
         p, a = synthetic.sort(rng)
         assert sorted(p.split(": ")[1].split()) == a.split()
         p, a = synthetic.count(rng)
         _, letter, _, text = p.split(" ")
-        assert str(text.count(letter)) == a
+        tally, total = a.split(": ")  # the string with a running count after each letter, then the total
+        assert total == str(text.count(letter)) and "".join(ch for ch in tally if ch.isalpha()) == text
+        assert re.findall(rf"{letter}(\d)", tally) == [str(i) for i in range(1, text.count(letter) + 1)]
         p, a = synthetic.table(rng)
         name = p.split("Where does ")[1].split(" ")[0]
         assert a.startswith(f"{name}: ") and f"\n{a}\n" in p  # the answer is the row of the name asked
