@@ -32,8 +32,10 @@ from trainer.data import synthetic
 from trainer.data.chat import encode_chat
 from trainer.data.tokenizer import byte_tokenizer, special_ids
 from trainer.model import PRESETS, build_model, llama_config
+from trainer.optim import build_optimizer
 from trainer.recipes.tiny_chat import answer_items
 from trainer.spec import TINY_CHAT_HYPERPARAMETERS as HP
+from trainer.spec import Hyperparameters
 
 
 def windows(tok, n: int, seed: int, tasks: list[str] | None, width: int, prompt_loss: float):
@@ -87,6 +89,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=HP["batch_size"])
     ap.add_argument("--lr", type=float, default=HP["lr"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    ap.add_argument("--muon-lr", type=float, default=Hyperparameters().muon_lr)
     ap.add_argument("--prompt-loss", type=float, default=0.0)
     ap.add_argument("--induction", type=float, default=0.0)
     ap.add_argument("--induction-steps", type=int, default=0,
@@ -113,10 +117,8 @@ def main() -> None:
                                      seq_len=HP["seq_len"]), a.seed)
     if a.mimetic:
         mimetic_init(model, a.mimetic)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": HP["weight_decay"]},
-                             {"params": others, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
+    opt = build_optimizer(model, Hyperparameters(lr=a.lr, weight_decay=HP["weight_decay"], optimizer=a.optimizer,
+                                                 muon_lr=a.muon_lr))
     warm = HP["warmup_steps"]
 
     def factor(s: int) -> float:

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
                                               [--batch-size N] [--lr X] [--tasks tool_math,tool_city,tool_direct]
                                               [--induction-steps N] [--[no-]compile]
+                                              [--optimizer adamw|muon] [--muon-lr X]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -30,14 +31,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="data, initialisation and order seed (default 0)")
     p.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     p.add_argument("--induction-steps", type=int, help="override the recipe's steps of copying drills")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], help="override the recipe's optimizer")
+    p.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile each decoder layer")
     args = p.parse_args()
 
     t0 = time.time()
+    import trainer
+
+    trainer.claim_the_cores()  # as llmsvc up does for its first-run build
     from trainer.tiny_chat import build
 
     overrides: dict = {}
-    for key in ("steps", "batch_size", "lr"):
+    for key in ("steps", "batch_size", "lr", "optimizer", "muon_lr"):
         if getattr(args, key):
             overrides.setdefault("hyperparameters", {})[key] = getattr(args, key)
     if args.compile is not None:

@@ -21,13 +21,13 @@ def default_home() -> Path:
 
 
 STEPS_ENV = "LLMSVC_TINY_CHAT_STEPS"
-"""Train the first-run tiny-chat for this many optimizer steps instead of the recipe's (1,800): a quicker,
+"""Train the first-run tiny-chat for this many optimizer steps instead of the recipe's (1,400): a quicker,
 weaker model, for a first look on a slow machine (and the quick-start test)."""
 
 
 def build_overrides(environ: dict[str, str]) -> dict:
     """The tiny-chat build's overrides from :data:`STEPS_ENV`: fewer steps see proportionally fewer
-    conversations (the recipe's ~111 a step); {} when unset."""
+    conversations (the recipe's ~107 a step); {} when unset."""
     from trainer.spec import TINY_CHAT_HYPERPARAMETERS
 
     recipe_steps = TINY_CHAT_HYPERPARAMETERS["steps"]
@@ -39,17 +39,20 @@ def build_overrides(environ: dict[str, str]) -> dict:
                          f"{recipe_steps}), or unset it")
     steps = int(raw)
     return {"hyperparameters": {"steps": steps, "warmup_steps": min(50, max(1, steps // 10))},
-            "tiny_chat": {"examples": max(1000, min(200_000, steps * 111))}}
+            "tiny_chat": {"examples": max(1000, min(200_000, steps * 107))}}
 
 
 def ensure_default_model(home: Path, overrides: dict | None = None) -> Path:
     """Train the tiny-chat default model on first run (a few minutes on CPU, with a progress bar); reuse it
     afterwards. An interrupted build resumes from its last checkpoint on the next run."""
-    from trainer.tiny_chat import build
+    import trainer
 
     path = home / "models" / "tiny-chat"
     if (path / "config.json").exists():
         return path
+    trainer.claim_the_cores()  # before torch loads; nothing else of the stack runs yet
+    from trainer.tiny_chat import build
+
     overrides = overrides or {}
     steps = overrides.get("hyperparameters", {}).get("steps")
     console.print("Training the default model [bold]tiny-chat[/] (first run only; a few minutes on CPU)…"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import os
+
 import pytest
 import torch
 
@@ -131,3 +134,79 @@ def test_uncompile_gives_the_blocks_back_their_eager_calls():
     x = torch.ones(2, 4)
     assert uncompile(torch.nn.Sequential(block)) is not None and block._compiled_call_impl is None
     assert torch.equal(block(x), x @ block.weight.T + block.bias)
+
+
+def test_orthogonalize_keeps_the_directions_and_evens_the_singular_values():
+    from trainer.optim import orthogonalize
+
+    torch.manual_seed(0)
+    for shape in ((128, 384), (384, 128), (96, 128)):  # not square: a random square one has a singular value near 0
+        g = torch.randn(shape) * torch.logspace(-1, 0, shape[1])  # columns from 0.1 to 1 in scale
+        o = orthogonalize(g)
+        s = torch.linalg.svdvals(o)
+        assert o.shape == g.shape and 0.5 < s.min() and s.max() < 1.3, (shape, s.min(), s.max())
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        assert torch.nn.functional.cosine_similarity((u @ vh).flatten(), o.flatten(), dim=0) > 0.9
+
+
+def test_muon_updates_the_layers_matrices_and_adamw_the_rest_and_resumes_exactly():
+    from transformers import LlamaForCausalLM
+
+    from trainer.optim import Muon
+
+    def model_and_opt():
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(llama_config(PRESETS["nano"], 300, bos=1, eos=[2], pad=0, seq_len=64))
+        return m, build_optimizer(m, Hyperparameters(optimizer="muon", lr=3e-3, muon_lr=0.02))
+
+    model, opt = model_and_opt()
+    assert isinstance(opt, Muon)
+    muon, other, norms = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert muon["muon"] and muon["lr"] == 0.02 and other["lr"] == norms["lr"] == 3e-3
+    assert {names[id(p)].split(".")[-2] for p in muon["params"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert [names[id(p)] for p in other["params"]] == ["model.embed_tokens.weight"]  # tied with the LM head
+    assert muon["weight_decay"] * muon["lr"] == pytest.approx(0.1 * 3e-3)  # AdamW's decay per step
+    x = torch.randint(3, 300, (4, 33))
+
+    def step(m, o):
+        loss = m(input_ids=x, labels=x).loss
+        loss.backward()
+        o.step(), o.zero_grad()
+        return loss.item()
+
+    losses = [step(model, opt) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses  # it learns a fixed batch
+    again, opt2 = model_and_opt()
+    again.load_state_dict(model.state_dict())
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a checkpoint file: no shared buffers
+    assert step(again, opt2) == pytest.approx(step(model, opt), rel=1e-6)
+    assert max((a - b).abs().max().item() for a, b in zip(model.parameters(), again.parameters(), strict=True)) == 0
+
+
+def test_muon_refuses_sharded_matrices():
+    with pytest.raises(SpecError, match="optimizer 'muon' needs whole matrices on each rank"):
+        parse_spec({"recipe": "tiny-chat", "output_dir": "/x",
+                    "hyperparameters": {"optimizer": "muon", "parallel": "fsdp"}})
+
+
+def test_a_lone_build_loads_torch_with_spinning_openmp_and_leaves_the_environment_as_it_was():
+    """In a fresh interpreter, as ``llmsvc up`` calls it before its first-run build: the spin count is in the
+    environment only while torch loads; children started afterwards do not inherit it, and a second call (torch
+    already loaded) or a user's own GOMP_SPINCOUNT changes nothing."""
+    import subprocess
+    import sys
+
+    code = ("import os, subprocess, sys, trainer\n"
+            "first = trainer.claim_the_cores()\n"
+            "child = subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\"GOMP_SPINCOUNT\"))'],"
+            " capture_output=True, text=True).stdout.strip()\n"
+            "print(first, 'torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT'), child, trainer.claim_the_cores(),"
+            " os.environ['OMP_WAIT_POLICY'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "True", "None", "None", "False", "PASSIVE"]
+    env["GOMP_SPINCOUNT"] = "7"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False", "7", "7", "False", "PASSIVE"]

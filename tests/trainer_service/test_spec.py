@@ -17,6 +17,7 @@ from services.trainer.spec import (
     choose_recipe,
     resolve_hyperparameters,
     spec_json,
+    trainer_hyperparameters,
 )
 from trainer.spec import Spec, parse_spec
 
@@ -63,8 +64,12 @@ def test_tiny_chat_defaults_to_the_recipes_tuned_learning_rate():
 
     h = resolve_hyperparameters({}, {}, "tiny-chat", examples=None, seed=0)
     assert h["lr"] == TINY_CHAT_HYPERPARAMETERS["lr"]
+    assert h["muon_lr"] == TINY_CHAT_HYPERPARAMETERS["muon_lr"]
     h = resolve_hyperparameters({"learning_rate_multiplier": 0.5}, {}, "tiny-chat", examples=None, seed=0)
     assert h["lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["lr"])
+    assert h["muon_lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["muon_lr"])  # Muon's matrices too
+    assert trainer_hyperparameters(h)["muon_lr"] == h["muon_lr"]
+    assert "muon_lr" not in resolve_hyperparameters({}, {}, "sft", examples=None, seed=0)  # AdamW recipes
 
 
 def test_steps_wait_for_the_example_count_when_unknown():

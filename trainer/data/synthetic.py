@@ -232,7 +232,9 @@ WEIGHTS = {"arithmetic": 4, "reverse": 1.5, "sort": 2, "count": 4, "copy": 1.5, 
 reversal, sorting and copying (learnt early) to arithmetic, counting and look-up took held-out
 arithmetic from 8% to 88% in the same 1,000 steps; the tool tasks are learnt fast and take about a fifth
 of the examples. Since the drills, the look-up is learnt in about 100 steps, so half its weight went to
-reversal, copying and ``tool_city``, the tasks that copy a span (docs/benchmarks.md, session 16)."""
+reversal, copying and ``tool_city``, the tasks that copy a span (docs/benchmarks.md, session 16). A
+point more of the table's weight moved to copying put the look-up back near chance (docs/benchmarks.md,
+session 17)."""
 
 
 def induction_windows(tokenizer, count: int, width: int, seed: int) -> list:
