@@ -210,3 +210,24 @@ def test_a_lone_build_loads_torch_with_spinning_openmp_and_leaves_the_environmen
     env["GOMP_SPINCOUNT"] = "7"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["False", "False", "7", "7", "False", "PASSIVE"]
+
+
+def test_muons_adamw_groups_step_as_torchs_adamw():
+    """Muon carries its own AdamW for the embeddings and norms (one optimizer, one schedule, one checkpoint);
+    it must move them exactly as ``torch.optim.AdamW`` would."""
+    from trainer.optim import Muon
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 5, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    ours = Muon([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=3e-3)
+    w2, b2 = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    start = w.detach().clone()
+    theirs = torch.optim.AdamW([{"params": [w2], "weight_decay": 0.1}, {"params": [b2], "weight_decay": 0.0}],
+                               lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    for step in range(5):
+        g = torch.randn(8, 5), torch.randn(5)
+        w.grad, b.grad, w2.grad, b2.grad = g[0], g[1], g[0].clone(), g[1].clone()
+        ours.step(), theirs.step()
+        assert torch.allclose(w, w2, atol=1e-7) and torch.allclose(b, b2, atol=1e-7), step
+    assert (w - start).abs().min() > 0  # every weight moved: the comparison is not of two idle optimizers
