@@ -9,7 +9,10 @@ Layout of a prepared folder::
 
 Training reads fixed windows of ``seq_len + 1`` tokens. Text is packed densely
 and windows may cut documents; conversations are packed whole into windows
-(padding the rest of a window) so none loses its prompt.
+(padding the rest of a window) so none loses its prompt. They go to the first of
+the open windows with room for them (first fit, :data:`OPEN_WINDOWS` open at a
+time), not only to the last: on tiny-chat's conversations that fills 97% of
+each window's tokens, where packing them in order filled 91%.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from pathlib import Path
 import numpy as np
 
 SHARD_TOKENS = 1 << 26  # 64M tokens (128 MiB as uint16) a shard
+OPEN_WINDOWS = 64
+"""Windows a conversation may still be placed in; when a new one must open beyond these, the fullest is written."""
+PACKING = "first-fit-64"
+"""Names the packing in a preparation's cache key (a change of it prepares the data again)."""
 
 
 class ShardWriter:
@@ -35,6 +42,7 @@ class ShardWriter:
         self.shard_tokens = shard_tokens if window is None else max(window, shard_tokens // window * window)
         self.shards: list[dict] = []
         self.n_docs = self.n_tokens = self.n_targets = self.truncated = 0
+        self._open: list[list] = []  # windows being filled: [tokens used, [(ids, mask), ...]]
         self._open_shard()
 
     def _open_shard(self) -> None:
@@ -61,26 +69,47 @@ class ShardWriter:
         self._len += len(ids)
 
     def add(self, ids: list[int], mask: list[int] | None = None) -> None:
-        if self.window is not None:
-            if len(ids) > self.window:
-                ids, mask = ids[:self.window], (mask[:self.window] if mask else None)
-                self.truncated += 1
-            room = self.window - self._len % self.window
-            if len(ids) > room:  # pad out this window: a conversation never straddles two
-                self._write([self.pad_id] * room, [0] * room if self.with_mask else None)
+        if self.window is not None and len(ids) > self.window:
+            ids, mask = ids[:self.window], (mask[:self.window] if mask else None)
+            self.truncated += 1
+        self.n_docs += 1
+        self.n_tokens += len(ids)
+        self.n_targets += sum(mask) if mask is not None else len(ids)
+        if self.window is None:
+            self._doc(ids, mask)
+            return
+        for open_window in self._open:  # first fit: the oldest open window with room
+            if self.window - open_window[0] >= len(ids):
+                open_window[0] += len(ids)
+                open_window[1].append((ids, mask))
+                return
+        if len(self._open) == OPEN_WINDOWS:
+            self._write_window(max(self._open, key=lambda w: w[0]))
+        self._open.append([len(ids), [(ids, mask)]])
+
+    def _doc(self, ids: list[int], mask: list[int] | None) -> None:
         if self._len + len(ids) > self.shard_tokens and self._len:
             self._close_shard()
             self._open_shard()
         self._starts.append(self._len)
         self._write(ids, mask)
-        self.n_docs += 1
-        self.n_tokens += len(ids)
-        self.n_targets += sum(mask) if mask is not None else len(ids)
+
+    def _write_window(self, open_window: list) -> None:
+        """One window's conversations, then padding to its end (windows never straddle shards)."""
+        self._open.remove(open_window)
+        if self._len + self.window > self.shard_tokens and self._len:
+            self._close_shard()
+            self._open_shard()
+        for ids, mask in open_window[1]:
+            self._starts.append(self._len)
+            self._write(ids, mask)
+        room = self.window - open_window[0]
+        if room:
+            self._write([self.pad_id] * room, [0] * room if self.with_mask else None)
 
     def finish(self, **extra) -> dict:
-        if self.window is not None and self._len % self.window:  # pad the last window so it is not dropped
-            room = self.window - self._len % self.window
-            self._write([self.pad_id] * room, [0] * room if self.with_mask else None)
+        while self._open:  # in the order they opened
+            self._write_window(self._open[0])
         self._close_shard()
         manifest = {"format": 1, "dtype": np.dtype(self.dtype).name, "window": self.window,
                     "n_docs": self.n_docs, "n_tokens": self.n_tokens, "n_target_tokens": self.n_targets,

@@ -25,7 +25,7 @@ from ..spec import DataSpec
 from .chat import encode_chat, encode_preference, parse_preference, validate_record
 from .dedup import ExactDedup, NearDedup
 from .filters import QualityFilter
-from .pack import ShardWriter
+from .pack import PACKING, ShardWriter
 from .pii import PIIScrubber
 from .preference import PairWriter
 from .sources import DataError, iter_records, source_fingerprint
@@ -187,6 +187,7 @@ def prepare(path: str, data: DataSpec, kind: Kind, work_dir: Path, *, seq_len: i
         raise DataError(f"training data {path} does not exist")
     key = hashlib.sha256(json.dumps({
         "data": data.model_dump(), "kind": kind, "seq_len": seq_len, "source": source_fingerprint(path),
+        "packing": PACKING,
         "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else "train",
     }, sort_keys=True, default=str).encode()).hexdigest()
     work_dir = Path(work_dir)
