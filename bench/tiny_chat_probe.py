@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=HP["lr"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
-    ap.add_argument("--muon-lr", type=float, default=Hyperparameters().muon_lr)
+    ap.add_argument("--muon-lr", type=float, default=HP["muon_lr"])
     ap.add_argument("--prompt-loss", type=float, default=0.0)
     ap.add_argument("--induction", type=float, default=0.0)
     ap.add_argument("--induction-steps", type=int, default=0,
