@@ -1,7 +1,7 @@
 """A trained model calls tools: ``tool_choice: auto`` on held-out prompts, a real agent loop, the README's code.
 
 The model is tiny-chat trained here by its own recipe on its tool tasks only (``tool_math``, ``tool_city``,
-``tool_direct``: a quick build of 900 steps, about three minutes on two cores), served by the real stack with vLLM's
+``tool_direct``: a quick build of 500 steps, about two minutes on two cores), served by the real stack with vLLM's
 ``hermes`` parser, which its ``llmsvc.json`` names. Under ``auto`` it must choose the right function with
 the right arguments, read the tool's result and answer with it, and answer the other tasks directly.
 The agent loop is the OpenAI Agents SDK's chat-completions model, unchanged, pointed at llmsvc.
@@ -24,7 +24,7 @@ from trainer.data import synthetic
 
 MODEL_CACHE = Path(os.environ.get("LLMSVC_TEST_CACHE", Path.home() / ".cache" / "llmsvc-test"))
 MODEL = "tiny-chat"
-QUICK_BUILD = {"hyperparameters": {"steps": 900},
+QUICK_BUILD = {"hyperparameters": {"steps": 500},
                "tiny_chat": {"tasks": ["tool_math", "tool_city", "tool_direct"], "examples": 30_000,
                              "eval_per_task": 0, "induction_steps": 0}}
 README = Path(__file__).resolve().parents[2] / "README.md"
