@@ -6,7 +6,7 @@ it as ``tiny-chat-v1`` with the alias ``tiny-chat``, serves it on 127.0.0.1:8000
 Ctrl-C (SIGINT to the foreground process group, as a terminal sends it).
 
 One thing differs from a user's first run: ``LLMSVC_TINY_CHAT_STEPS=60`` shortens the build (the same
-``trainer.tiny_chat.build``, 60 steps instead of the recipe's 1,400, which take 8 to 10 minutes on two cores
+``trainer.tiny_chat.build``, 60 steps instead of the recipe's 1,400, which take 6 to 10 minutes on two cores
 and are measured by ``bench.train_tiny_chat``). The home is fresh through ``LLMSVC_HOME``.
 """
 
