@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.adamw import adamw
 
 from .spec import Hyperparameters
 
@@ -28,8 +29,8 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for the groups marked ``muon``, AdamW for the rest (embeddings, the LM head, norms), in one optimizer
-    so one schedule and one checkpoint cover both.
+    """Muon for the groups marked ``muon``, AdamW for the rest (embeddings, the LM head, norms: torch's own
+    functional ``adamw`` step), in one optimizer so one schedule and one checkpoint cover both.
 
     A Muon step takes the Nesterov momentum of the gradient and replaces it with its orthogonalisation
     (:func:`orthogonalize`): every direction of the matrix moves by the same amount, so directions the gradient
@@ -53,24 +54,22 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             lr, wd = group["lr"], group["weight_decay"]
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
             if group["muon"]:
+                if wd:
+                    torch._foreach_mul_(params, 1 - lr * wd)
                 self._muon(group, params)
                 continue
-            b1, b2 = group["betas"]
-            for p in params:
-                state = self.state[p]
-                if not state:
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states, strict=True):
+                if not state:  # the state torch.optim.AdamW keeps, so the step is torch's own
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"].item()
-                state["exp_avg"].lerp_(p.grad, 1 - b1)
-                state["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                denom = (state["exp_avg_sq"] / (1 - b2 ** t)).sqrt_().add_(group["eps"])
-                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1 ** t))
+            b1, b2 = group["betas"]
+            adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                  amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=wd, eps=group["eps"],
+                  maximize=False)
         return loss
 
     def _muon(self, group: dict, params: list[torch.Tensor]) -> None:

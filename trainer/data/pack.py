@@ -84,7 +84,8 @@ class ShardWriter:
                 open_window[1].append((ids, mask))
                 return
         if len(self._open) == OPEN_WINDOWS:
-            self._write_window(max(self._open, key=lambda w: w[0]))
+            fullest = max(range(OPEN_WINDOWS), key=lambda i: self._open[i][0])
+            self._write_window(self._open.pop(fullest))
         self._open.append([len(ids), [(ids, mask)]])
 
     def _doc(self, ids: list[int], mask: list[int] | None) -> None:
@@ -96,7 +97,6 @@ class ShardWriter:
 
     def _write_window(self, open_window: list) -> None:
         """One window's conversations, then padding to its end (windows never straddle shards)."""
-        self._open.remove(open_window)
         if self._len + self.window > self.shard_tokens and self._len:
             self._close_shard()
             self._open_shard()
@@ -109,7 +109,7 @@ class ShardWriter:
 
     def finish(self, **extra) -> dict:
         while self._open:  # in the order they opened
-            self._write_window(self._open[0])
+            self._write_window(self._open.pop(0))
         self._close_shard()
         manifest = {"format": 1, "dtype": np.dtype(self.dtype).name, "window": self.window,
                     "n_docs": self.n_docs, "n_tokens": self.n_tokens, "n_target_tokens": self.n_targets,
