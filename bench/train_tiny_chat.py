@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.train_tiny_chat [--out /tmp/tiny-chat] [--seed S] [--steps N] [--examples N]
                                               [--batch-size N] [--lr X] [--tasks tool_math,tool_city,tool_direct]
                                               [--induction-steps N] [--[no-]compile]
-                                              [--optimizer adamw|muon] [--muon-lr X]
+                                              [--optimizer adamw|muon] [--muon-lr X] [--muon-attention-lr X]
 
 Prints elapsed time and the load average every 100 steps (the machine is
 shared, so the load says how much of the two cores the build actually got),
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--induction-steps", type=int, help="override the recipe's steps of copying drills")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override the recipe's optimizer")
     p.add_argument("--muon-lr", type=float, help="override the recipe's Muon learning rate")
+    p.add_argument("--muon-attention-lr", type=float, help="override the recipe's Muon rate for attention")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile each decoder layer")
     args = p.parse_args()
 
@@ -43,7 +44,7 @@ def main() -> None:
     from trainer.tiny_chat import build
 
     overrides: dict = {}
-    for key in ("steps", "batch_size", "lr", "optimizer", "muon_lr"):
+    for key in ("steps", "batch_size", "lr", "optimizer", "muon_lr", "muon_attention_lr"):
         if getattr(args, key):
             overrides.setdefault("hyperparameters", {})[key] = getattr(args, key)
     if args.compile is not None:

@@ -97,18 +97,28 @@ def _is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
     return p.ndim == 2 and "embed" not in name and "lm_head" not in name
 
 
+def _is_attention(name: str) -> bool:
+    """An attention projection (``self_attn.{q,k,v,o}_proj`` in Llama's naming)."""
+    return "attn" in name
+
+
 def build_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
     """Matrices (linear weights, embeddings) decay; norms and biases (1-D tensors) never do. With
-    ``hp.optimizer == "muon"`` the decoder layers' matrices are updated by Muon at ``hp.muon_lr``."""
+    ``hp.optimizer == "muon"`` the decoder layers' matrices are updated by Muon: the MLPs' at ``hp.muon_lr``, the
+    attention projections' at ``hp.muon_attention_lr`` (``muon_lr`` if unset)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     no_decay = [p for p in params if p.ndim < 2]
     if hp.optimizer == "muon":
-        hidden = [p for n, p in named if _is_hidden_matrix(n, p)]
+        hidden = [(n, p) for n, p in named if _is_hidden_matrix(n, p)]
+        split = hp.muon_attention_lr is not None  # else one group, as before the attention had its own rate
+        rates = [(hp.muon_lr, [p for n, p in hidden if not (split and _is_attention(n))])]
+        if split:
+            rates.append((hp.muon_attention_lr, [p for n, p in hidden if _is_attention(n)]))
         other = [p for n, p in named if p.ndim >= 2 and not _is_hidden_matrix(n, p)]
         # decay at AdamW's rate per step (lr · weight_decay), whatever Muon's own learning rate
-        groups = [{"params": hidden, "weight_decay": hp.weight_decay * hp.lr / hp.muon_lr, "muon": True,
-                   "lr": hp.muon_lr},
+        groups = [*({"params": ps, "weight_decay": hp.weight_decay * hp.lr / lr, "muon": True, "lr": lr}
+                    for lr, ps in rates),
                   {"params": other, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return Muon([g for g in groups if g["params"]], lr=hp.lr, betas=hp.betas)

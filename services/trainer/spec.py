@@ -20,7 +20,7 @@ __all__ = ["RECIPES", "SpecError"]  # the job's own: one recipe list, one error 
 BASE_LR = {"pretrain": 3e-4, "sft": 1e-4, "lora": 2e-4, "dpo": 5e-6, "tiny-chat": TINY_CHAT_HYPERPARAMETERS["lr"]}
 """Learning rate that ``learning_rate_multiplier`` scales, per recipe (tiny-chat's is the recipe's own tuned one)."""
 OPENAI_HPARAMS = {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
-OUR_HPARAMS = {"steps", "lr", "seq_len", "warmup_steps", "grad_accum", "muon_lr"}
+OUR_HPARAMS = {"steps", "lr", "seq_len", "warmup_steps", "grad_accum", "muon_lr", "muon_attention_lr"}
 EXTRA_KEYS = {"recipe", "lora", "merge_lora", "checkpoint_every", "keep_checkpoints", "resources", "evals"}
 DEFAULT_EPOCHS, DEFAULT_BATCH = 3, 4
 DEFAULT_KEEP = 3
@@ -86,6 +86,8 @@ def resolve_hyperparameters(hyperparameters: dict, method: dict, recipe: str, ex
         out["beta"] = _number(h, "beta", float, 0.1)
     if recipe == "tiny-chat":  # its matrices train with Muon, whose rate the multiplier scales too
         out["muon_lr"] = _number(h, "muon_lr", float, TINY_CHAT_HYPERPARAMETERS["muon_lr"] * mult)
+        out["muon_attention_lr"] = _number(h, "muon_attention_lr", float,
+                                           TINY_CHAT_HYPERPARAMETERS["muon_attention_lr"] * mult)
     return complete_steps(out, examples) if examples else out
 
 

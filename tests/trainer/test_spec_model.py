@@ -185,6 +185,35 @@ def test_muon_updates_the_layers_matrices_and_adamw_the_rest_and_resumes_exactly
     assert max((a - b).abs().max().item() for a, b in zip(model.parameters(), again.parameters(), strict=True)) == 0
 
 
+def test_muon_attention_rate_moves_only_the_attention_projections():
+    """``muon_attention_lr`` puts q/k/v/o in a group of their own at that rate, with AdamW's decay per step;
+    the MLPs keep ``muon_lr``. One step of each optimizer from the same start and gradient: the MLPs move
+    identically, each attention matrix by the ratio of the rates (Muon's step is its orthogonalised momentum
+    times the rate, so the same gradient gives the same direction)."""
+    from transformers import LlamaForCausalLM
+
+    def one_step(**rates):
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(llama_config(PRESETS["nano"], 300, bos=1, eos=[2], pad=0, seq_len=64))
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        opt = build_optimizer(m, Hyperparameters(optimizer="muon", lr=3e-3, weight_decay=0.0, **rates))
+        x = torch.randint(3, 300, (4, 33))
+        m(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        return opt, {n: p.detach() - before[n] for n, p in m.named_parameters()}
+
+    opt, split = one_step(muon_lr=0.02, muon_attention_lr=0.005)
+    mlp, attention = (g for g in opt.param_groups if g.get("muon"))
+    assert (mlp["lr"], attention["lr"]) == (0.02, 0.005)
+    _, same = one_step(muon_lr=0.02)
+    assert sum(g.get("muon", False) for g in _.param_groups) == 1  # unset: one group, as before
+    for name, delta in split.items():
+        if "self_attn" in name:
+            torch.testing.assert_close(delta, same[name] * 0.25)
+        elif "mlp" in name:
+            torch.testing.assert_close(delta, same[name])
+
+
 def test_muon_refuses_sharded_matrices():
     with pytest.raises(SpecError, match="optimizer 'muon' needs whole matrices on each rank"):
         parse_spec({"recipe": "tiny-chat", "output_dir": "/x",

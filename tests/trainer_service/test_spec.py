@@ -65,10 +65,13 @@ def test_tiny_chat_defaults_to_the_recipes_tuned_learning_rate():
     h = resolve_hyperparameters({}, {}, "tiny-chat", examples=None, seed=0)
     assert h["lr"] == TINY_CHAT_HYPERPARAMETERS["lr"]
     assert h["muon_lr"] == TINY_CHAT_HYPERPARAMETERS["muon_lr"]
+    assert h["muon_attention_lr"] == TINY_CHAT_HYPERPARAMETERS["muon_attention_lr"]
     h = resolve_hyperparameters({"learning_rate_multiplier": 0.5}, {}, "tiny-chat", examples=None, seed=0)
     assert h["lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["lr"])
     assert h["muon_lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["muon_lr"])  # Muon's matrices too
+    assert h["muon_attention_lr"] == pytest.approx(0.5 * TINY_CHAT_HYPERPARAMETERS["muon_attention_lr"])
     assert trainer_hyperparameters(h)["muon_lr"] == h["muon_lr"]
+    assert trainer_hyperparameters(h)["muon_attention_lr"] == h["muon_attention_lr"]
     assert "muon_lr" not in resolve_hyperparameters({}, {}, "sft", examples=None, seed=0)  # AdamW recipes
 
 
