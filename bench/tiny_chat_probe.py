@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
     ap.add_argument("--muon-lr", type=float, default=HP["muon_lr"])
+    ap.add_argument("--muon-attention-lr", type=float, default=HP["muon_attention_lr"])
     ap.add_argument("--prompt-loss", type=float, default=0.0)
     ap.add_argument("--induction", type=float, default=0.0)
     ap.add_argument("--induction-steps", type=int, default=0,
@@ -118,7 +119,7 @@ def main() -> None:
     if a.mimetic:
         mimetic_init(model, a.mimetic)
     opt = build_optimizer(model, Hyperparameters(lr=a.lr, weight_decay=HP["weight_decay"], optimizer=a.optimizer,
-                                                 muon_lr=a.muon_lr))
+                                                 muon_lr=a.muon_lr, muon_attention_lr=a.muon_attention_lr))
     warm = HP["warmup_steps"]
 
     def factor(s: int) -> float:
