@@ -84,6 +84,10 @@ def resolve_hyperparameters(hyperparameters: dict, method: dict, recipe: str, ex
         out["seq_len"] = _number(h, "seq_len", int, None)
     if recipe == "dpo":
         out["beta"] = _number(h, "beta", float, 0.1)
+    muon = sorted(k for k in ("muon_attention_lr", "muon_lr") if h.get(k, "auto") not in ("auto", None))
+    if muon and recipe != "tiny-chat":  # the other recipes train with AdamW: a Muon rate would do nothing
+        raise SpecError(f"hyperparameters.{muon[-1]} applies only to the 'tiny-chat' recipe, which trains with Muon; "
+                        f"the {recipe!r} recipe trains with AdamW at 'lr'.", f"hyperparameters.{muon[-1]}")
     if recipe == "tiny-chat":  # its matrices train with Muon, whose rate the multiplier scales too
         out["muon_lr"] = _number(h, "muon_lr", float, TINY_CHAT_HYPERPARAMETERS["muon_lr"] * mult)
         out["muon_attention_lr"] = _number(h, "muon_attention_lr", float,

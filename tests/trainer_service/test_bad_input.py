@@ -49,6 +49,8 @@ async def test_uploads_need_the_fine_tune_purpose(trainer):
     ({"method": {"type": "dpo"}}, grpc.StatusCode.INVALID_ARGUMENT, "training_file",
      "the dpo recipe trains on preference examples, but the file holds chat examples"),
     ({"hyper": {"n_epochs": "many"}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.n_epochs", "integer"),
+    ({"hyper": {"muon_attention_lr": 0.005}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.muon_attention_lr",
+     "applies only to the 'tiny-chat' recipe, which trains with Muon; the 'sft' recipe trains with AdamW"),
     ({"suffix": "../escape"}, grpc.StatusCode.INVALID_ARGUMENT, "suffix", "suffix may hold"),
     ({"extra": {"resources": {"nodes": 2}}}, grpc.StatusCode.INVALID_ARGUMENT, "resources.nodes",
      "needs the kubernetes runner"),

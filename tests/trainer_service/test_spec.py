@@ -73,6 +73,10 @@ def test_tiny_chat_defaults_to_the_recipes_tuned_learning_rate():
     assert trainer_hyperparameters(h)["muon_lr"] == h["muon_lr"]
     assert trainer_hyperparameters(h)["muon_attention_lr"] == h["muon_attention_lr"]
     assert "muon_lr" not in resolve_hyperparameters({}, {}, "sft", examples=None, seed=0)  # AdamW recipes
+    for key in ("muon_lr", "muon_attention_lr"):  # a rate an AdamW recipe would ignore is refused, not dropped
+        with pytest.raises(SpecError, match=f"hyperparameters.{key} applies only to the 'tiny-chat' recipe") as e:
+            resolve_hyperparameters({key: 0.01}, {}, "sft", examples=None, seed=0)
+        assert e.value.param == f"hyperparameters.{key}"
 
 
 def test_steps_wait_for_the_example_count_when_unknown():
