@@ -202,7 +202,7 @@ TINY_CHAT_HYPERPARAMETERS = {"steps": 1400, "batch_size": 16, "lr": 3e-3, "warmu
 held-out where AdamW's gave 15.8% (docs/benchmarks.md, session 17), so the build is 400 steps shorter. At
 Muon's usual 0.02 one seed in three lost the drills' induction heads to the tasks (the look-up at 50%); at
 0.01 two builds in ten still did (session 18). With the attention projections at half the MLPs' rate every
-task of each of six seeds is at 95% or more, the look-up at 100% (session 19)."""
+task of each of eight seeds is at 95% or more, the look-up at 100% (session 19)."""
 
 
 def _fill_unset(model: BaseModel, defaults: dict) -> None:
