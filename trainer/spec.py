@@ -121,12 +121,6 @@ class Hyperparameters(_Strict):
     eval_batches: int = Field(8, ge=1)
     """Batches of validation data for ``eval_loss`` at the end."""
 
-    @model_validator(mode="after")
-    def _muon_needs_whole_matrices(self) -> Hyperparameters:
-        if self.optimizer == "muon" and self.parallel == "fsdp":
-            raise ValueError("optimizer 'muon' needs whole matrices on each rank: use parallel 'ddp'")
-        return self
-
 
 class LoraSpec(_Strict):
     r: int = Field(8, ge=1)
@@ -172,18 +166,19 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _recipe_needs(self) -> Spec:
+        asked = set(self.hyperparameters.model_fields_set)  # what the spec set, before a recipe fills its own
         if self.recipe == "tiny-chat":
             if self.model is None:
                 self.model = ModelSpec(preset="tiny")
             _fill_unset(self.data, TINY_CHAT_DATA)
             _fill_unset(self.hyperparameters, TINY_CHAT_HYPERPARAMETERS)
-            return self
-        if self.model is None:
+        elif self.model is None:
             raise SpecError(f"recipe {self.recipe!r} needs 'model' ({{'preset': ...}} or {{'base': ...}})", "model")
-        if self.data.train is None:
+        elif self.data.train is None:
             raise SpecError(f"recipe {self.recipe!r} needs 'data.train'", "data.train")
-        if self.recipe in ("lora", "dpo") and self.model.base is None:
+        elif self.recipe in ("lora", "dpo") and self.model.base is None:
             raise SpecError(f"recipe {self.recipe!r} starts from a trained model: give 'model.base'", "model.base")
+        _optimizer_settings_agree(self.hyperparameters, asked, self.recipe)
         return self
 
     @property
@@ -203,6 +198,19 @@ held-out where AdamW's gave 15.8% (docs/benchmarks.md, session 17), so the build
 Muon's usual 0.02 one seed in three lost the drills' induction heads to the tasks (the look-up at 50%); at
 0.01 two builds in ten still did (session 18). With the attention projections at half the MLPs' rate every
 task of each of eight seeds is at 95% or more, the look-up at 100% (session 19)."""
+
+
+def _optimizer_settings_agree(hp: Hyperparameters, asked: set[str], recipe: str) -> None:
+    """Checked once the recipe's own settings are in (tiny-chat's optimizer is Muon unless the spec says
+    otherwise): Muon needs whole matrices, and a Muon rate the spec asks for must have Muon to use it."""
+    if hp.optimizer == "muon" and hp.parallel == "fsdp":
+        raise SpecError("optimizer 'muon' needs whole matrices on each rank: use parallel 'ddp'",
+                        "hyperparameters.parallel")
+    for key in ("muon_lr", "muon_attention_lr"):
+        if hp.optimizer != "muon" and key in asked:
+            raise SpecError(f"only optimizer 'muon' uses it, and recipe {recipe!r} here trains with "
+                            f"{hp.optimizer!r} at 'lr': set hyperparameters.optimizer to 'muon', or leave {key} out",
+                            f"hyperparameters.{key}")
 
 
 def _fill_unset(model: BaseModel, defaults: dict) -> None:

@@ -11,7 +11,7 @@ import torch
 from trainer.batches import Order, micro_slices
 from trainer.model import PRESETS, ModelTooLarge, check_fits, count_params, llama_config
 from trainer.optim import build_optimizer, lr_factor
-from trainer.spec import Hyperparameters, SpecError, parse_spec
+from trainer.spec import TINY_CHAT_HYPERPARAMETERS, Hyperparameters, SpecError, parse_spec
 
 
 def test_unknown_recipe_and_typos_are_clear_errors():
@@ -205,8 +205,8 @@ def test_muon_attention_rate_moves_only_the_attention_projections():
     opt, split = one_step(muon_lr=0.02, muon_attention_lr=0.005)
     mlp, attention = (g for g in opt.param_groups if g.get("muon"))
     assert (mlp["lr"], attention["lr"]) == (0.02, 0.005)
-    _, same = one_step(muon_lr=0.02)
-    assert sum(g.get("muon", False) for g in _.param_groups) == 1  # unset: one group, as before
+    one_group, same = one_step(muon_lr=0.02)
+    assert sum(g.get("muon", False) for g in one_group.param_groups) == 1  # unset: one group, as before
     for name, delta in split.items():
         if "self_attn" in name:
             torch.testing.assert_close(delta, same[name] * 0.25)
@@ -218,6 +218,28 @@ def test_muon_refuses_sharded_matrices():
     with pytest.raises(SpecError, match="optimizer 'muon' needs whole matrices on each rank"):
         parse_spec({"recipe": "tiny-chat", "output_dir": "/x",
                     "hyperparameters": {"optimizer": "muon", "parallel": "fsdp"}})
+    # tiny-chat's own optimizer is Muon: the same refusal when the spec only asks for fsdp
+    with pytest.raises(SpecError, match="optimizer 'muon' needs whole matrices on each rank") as e:
+        parse_spec({"recipe": "tiny-chat", "output_dir": "/x", "hyperparameters": {"parallel": "fsdp"}})
+    assert e.value.param == "hyperparameters.parallel"
+
+
+def test_a_muon_rate_without_muon_is_refused_not_ignored():
+    """An AdamW spec that sets ``muon_lr`` or ``muon_attention_lr`` would train as if it had not: refused,
+    naming the field. The recipe's own Muon rates, filled in for tiny-chat, never count as asked for."""
+    pretrain = {"recipe": "pretrain", "output_dir": "/x", "model": {"preset": "nano"}, "data": {"train": "/d"}}
+    tiny = {"recipe": "tiny-chat", "output_dir": "/x"}
+    for key in ("muon_lr", "muon_attention_lr"):
+        with pytest.raises(SpecError, match=f"hyperparameters.{key}: only optimizer 'muon' uses it") as e:
+            parse_spec({**pretrain, "hyperparameters": {key: 0.01}})
+        assert e.value.param == f"hyperparameters.{key}"
+        with pytest.raises(SpecError, match="recipe 'tiny-chat' here trains with 'adamw'") as e:
+            parse_spec({**tiny, "hyperparameters": {"optimizer": "adamw", key: 0.01}})
+        assert e.value.param == f"hyperparameters.{key}"
+    hp = parse_spec({**pretrain, "hyperparameters": {"optimizer": "muon", "muon_attention_lr": 0.005}}).hyperparameters
+    assert (hp.muon_lr, hp.muon_attention_lr) == (0.02, 0.005)
+    hp = parse_spec({**tiny, "hyperparameters": {"optimizer": "adamw"}}).hyperparameters
+    assert hp.optimizer == "adamw" and hp.muon_attention_lr == TINY_CHAT_HYPERPARAMETERS["muon_attention_lr"]
 
 
 def test_a_lone_build_loads_torch_with_spinning_openmp_and_leaves_the_environment_as_it_was():
