@@ -87,7 +87,11 @@ class BatchRunner:
         self._task: asyncio.Task | None = None
         self._batches: dict[str, asyncio.Task] = {}
         self._sending: set[tuple[str, int]] = set()
-        """(batch, line) of the requests in flight, of every batch: at most ``concurrency``."""
+        """(batch, line) of the requests in flight, of every batch: at most ``concurrency``. A line is in it from
+        the moment its task is made (not when the task first runs) until its answer arrives."""
+        self._claimed = 0
+        """Slots a batch has claimed while it reads which lines to fill them with: taken before that read's
+        ``await`` and handed back after, so batches reading at the same time cannot fill the same slots."""
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -158,23 +162,30 @@ class BatchRunner:
                     if batch is None or batch.status in TERMINAL_STATUSES or not self.leader():
                         return
                     if batch.status == "cancelling" or utcnow() >= batch.expires_at:
-                        await _cancel(tasks)
+                        await self._cancel(batch_id, tasks)
                         await self._finalize(batch_id, "cancelled" if batch.status == "cancelling" else "expired")
                         return
                     next_check = loop.time() + self.poll_s
                 for line, task in list(tasks.items()):
                     if task.done():
                         del tasks[line]
+                        self._sending.discard((batch_id, line))  # a task that failed before its finally
                         if not task.cancelled() and (exc := task.exception()) is not None:
                             exhausted = False  # its line is not done: it is sent again
                             log.error("batch %s line %d failed in the runner: %r", batch_id, line, exc)
-                if (free := self.concurrency - len(self._sending)) > 0 and not exhausted:
-                    async with self.sessions() as session:
-                        rows = list(await session.scalars(select(BatchLine).where(
-                            BatchLine.batch_id == batch_id, BatchLine.done.is_(False),
-                            BatchLine.line.not_in(list(tasks) or [-1])).order_by(BatchLine.line).limit(free)))
+                if (free := self.concurrency - len(self._sending) - self._claimed) > 0 and not exhausted:
+                    self._claimed += free
+                    try:
+                        async with self.sessions() as session:
+                            rows = list(await session.scalars(select(BatchLine).where(
+                                BatchLine.batch_id == batch_id, BatchLine.done.is_(False),
+                                BatchLine.line.not_in(list(tasks) or [-1])).order_by(BatchLine.line).limit(free)))
+                    finally:
+                        self._claimed -= free
                     exhausted = len(rows) < free  # every line not done is in flight now
-                    for row in rows:
+                    for row in rows:  # no await from the claim to here: the slots pass to the lines whole
+                        key = (batch_id, row.line)
+                        self._sending.add(key)
                         tasks[row.line] = loop.create_task(self._run_line(batch, row, progress))
                 if exhausted and not tasks:
                     async with self.sessions() as session:
@@ -192,9 +203,17 @@ class BatchRunner:
         except Exception:
             log.exception("batch %s: the runner failed; it will be picked up again", batch_id)
         finally:
-            await _cancel(tasks)
+            await self._cancel(batch_id, tasks)
             self._batches.pop(batch_id, None)
             RUNNING.set(len(self._batches))
+
+    async def _cancel(self, batch_id: str, tasks: dict[int, asyncio.Task]) -> None:
+        """Cancel the batch's lines in flight and free their slots (a task cancelled before it first ran never
+        reached ``_run_line``'s ``finally``)."""
+        lines = list(tasks)
+        await _cancel(tasks)
+        for line in lines:
+            self._sending.discard((batch_id, line))
 
     def _headers(self, batch: Batch, line: int) -> dict[str, str]:
         md = dict(self.codec.metadata(Identity(owner=batch.owner, key_id=batch.key_id)))
@@ -203,7 +222,8 @@ class BatchRunner:
                 "content-type": "application/json"}
 
     async def _run_line(self, batch: Batch, row: BatchLine, progress: asyncio.Event) -> None:
-        self._sending.add((batch.id, row.line))
+        """Send the line (its slot, in ``_sending``, was taken when its task was made) and record its answer;
+        the slot is free as soon as the answer arrives."""
         try:
             resp = await self._send(batch, row)
         finally:
