@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -94,21 +95,34 @@ async def _add_batch(sessions, name: str, lines: int) -> str:
     return batch_id
 
 
+@asynccontextmanager
+async def _rig(db_url: str, tmp_path, hold_s: float):
+    """(sessions, gateway, runner) on a migrated database, the gateway serving; the runner is not started yet."""
+    await upgrade_async(db_url)
+    engine = make_engine(db_url)
+    sessions = session_factory(engine)
+    gateway = HoldingGateway(hold_s)
+    server, serving, port = await _serve(gateway)
+    runner = BatchRunner(sessions, FileStore(tmp_path / "files", sessions, 2**20), gateway_url=f"http://127.0.0.1:{port}",
+                         leader=lambda: True, concurrency=SLOTS, poll_interval_s=0.1, codec=IdentityCodec("s3cret"))
+    try:
+        yield sessions, gateway, runner
+        assert runner._sending == set() and runner._claimed == 0, "slots still held after every batch ended"
+    finally:
+        await runner.close()
+        server.should_exit = True
+        await serving
+        await engine.dispose()
+
+
 @pytest.mark.parametrize("batches", [3, 6])
 async def test_batches_that_start_together_never_hold_more_than_the_runners_slots(db_url, tmp_path, batches):
     """Several batches, all in the database before the runner starts, so its first tick starts them together:
     every line of every batch is answered and recorded, and the gateway never holds more than the runner's
     slots (4) of their requests at once. (Each batch used to count the slots free before it read its lines and
     filled them after, so batches reading at the same time filled the same slots: up to 4 per batch.)"""
-    await upgrade_async(db_url)
-    engine = make_engine(db_url)
-    sessions = session_factory(engine)
-    ids = [await _add_batch(sessions, f"{tmp_path.name[-6:]}{n}", 5) for n in range(batches)]
-    gateway = HoldingGateway(hold_s=0.3)
-    server, serving, port = await _serve(gateway)
-    runner = BatchRunner(sessions, FileStore(tmp_path / "files", sessions, 2**20), gateway_url=f"http://127.0.0.1:{port}",
-                         leader=lambda: True, concurrency=SLOTS, poll_interval_s=0.1, codec=IdentityCodec("s3cret"))
-    try:
+    async with _rig(db_url, tmp_path, hold_s=0.3) as (sessions, gateway, runner):
+        ids = [await _add_batch(sessions, f"{tmp_path.name[-6:]}{n}", 5) for n in range(batches)]
         runner.start()
         async with asyncio.timeout(120):
             while True:
@@ -124,28 +138,15 @@ async def test_batches_that_start_together_never_hold_more_than_the_runners_slot
         assert done == 5 * batches and counted == [5] * batches
         assert len(gateway.seen) == 5 * batches and set(gateway.seen) == {"batch"}
         assert gateway.most == SLOTS, f"{gateway.most} requests were open at once; the runner has {SLOTS} slots"
-        assert runner._sending == set() and runner._claimed == 0
-    finally:
-        await runner.close()
-        server.should_exit = True
-        await serving
-        await engine.dispose()
 
 
 async def test_a_cancelled_batch_hands_its_slots_to_the_others(db_url, tmp_path):
     """A batch cancelled while its lines hold every slot: it ends ``cancelled`` with its unsent lines in its error
     file, its requests in flight are closed and their slots go back, and the batch behind it then runs with all
     of them and completes, the slots never exceeded."""
-    await upgrade_async(db_url)
-    engine = make_engine(db_url)
-    sessions = session_factory(engine)
-    tag = tmp_path.name[-6:]
-    first = await _add_batch(sessions, f"{tag}c", 12)
-    gateway = HoldingGateway(hold_s=1.0)
-    server, serving, port = await _serve(gateway)
-    runner = BatchRunner(sessions, FileStore(tmp_path / "files", sessions, 2**20), gateway_url=f"http://127.0.0.1:{port}",
-                         leader=lambda: True, concurrency=SLOTS, poll_interval_s=0.1, codec=IdentityCodec("s3cret"))
-    try:
+    async with _rig(db_url, tmp_path, hold_s=1.0) as (sessions, gateway, runner):
+        tag = tmp_path.name[-6:]
+        first = await _add_batch(sessions, f"{tag}c", 12)
         runner.start()
         async with asyncio.timeout(60):
             while gateway.open < SLOTS:
@@ -163,9 +164,3 @@ async def test_a_cancelled_batch_hands_its_slots_to_the_others(db_url, tmp_path)
         assert b.completed == 6 and a.completed + a.failed == 12 and a.failed > 0 and a.error_file_id
         assert gateway.left >= 1, "the cancelled batch's requests in flight were not closed"
         assert gateway.most == SLOTS
-        assert runner._sending == set() and runner._claimed == 0
-    finally:
-        await runner.close()
-        server.should_exit = True
-        await serving
-        await engine.dispose()
