@@ -52,4 +52,5 @@ bash scripts/install.sh
 
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 say "running the tests"
-exec .venv/bin/python -m pytest "$@"
+# The 25 slowest steps are listed at the end, so a run that grows shows where its time went.
+exec .venv/bin/python -m pytest --durations=25 "$@"
