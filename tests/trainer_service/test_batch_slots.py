@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -77,8 +78,9 @@ async def _serve(app) -> tuple[uvicorn.Server, asyncio.Task, int]:
     return server, task, sock.getsockname()[1]
 
 
-async def _add_batch(sessions, name: str, lines: int) -> str:
-    now = utcnow()
+async def _add_batch(sessions, lines: int) -> str:
+    """A new ``in_progress`` batch of ``lines`` chat lines, of an owner of its own; its id."""
+    now, name = utcnow(), secrets.token_hex(6)
     batch_id = f"batch_{name}"
     async with sessions() as session, session.begin():
         session.add(Batch(id=batch_id, owner=f"team-{name}", key_id=f"key-{name}", endpoint="/v1/chat/completions",
@@ -122,7 +124,7 @@ async def test_batches_that_start_together_never_hold_more_than_the_runners_slot
     slots (4) of their requests at once. (Each batch used to count the slots free before it read its lines and
     filled them after, so batches reading at the same time filled the same slots: up to 4 per batch.)"""
     async with _rig(db_url, tmp_path, hold_s=0.3) as (sessions, gateway, runner):
-        ids = [await _add_batch(sessions, f"{tmp_path.name[-6:]}{n}", 5) for n in range(batches)]
+        ids = [await _add_batch(sessions, 5) for _ in range(batches)]
         runner.start()
         async with asyncio.timeout(120):
             while True:
@@ -145,13 +147,12 @@ async def test_a_cancelled_batch_hands_its_slots_to_the_others(db_url, tmp_path)
     file, its requests in flight are closed and their slots go back, and the batch behind it then runs with all
     of them and completes, the slots never exceeded."""
     async with _rig(db_url, tmp_path, hold_s=1.0) as (sessions, gateway, runner):
-        tag = tmp_path.name[-6:]
-        first = await _add_batch(sessions, f"{tag}c", 12)
+        first = await _add_batch(sessions, 12)
         runner.start()
         async with asyncio.timeout(60):
             while gateway.open < SLOTS:
                 await asyncio.sleep(0.02)
-        second = await _add_batch(sessions, f"{tag}d", 6)
+        second = await _add_batch(sessions, 6)
         async with sessions() as session, session.begin():
             (await session.get(Batch, first)).status = "cancelling"
         async with asyncio.timeout(120):

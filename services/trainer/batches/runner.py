@@ -169,7 +169,6 @@ class BatchRunner:
                 for line, task in list(tasks.items()):
                     if task.done():
                         del tasks[line]
-                        self._sending.discard((batch_id, line))  # a task that failed before its finally
                         if not task.cancelled() and (exc := task.exception()) is not None:
                             exhausted = False  # its line is not done: it is sent again
                             log.error("batch %s line %d failed in the runner: %r", batch_id, line, exc)
@@ -184,8 +183,7 @@ class BatchRunner:
                         self._claimed -= free
                     exhausted = len(rows) < free  # every line not done is in flight now
                     for row in rows:  # no await from the claim to here: the slots pass to the lines whole
-                        key = (batch_id, row.line)
-                        self._sending.add(key)
+                        self._sending.add((batch_id, row.line))
                         tasks[row.line] = loop.create_task(self._run_line(batch, row, progress))
                 if exhausted and not tasks:
                     async with self.sessions() as session:
